@@ -1,0 +1,249 @@
+/*
+ * platform.c — POSIX implementation of platform.h.
+ */
+#define _GNU_SOURCE
+#include "platform.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---------------- threads ---------------- */
+
+static int ql_threads = 0;
+
+int ql_num_threads(void)
+{
+    if (ql_threads <= 0) {
+        const char *env = getenv("QL_THREADS");
+        int n = env ? atoi(env) : 0;
+        if (n <= 0) {
+            long c = sysconf(_SC_NPROCESSORS_ONLN);
+            n = c > 0 ? (int)c : 1;
+        }
+        if (n > 256) n = 256;
+        ql_threads = n;
+    }
+    return ql_threads;
+}
+
+void ql_set_num_threads(int n) { ql_threads = n > 256 ? 256 : n; }
+
+typedef struct {
+    ql_task_fn fn;
+    void *arg;
+    int64_t begin, end;
+} ql_job;
+
+static void *ql_job_run(void *p)
+{
+    ql_job *j = p;
+    j->fn(j->arg, j->begin, j->end);
+    return NULL;
+}
+
+void ql_parallel_for(int64_t n, int64_t grain, ql_task_fn fn, void *arg)
+{
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    int64_t nt = ql_num_threads();
+    if (nt > n / grain) nt = n / grain;
+    if (nt <= 1) { fn(arg, 0, n); return; }
+    ql_job jobs[256];
+    pthread_t tid[256];
+    int started[256] = {0};
+    int64_t chunk = (n + nt - 1) / nt;
+    for (int64_t t = 0; t < nt; t++) {
+        jobs[t].fn = fn; jobs[t].arg = arg;
+        jobs[t].begin = t * chunk;
+        jobs[t].end = (t + 1) * chunk < n ? (t + 1) * chunk : n;
+    }
+    /* thread 0's share runs on the caller */
+    for (int64_t t = 1; t < nt; t++)
+        started[t] = pthread_create(&tid[t], NULL, ql_job_run, &jobs[t]) == 0;
+    fn(arg, jobs[0].begin, jobs[0].end);
+    for (int64_t t = 1; t < nt; t++) {
+        if (started[t]) pthread_join(tid[t], NULL);
+        else fn(arg, jobs[t].begin, jobs[t].end); /* could not start: run here */
+    }
+}
+
+struct ql_mutex { pthread_mutex_t m; };
+
+ql_mutex *ql_mutex_new(void)
+{
+    ql_mutex *m = malloc(sizeof *m);
+    if (m) pthread_mutex_init(&m->m, NULL);
+    return m;
+}
+void ql_mutex_free(ql_mutex *m) { if (m) { pthread_mutex_destroy(&m->m); free(m); } }
+void ql_mutex_lock(ql_mutex *m) { pthread_mutex_lock(&m->m); }
+void ql_mutex_unlock(ql_mutex *m) { pthread_mutex_unlock(&m->m); }
+
+/* ---------------- files ---------------- */
+
+ql_status ql_map_file(const char *path, ql_mapping *out)
+{
+    out->data = NULL; out->size = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ql_fail(QL_EIO, "%s: cannot open (%s)", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return ql_fail(QL_EIO, "%s: not a regular file", path);
+    }
+    if (st.st_size == 0) { close(fd); return QL_OK; }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED)
+        return ql_fail(QL_EIO, "%s: cannot map (%s)", path, strerror(errno));
+    out->data = p; out->size = (size_t)st.st_size;
+    return QL_OK;
+}
+
+void ql_unmap_file(ql_mapping *m)
+{
+    if (m->data) munmap(m->data, m->size);
+    m->data = NULL; m->size = 0;
+}
+
+ql_status ql_atomic_open(ql_atomic_file *af, const char *path)
+{
+    memset(af, 0, sizeof *af);
+    size_t n = strlen(path) + 32;
+    af->path = strdup(path);
+    af->tmp = malloc(n);
+    if (!af->path || !af->tmp) { ql_atomic_abort(af); return ql_fail(QL_ENOMEM, "out of memory"); }
+    snprintf(af->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    af->fp = fopen(af->tmp, "wb");
+    if (!af->fp) {
+        ql_status s = ql_fail(QL_EIO, "%s: cannot create (%s); check that the folder exists and is writable",
+                              af->tmp, strerror(errno));
+        free(af->path); free(af->tmp); af->path = af->tmp = NULL;
+        return s;
+    }
+    return QL_OK;
+}
+
+ql_status ql_atomic_commit(ql_atomic_file *af)
+{
+    int bad = ferror(af->fp);
+    if (fflush(af->fp) != 0) bad = 1;
+    if (!bad && fsync(fileno(af->fp)) != 0) bad = 1;
+    int err = errno;
+    if (fclose(af->fp) != 0) bad = 1;
+    af->fp = NULL;
+    if (bad) {
+        ql_status s = ql_fail(QL_EIO, "%s: write failed (%s); is the disk full?", af->path, strerror(err));
+        ql_atomic_abort(af);
+        return s;
+    }
+    if (rename(af->tmp, af->path) != 0) {
+        ql_status s = ql_fail(QL_EIO, "%s: cannot rename from %s (%s)", af->path, af->tmp, strerror(errno));
+        ql_atomic_abort(af);
+        return s;
+    }
+    free(af->path); free(af->tmp);
+    af->path = af->tmp = NULL;
+    return QL_OK;
+}
+
+void ql_atomic_abort(ql_atomic_file *af)
+{
+    if (af->fp) fclose(af->fp);
+    if (af->tmp) remove(af->tmp);
+    free(af->path); free(af->tmp);
+    memset(af, 0, sizeof *af);
+}
+
+int ql_file_exists(const char *path) { struct stat st; return stat(path, &st) == 0; }
+int ql_is_dir(const char *path) { struct stat st; return stat(path, &st) == 0 && S_ISDIR(st.st_mode); }
+int64_t ql_file_size(const char *path) { struct stat st; return stat(path, &st) == 0 ? (int64_t)st.st_size : -1; }
+
+double ql_file_mtime(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    return (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9;
+}
+
+ql_status ql_mkdir_p(const char *path)
+{
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf) return ql_fail(QL_EINVAL, "mkdir: bad path '%s'", path);
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] == '/' || buf[i] == 0) {
+            char c = buf[i];
+            buf[i] = 0;
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return ql_fail(QL_EIO, "%s: cannot create folder (%s)", buf, strerror(errno));
+            buf[i] = c;
+        }
+    }
+    if (!ql_is_dir(path)) return ql_fail(QL_EIO, "%s: exists and is not a folder", path);
+    return QL_OK;
+}
+
+const char *ql_exe_dir(void)
+{
+    static char dir[4096];
+    if (dir[0]) return dir;
+    Dl_info info;
+    /* the object holding this function: the qlora executable or qlora.so */
+    if (dladdr((void *)&ql_exe_dir, &info) && info.dli_fname && strchr(info.dli_fname, '/')) {
+        char *r = realpath(info.dli_fname, NULL);
+        if (r) { snprintf(dir, sizeof dir, "%s", r); free(r); }
+    }
+    if (!dir[0]) {
+        ssize_t k = readlink("/proc/self/exe", dir, sizeof dir - 1);
+        if (k <= 0) { dir[0] = 0; return dir; }
+        dir[k] = 0;
+    }
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = 0;
+    return dir;
+}
+
+/* ---------------- dynamic loading ---------------- */
+
+void *ql_dlopen(const char *name) { return dlopen(name, RTLD_NOW | RTLD_LOCAL); }
+void *ql_dlsym(void *lib, const char *sym) { return dlsym(lib, sym); }
+const char *ql_dlerror(void) { const char *e = dlerror(); return e ? e : ""; }
+
+/* ---------------- terminal and clock ---------------- */
+
+int ql_isatty(FILE *fp) { return isatty(fileno(fp)); }
+
+int ql_term_width(void)
+{
+    struct winsize ws;
+    if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+    const char *c = getenv("COLUMNS");
+    return c && atoi(c) > 0 ? atoi(c) : 80;
+}
+
+double ql_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+uint64_t ql_peak_rss_bytes(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (uint64_t)ru.ru_maxrss * 1024u;
+}

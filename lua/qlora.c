@@ -1,0 +1,1 @@
+int qlora_dummy;
