@@ -371,7 +371,7 @@ ql_tensor *ql_tensor_view(ql_tensor *t, int ndim, const int64_t *shape_in)
     /* Compute strides for the new shape over t's layout (torch's rule): walk
        chunks of t's dims that are mutually contiguous. */
     int64_t newstride[QL_MAXDIM];
-    if (ql_tensor_is_contiguous(t)) {
+    if (ql_tensor_is_contiguous(t) || numel == 0) {
         int64_t st = 1;
         for (int d = ndim - 1; d >= 0; d--) { newstride[d] = st; st *= shape[d]; }
     } else {
