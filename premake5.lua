@@ -232,3 +232,13 @@ project "qltest"
       objdir(builddir .. "/obj/" .. cfg)
       linkoptions(engine_link(cfg))
    end)
+
+project "qlbench"
+   kind "ConsoleApp"
+   files { "bench/*.c" }
+   links { "qlengine" }
+   per_config(function(cfg)
+      targetdir(cfg == "release" and bindir or (bindir .. "/" .. cfg))
+      objdir(builddir .. "/obj/" .. cfg)
+      linkoptions(engine_link(cfg))
+   end)
