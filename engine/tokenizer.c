@@ -18,6 +18,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <stdatomic.h>
 #include <threads.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +93,8 @@ typedef struct trie {
 } trie;
 
 typedef enum { DEC_BYTELEVEL, DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP, DEC_METASPACE } dec_kind;
+typedef struct merge_ent { uint64_t key, val; } merge_ent;
+
 typedef struct dec_op {
     dec_kind kind;
     char *a; size_t alen, blen; char *b;
@@ -116,9 +119,11 @@ struct ql_tokenizer {
     int byte_fallback, fuse_unk, ignore_merges;
     int32_t unk_id;
 
-    uint64_t *mkey;           /* merges: (left<<32 | right) -> (rank<<32 | new id) */
-    uint64_t *mval;
+    merge_ent *merges;        /* (left<<32 | right) -> (rank<<32 | new id), open addressing */
     uint64_t mmask;
+    uint64_t serial;          /* identifies this tokenizer to the per-thread word caches */
+    int sp_split;             /* SentencePiece-style: words may be cut before each U+2581 that follows another character */
+    int32_t *char_id;         /* [0x10000] non-byte-level: id of each BMP character, NOID if none */
 
     norm_op *norm; int nnorm;
     pre_op *pre; int npre;
@@ -283,13 +288,12 @@ static void strmap_put(const ql_tokenizer *t, strmap *m, const blobstr *keys, in
 
 static inline int merge_get(const ql_tokenizer *t, int32_t a, int32_t b, uint32_t *rank, int32_t *nid)
 {
-    if (!t->mkey) return 0;
     uint64_t k = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
     uint64_t h = mix64(k) & t->mmask;
     for (;;) {
-        uint64_t kk = t->mkey[h];
-        if (kk == k) { uint64_t v = t->mval[h]; *rank = (uint32_t)(v >> 32); *nid = (int32_t)(uint32_t)v; return 1; }
-        if (kk == UINT64_MAX) return 0;
+        const merge_ent *e = &t->merges[h];
+        if (e->key == k) { *rank = (uint32_t)(e->val >> 32); *nid = (int32_t)(uint32_t)e->val; return 1; }
+        if (e->key == UINT64_MAX) return 0;
         h = (h + 1) & t->mmask;
     }
 }
@@ -298,9 +302,9 @@ static void merge_put(ql_tokenizer *t, int32_t a, int32_t b, uint32_t rank, int3
 {
     uint64_t k = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
     uint64_t h = mix64(k) & t->mmask;
-    while (t->mkey[h] != UINT64_MAX && t->mkey[h] != k) h = (h + 1) & t->mmask;
-    t->mkey[h] = k; /* a repeated pair takes the later rank, as HF's HashMap collect does */
-    t->mval[h] = ((uint64_t)rank << 32) | (uint32_t)nid;
+    while (t->merges[h].key != UINT64_MAX && t->merges[h].key != k) h = (h + 1) & t->mmask;
+    t->merges[h].key = k; /* a repeated pair takes the later rank, as HF's HashMap collect does */
+    t->merges[h].val = ((uint64_t)rank << 32) | (uint32_t)nid;
 }
 
 /* ------------------------------------------------------------------ trie of added tokens */
@@ -352,8 +356,10 @@ static inline int32_t trie_match(const trie *tr, const uint8_t *s, size_t n, siz
 
 /* ------------------------------------------------------------------ encode context */
 
+typedef struct word_cache word_cache;
 typedef struct enc_ctx {
     const ql_tokenizer *t;
+    word_cache *cache;
     ql_tok_ids *out;
     int32_t *sym; uint32_t *rank; int32_t *nid; int32_t *prev, *next; uint64_t *heap;
     size_t cap;
@@ -468,11 +474,83 @@ static void bpe_merge_heap(enc_ctx *c, size_t n)
     for (int32_t i = 0; i >= 0; i = next[i]) ids_push(c->out, sym[i]);
 }
 
-/* BPE on one pre-token. */
+/* Per-thread word cache: direct-mapped, words up to WC_KEY bytes giving up
+   to WC_IDS ids. Owned by the thread (freed at its exit by the tss
+   destructor); cleared when used with another tokenizer. */
+#define WC_SLOTS 16384
+#define WC_KEY 22
+#define WC_IDS 8
+typedef struct wc_ent { uint64_t h; uint8_t klen, nids; char key[WC_KEY]; int32_t ids[WC_IDS]; } wc_ent;
+typedef struct word_cache { uint64_t serial; wc_ent e[WC_SLOTS]; } word_cache;
+static tss_t wc_key;
+static once_flag wc_once = ONCE_FLAG_INIT;
+static int wc_ok;
+static void wc_init(void) { wc_ok = tss_create(&wc_key, free) == thrd_success; }
+static word_cache *wc_get(const ql_tokenizer *t)
+{
+    call_once(&wc_once, wc_init);
+    if (!wc_ok) return NULL;
+    word_cache *w = tss_get(wc_key);
+    if (!w) {
+        w = calloc(1, sizeof *w);
+        if (!w || tss_set(wc_key, w) != thrd_success) { free(w); return NULL; }
+    }
+    if (w->serial != t->serial) {
+        memset(w->e, 0, sizeof w->e);
+        w->serial = t->serial;
+    }
+    return w;
+}
+
+static void bpe_piece(enc_ctx *c, const uint8_t *s, size_t n);
+static void bpe_word_cached(enc_ctx *c, const uint8_t *s, size_t n);
+
+/* BPE on one pre-token, through the word cache. */
 static void bpe_word(enc_ctx *c, const uint8_t *s, size_t n)
 {
     const ql_tokenizer *t = c->t;
     if (n == 0) return;
+    if (t->sp_split) { /* cut before each U+2581 (E2 96 81) that follows another character */
+        size_t st = 0;
+        for (size_t i = 1; i + 2 < n; i++) {
+            if (s[i] == 0xE2 && s[i + 1] == 0x96 && s[i + 2] == 0x81 &&
+                !(i >= 3 && s[i - 3] == 0xE2 && s[i - 2] == 0x96 && s[i - 1] == 0x81)) {
+                bpe_word_cached(c, s + st, i - st);
+                st = i;
+            }
+        }
+        bpe_word_cached(c, s + st, n - st);
+        return;
+    }
+    bpe_word_cached(c, s, n);
+}
+
+static void bpe_word_cached(enc_ctx *c, const uint8_t *s, size_t n)
+{
+    if (n == 0) return;
+    if (n > WC_KEY || !c->cache) { bpe_piece(c, s, n); return; }
+    uint64_t h = hash_bytes(s, n);
+    wc_ent *e = &c->cache->e[h & (WC_SLOTS - 1)];
+    if (e->h == h && e->klen == n && !memcmp(e->key, s, n)) {
+        if (!ids_reserve(c->out, e->nids)) { c->oom = 1; return; }
+        memcpy(c->out->ids + c->out->n, e->ids, e->nids * sizeof(int32_t));
+        c->out->n += e->nids;
+        return;
+    }
+    size_t before = c->out->n;
+    bpe_piece(c, s, n);
+    size_t got = c->out->n - before;
+    if (got <= WC_IDS && !c->oom) {
+        e->h = h; e->klen = (uint8_t)n; e->nids = (uint8_t)got;
+        memcpy(e->key, s, n);
+        memcpy(e->ids, c->out->ids + before, got * sizeof(int32_t));
+    }
+}
+
+/* BPE on one piece of a pre-token. */
+static void bpe_piece(enc_ctx *c, const uint8_t *s, size_t n)
+{
+    const ql_tokenizer *t = c->t;
     if (t->ignore_merges || n == 1) {
         int32_t id = strmap_get(t, &t->model_map, t->raw, s, n);
         if (id != NOID) { ids_push(c->out, id); return; }
@@ -489,8 +567,8 @@ static void bpe_word(enc_ctx *c, const uint8_t *s, size_t n)
         int32_t unk_pending = 0;
         for (size_t i = 0; i < n;) {
             int l;
-            ql_u8dec(s, n, i, &l);
-            int32_t id = strmap_get(t, &t->model_map, t->raw, s + i, (size_t)l);
+            uint32_t cp = ql_u8dec(s, n, i, &l);
+            int32_t id = cp < 0x10000 ? t->char_id[cp] : strmap_get(t, &t->model_map, t->raw, s + i, (size_t)l);
             if (id != NOID) {
                 if (unk_pending) { c->sym[k++] = t->unk_id; unk_pending = 0; }
                 c->sym[k++] = id;
@@ -856,6 +934,7 @@ static ql_status encode_ctx(enc_ctx *c, const char *text, size_t len, int add_sp
 {
     const ql_tokenizer *t = c->t;
     ql_tok_ids *out = c->out;
+    if (!c->cache) c->cache = wc_get(t);
     if (add_special) for (int i = 0; i < t->npost_pre; i++) ids_push(out, t->post_pre[i]);
     split_added(c, &t->trie_raw, (const uint8_t *)text, len, 1, segment_normalize);
     if (add_special) for (int i = 0; i < t->npost_suf; i++) ids_push(out, t->post_suf[i]);
@@ -1126,7 +1205,7 @@ void ql_tokenizer_free(ql_tokenizer *t)
     if (!t) return;
     free(t->name); free(t->blob); free(t->tok); free(t->raw);
     free(t->model_map.slot); free(t->tok_map.slot); free(t->special); free(t->is_added);
-    free(t->mkey); free(t->mval);
+    free(t->merges); free(t->char_id);
     for (int i = 0; i < t->nnorm; i++) { free(t->norm[i].a); free(t->norm[i].b); }
     free(t->norm);
     for (int i = 0; i < t->npre; i++) if (t->pre[i].re) pcre2_code_free(t->pre[i].re);
@@ -1574,13 +1653,32 @@ static ql_status load_model(loader *L, const ql_json *root)
         if (t->unk_id == NOID) return lfail(L, QL_EFORMAT, "model.unk_token '%s' is not in model.vocab", unk);
     }
 
+    if (!t->byte_level) {
+        t->char_id = malloc(0x10000 * sizeof *t->char_id);
+        if (!t->char_id) return ql_fail(QL_ENOMEM, "%s: out of memory", L->name);
+        for (uint32_t cp = 0; cp < 0x10000; cp++) {
+            char e[4];
+            int l = (cp >= 0xD800 && cp <= 0xDFFF) ? 0 : utf8_enc(cp, e);
+            t->char_id[cp] = l ? strmap_get(t, &t->model_map, t->raw, e, (size_t)l) : NOID;
+        }
+        /* words can be cut before U+2581 when no token holds it after another character */
+        t->sp_split = 1;
+        for (int32_t id = 0; id < t->nids && t->sp_split; id++) {
+            if (t->raw[id].len == UINT32_MAX) continue;
+            const uint8_t *p = (const uint8_t *)t->blob + t->raw[id].off;
+            size_t m = t->raw[id].len;
+            for (size_t i = 1; i + 2 < m; i++)
+                if (p[i] == 0xE2 && p[i + 1] == 0x96 && p[i + 2] == 0x81 &&
+                    !(i >= 3 && p[i - 3] == 0xE2 && p[i - 2] == 0x96 && p[i - 1] == 0x81)) { t->sp_split = 0; break; }
+        }
+    }
+
     /* merges */
     size_t cap = 16;
     while (cap < (size_t)merges->n * 2 + 16) cap *= 2;
-    t->mkey = malloc(cap * sizeof *t->mkey);
-    t->mval = malloc(cap * sizeof *t->mval);
-    if (!t->mkey || !t->mval) return ql_fail(QL_ENOMEM, "%s: out of memory", L->name);
-    memset(t->mkey, 0xFF, cap * sizeof *t->mkey);
+    t->merges = malloc(cap * sizeof *t->merges);
+    if (!t->merges) return ql_fail(QL_ENOMEM, "%s: out of memory", L->name);
+    memset(t->merges, 0xFF, cap * sizeof *t->merges);
     t->mmask = cap - 1;
     char *cat = NULL;
     size_t catcap = 0;
@@ -1678,6 +1776,10 @@ ql_status ql_tokenizer_from_json(const char *json, size_t len, const char *confi
     ql_tokenizer *t = calloc(1, sizeof *t);
     if (!t) { ql_json_free(doc); ql_json_free(cdoc); return ql_fail(QL_ENOMEM, "%s: out of memory", name); }
     t->name = xstrndup(name, strlen(name));
+    {
+        static _Atomic uint64_t next_serial = 1;
+        t->serial = next_serial++;
+    }
     t->bos_id = t->eos_id = t->pad_id = NOID;
     loader L = { t, name };
     const ql_json *root = ql_json_root(doc);
