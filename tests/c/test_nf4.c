@@ -146,7 +146,7 @@ static void check_case(const char *name)
     const fx_rec *packed = need(&f, "packed", 0, (uint64_t)((n + 1) / 2));
     if (packed && q.packed) CHECK_BYTES("packed", q.packed, packed->data, (n + 1) / 2, 1);
 
-    /* bnb's stored state, borrowed, for dequantization */
+    /* bnb's stored state for dequantization (copied: fixture records are unaligned) */
     ql_nf4 b;
     memset(&b, 0, sizeof b);
     b.n = n; b.rows = dims[0]; b.cols = dims[1]; b.ndim = 2; b.blocksize = bs; b.nblocks = nb;
@@ -164,12 +164,12 @@ static void check_case(const char *name)
         if (na && q.nested_absmax) CHECK_BYTES("nested_absmax", q.nested_absmax, na->data, nn, 4);
         if (nc) { CHECK_BYTES("nested_quant_map", q.nested_code, nc->data, 256, 4); memcpy(b.nested_code, nc->data, 1024); }
         b.absmax_q = aq ? (uint8_t *)aq->data : NULL;
-        b.nested_absmax = na ? (float *)na->data : NULL;
+        if (na) { b.nested_absmax = malloc((size_t)nn * 4); memcpy(b.nested_absmax, na->data, (size_t)nn * 4); }
         b.nested_nblocks = nn;
     } else {
         const fx_rec *am = need(&f, "absmax", 1, (uint64_t)nb);
         if (am && q.absmax) CHECK_BYTES("absmax", q.absmax, am->data, nb, 4);
-        b.absmax = am ? (float *)am->data : NULL;
+        if (am) { b.absmax = malloc((size_t)nb * 4); memcpy(b.absmax, am->data, (size_t)nb * 4); }
     }
 
     /* 2. dequantization of bnb's state == bnb's dequantization; ours too */
@@ -228,6 +228,7 @@ static void check_case(const char *name)
     }
 
     free(deq); free(deq2); free(bf); free(bf2); free(x);
+    free(b.absmax); free(b.nested_absmax);
     ql_nf4_free(&q);
     fx_free(&f);
 }

@@ -61,8 +61,17 @@ def prng_input(seed, rows, cols):
     return out.reshape(rows, cols)
 
 
-def special_input(rows, cols, seed):
-    """Random normal weights with planted edge cases in the first blocks."""
+# x / absmax and x * fl(1 / absmax) fall on different sides of an NF4 midpoint
+# for these (found by search): bitsandbytes multiplies by the reciprocal in full
+# blocks and divides in the ragged last block, so the planted values tell them apart.
+DIV_AM = 2.729365825653076
+DIV_X = [-1.255495309829712, -0.3764115571975708, -0.12425442039966583, 1.3692231178283691,
+         1.7544007301330566]
+
+
+def special_input(rows, cols, seed, bs=64):
+    """Random normal weights with planted edge cases in the first blocks and,
+    when the last block is ragged, in the last block."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(rows * cols) * 0.02).astype(np.float32)
     code = F.get_4bit_type("nf4", device="cpu")
@@ -81,6 +90,7 @@ def special_input(rows, cols, seed):
     blk.append(list(rng.standard_normal(64) * 1e-40))        # subnormal: absmax < 1e-38 clamp
     blk.append([3.0, -3.0] + list(rng.standard_normal(62)))  # tie of +-absmax
     blk.append([-5.0] + [0.0] * 63)                          # negative absmax, zeros
+    blk.append([DIV_AM] + DIV_X + [0.0] * 58)                # reciprocal vs division
     pos = 0
     for b in blk:
         b = np.asarray(b, dtype=np.float32)[:64]
@@ -88,6 +98,10 @@ def special_input(rows, cols, seed):
             break
         x[pos:pos + len(b)] = b
         pos += 64
+    last = (x.size // bs) * bs
+    if x.size % bs and x.size - last >= 6 and last >= pos:
+        x[last:last + 6] = np.asarray([DIV_AM] + DIV_X, dtype=np.float32) * 0.5
+        x[last + 6:] *= 0.01
     return x.reshape(rows, cols)
 
 
@@ -140,8 +154,8 @@ def main():
     write_case(outdir, "mix64_dq", mix, 64, 1)
     write_case(outdir, "odd_nodq", special_input(33, 47, 2), 64, 0)   # ragged block, odd n, odd cols
     write_case(outdir, "odd_dq", special_input(33, 47, 3), 64, 1)
-    write_case(outdir, "bs32_dq", special_input(16, 72, 4), 32, 1)
-    write_case(outdir, "bs128_nodq", special_input(24, 100, 5), 128, 0)
+    write_case(outdir, "bs32_dq", special_input(16, 72, 4, 32), 32, 1)
+    write_case(outdir, "bs128_nodq", special_input(24, 100, 5, 128), 128, 0)
     rz = np.random.default_rng(6).standard_normal((1, 100)).astype(np.float32)
     rz[0, 64:] = 0.0                                                  # all-zero ragged last block
     write_case(outdir, "raggedzero_dq", rz, 64, 1)
