@@ -230,7 +230,7 @@ static void rules_classify(rule_device *d, fz_rect r, int stroked)
     float w = r.x1 - r.x0, h = r.y1 - r.y0;
     if (h <= 2.5f && w >= 8) rules_add(d, QL_PDF_RULE_H, r);
     else if (w <= 2.5f && h >= 8) rules_add(d, QL_PDF_RULE_V, r);
-    else if (!stroked && w >= 1.5f && h >= 1.5f && w <= 8 && h <= 8 && w < 1.7f * h && h < 1.7f * w)
+    else if (w >= 1.5f && h >= 1.5f && w <= 8 && h <= 8 && w < 1.7f * h && h < 1.7f * w)
         rules_add(d, QL_PDF_DOT, r);
     else if (stroked && w > 8 && h > 8) {   /* a box: keep its four edges */
         rules_add(d, QL_PDF_RULE_H, (fz_rect){r.x0, r.y0, r.x1, r.y0});

@@ -639,7 +639,7 @@ static void emit_page_marker(emitter *e, int page)
 }
 
 /* GFM table from rows [a, b) */
-static void emit_table(emitter *e, row *rows, int a, int b)
+static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
 {
     /* columns: merge overlapping cell intervals over all rows */
     float cx[32][2]; int nc = 0;
@@ -676,10 +676,20 @@ static void emit_table(emitter *e, row *rows, int a, int b)
             float t0 = cx[j][0], t1 = cx[j][1];
             cx[j][0] = cx[j - 1][0]; cx[j][1] = cx[j - 1][1]; cx[j - 1][0] = t0; cx[j - 1][1] = t1;
         }
+    /* wrapped cells: when some row gaps are clearly larger than the smallest,
+       the small gaps join lines of one table row */
+    int nbig = 0, nsmall = 0;
+    float gmin = pitch;
+    for (int i = a + 1; i < b; i++) {
+        float g = rows[i].base - rows[i - 1].base;
+        if (g > 1.1f * pitch) nbig++; else nsmall++;
+    }
+    int grouped = nbig >= 1 && nsmall >= 1 && 2 * nbig >= nsmall;
     emit_block_sep(e);
+    str cells[32]; memset(cells, 0, sizeof cells);
+    int first = 1;
     for (int i = a; i < b; i++) {
         row *r = &rows[i];
-        str cells[32]; memset(cells, 0, sizeof cells);
         for (int s = 0; s < r->nspans; s++) {
             const ql_pdf_span *sp = r->spans[s];
             float mid = 0.5f * (sp->x0 + sp->x1);
@@ -691,15 +701,26 @@ static void emit_table(emitter *e, row *rows, int a, int b)
                 s_addc(&cells[k], *p);
             }
         }
+        /* the next row continues this one: it is in the same group (grouping
+           by gaps), or, when rows are evenly spaced, its first column is empty */
+        if (i + 1 < b && nc > 1) {
+            const row *nx = &rows[i + 1];
+            float g = nx->base - r->base;
+            if (grouped ? g <= gmin * 1.1f
+                        : (0.5f * (nx->spans[0]->x0 + nx->spans[0]->x1) > cx[0][1] + 1 && g < 1.6f * r->size))
+                continue;
+        }
         s_addc(&e->out, '|');
         for (int c = 0; c < nc; c++) {
             s_addc(&e->out, ' ');
             if (cells[c].p) s_add(&e->out, cells[c].p);
             s_add(&e->out, " |");
             free(cells[c].p);
+            memset(&cells[c], 0, sizeof cells[c]);
         }
         s_addc(&e->out, '\n');
-        if (i == a) {
+        if (first) {
+            first = 0;
             s_addc(&e->out, '|');
             for (int c = 0; c < nc; c++) s_add(&e->out, " --- |");
             s_addc(&e->out, '\n');
@@ -828,13 +849,26 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
             }
         }
     }
-    /* table runs: >=2 consecutive multi-cell rows in one column, else text */
+    /* table runs: >=2 multi-cell rows in one column, with the wrapped lines of
+       their cells (single-cell rows right of the first column); else text */
     for (int i = 0; i < nr;) {
         if (R[i].kind != R_TABLE) { i++; continue; }
-        int j = i + 1;
-        while (j < nr && R[j].kind == R_TABLE && R[j].page == R[i].page && R[j].col == R[i].col &&
-               R[j].base - R[j - 1].base < 3.5f * pitch) j++;
-        if (j - i < 2) {
+        int j = i + 1, multi = 1;
+        float tx0 = R[i].x0, tx1 = R[i].x1;
+        while (j < nr && R[j].page == R[i].page && R[j].col == R[i].col) {
+            float g = R[j].base - R[j - 1].base;
+            if (R[j].kind == R_TABLE && g < 3.5f * pitch) {
+                multi++; tx0 = fminf(tx0, R[j].x0); tx1 = fmaxf(tx1, R[j].x1); j++; continue;
+            }
+            if ((R[j].kind == R_TEXT || R[j].kind == R_HEAD) && g < 1.5f * pitch &&
+                ((R[j].x0 > tx0 + 2 * R[j].size && R[j].x1 <= tx1 + 5) || R[j].x1 - R[j].x0 < 0.4f * (tx1 - tx0))) {
+                R[j].level = -1 - R[j].kind;   /* remember the class in case this is no table */
+                R[j].kind = R_TABLE; j++; continue;
+            }
+            break;
+        }
+        if (multi < 2) {
+            for (int k = i + 1; k < j; k++) if (R[k].level < 0) { R[k].kind = -1 - R[k].level; R[k].level = 0; }
             /* a lone multi-cell row: treat like a normal row */
             row *r = &R[i];
             r->kind = R_TEXT;
@@ -845,6 +879,8 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
                 if (k == nhs && nhs < 64) { hs[nhs].size = sz; hs[nhs].bold = bold; hs[nhs].count = 0; nhs++; }
                 if (k < nhs) hs[k].count++;
             }
+        } else {
+            for (int k = i; k < j; k++) R[k].level = 0;
         }
         i = j;
     }
@@ -987,7 +1023,7 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
             FLUSH_PARA(); in_list = 0;
             int j = i + 1;
             while (j < nr && R[j].kind == R_TABLE && R[j].page == r->page && R[j].col == r->col) j++;
-            emit_table(&e, R, i, j);
+            emit_table(&e, R, i, j, pitch);
             i = j;
             continue;
         }
