@@ -101,7 +101,7 @@ ql_status ql_pdf_open(ql_pdf **out, const char *path, const char *password)
         st = fail_from_mupdf(QL_EFORMAT, path, ctx, "corrupt or unreadable PDF");
     }
     if (st == QL_OK && fz_needs_password(ctx, pdf->doc)) {
-        int ok = 0;
+        volatile int ok = 0;
         fz_try(ctx) ok = fz_authenticate_password(ctx, pdf->doc, password ? password : "");
         fz_catch(ctx) ok = 0;
         if (!ok)
@@ -114,7 +114,7 @@ ql_status ql_pdf_open(ql_pdf **out, const char *path, const char *password)
         fz_catch(ctx) st = fail_from_mupdf(QL_EFORMAT, path, ctx, "corrupt PDF (cannot count pages)");
     }
     if (st == QL_OK && pdf->npages <= 0)
-        st = ql_fail(QL_EFORMAT, "%s: the PDF has no pages", path);
+        st = ql_fail(QL_EFORMAT, "%s: corrupt or truncated PDF: no pages found (re-download or re-export the file)", path);
     if (st != QL_OK) { ql_pdf_close(pdf); return st; }
     *out = pdf;
     return QL_OK;
@@ -162,6 +162,14 @@ ql_status ql_pdf_metadata(ql_pdf *pdf, const char *key, char *buf, size_t size)
 /* ---------------------------------------------------------------- outline */
 typedef struct { ql_pdf_outline_item *v; int n, cap; int oom; } outline_vec;
 
+static int page_of(ql_pdf *pdf, fz_location loc)
+{
+    volatile int page = -1;
+    fz_try(pdf->ctx) page = fz_page_number_from_location(pdf->ctx, pdf->doc, loc);
+    fz_catch(pdf->ctx) page = -1;
+    return page;
+}
+
 static void outline_walk(ql_pdf *pdf, fz_outline *o, int level, outline_vec *vec)
 {
     for (; o; o = o->next) {
@@ -175,9 +183,7 @@ static void outline_walk(ql_pdf *pdf, fz_outline *o, int level, outline_vec *vec
         it->level = level;
         it->title = strdup(o->title ? o->title : "");
         it->y = o->y;
-        it->page = -1;
-        fz_try(pdf->ctx) it->page = fz_page_number_from_location(pdf->ctx, pdf->doc, o->page);
-        fz_catch(pdf->ctx) it->page = -1;
+        it->page = page_of(pdf, o->page);
         if (!it->title) vec->oom = 1;
         if (o->down && level < 64) outline_walk(pdf, o->down, level + 1, vec);
     }
@@ -186,7 +192,7 @@ static void outline_walk(ql_pdf *pdf, fz_outline *o, int level, outline_vec *vec
 ql_status ql_pdf_outline(ql_pdf *pdf, ql_pdf_outline_item **items, int *n)
 {
     *items = NULL; *n = 0;
-    fz_outline *root = NULL;
+    fz_outline *volatile root = NULL;
     fz_try(pdf->ctx) root = fz_load_outline(pdf->ctx, pdf->doc);
     fz_catch(pdf->ctx) root = NULL;   /* a broken outline is treated as none */
     outline_vec vec = {0};
