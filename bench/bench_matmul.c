@@ -2,7 +2,7 @@
  * bench_matmul.c — why the CPU matmul goes to OpenBLAS: GFLOP/s of
  * ql_matmul (OpenBLAS sgemm, threaded) against the scalar reference kernel
  * and a cache-blocked plain-C kernel of our own, at the shapes training
- * uses. Run: bin/qlbench [threads]. Peer in the same run: bench/peer_matmul.py.
+ * uses. Run: bin/bench_matmul [threads]. Peer in the same run: bench/peer_matmul.py.
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -4,7 +4,7 @@
  *   pdf_tool dump FILE            lines with spans, styles and boxes
  *   pdf_tool md FILE [OUT.md]     Markdown (page markers with -p)
  *   pdf_tool bench FILE...        pages/s on one thread
- * Build: bench/build_pdf_tool.sh (after ./setup.sh).
+ * Built by ./setup.sh as bin/pdf_tool.
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -29,6 +29,8 @@ static const luaL_Reg native[] = {
     { "device", luaopen_qlora_device },
     { "nf4", luaopen_qlora_nf4 },
     { "sys", luaopen_qlora_sys },
+    { "pdf", luaopen_qlora_pdf },
+    { "text", luaopen_qlora_text },
     /* modules of later issues register here */
     { NULL, NULL }
 };

@@ -2,7 +2,7 @@
 """tests/pdf/eval.py — converts every tests/fixtures/pdf/NAME.PRODUCER[.noout].pdf
 with our engine (bin/pdf_tool md) and with pymupdf4llm, scores both against
 tests/pdf/src/NAME.md (score.py), measures single-core pages/s for both, and
-writes tests/pdf/RESULTS.md. Needs bin/pdf_tool (bench/build_pdf_tool.sh) and
+writes tests/pdf/RESULTS.md. Needs bin/pdf_tool (built by ./setup.sh) and
 a Python with pymupdf4llm (default /opt/refenv/bin/python runs this file).
 Usage: /opt/refenv/bin/python tests/pdf/eval.py [--no-peer] [--keep DIR]
 """
