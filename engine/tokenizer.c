@@ -823,17 +823,24 @@ static void normalize(enc_ctx *c, const char *s, size_t n)
             if (a.n) sb_add(&b, op->a, op->alen);
             sb_add(&b, a.p, a.n);
             break;
-        case NORM_REPLACE:
-            for (size_t i = 0; i < a.n;) {
-                if (op->alen && i + op->alen <= a.n && !memcmp(a.p + i, op->a, op->alen)) {
+        case NORM_REPLACE: {
+            size_t i = 0, run = 0;
+            while (op->alen && i < a.n) {
+                const char *q = memchr(a.p + i, op->a[0], a.n - i);
+                if (!q) break;
+                i = (size_t)(q - a.p);
+                if (i + op->alen <= a.n && !memcmp(a.p + i, op->a, op->alen)) {
+                    sb_add(&b, a.p + run, i - run);
                     sb_add(&b, op->b, op->blen);
                     i += op->alen;
+                    run = i;
                 } else {
-                    sb_add(&b, a.p + i, 1);
                     i++;
                 }
             }
+            sb_add(&b, a.p + run, a.n - run);
             break;
+        }
         }
         sbuf tmp = a; a = b; b = tmp;
     }

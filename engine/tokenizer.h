@@ -85,12 +85,13 @@ typedef struct ql_chat_msg {
     const char *role;      /* "system", "user", "assistant" (others are passed through) */
     const char *content;   /* UTF-8, NUL-terminated */
     const char *reasoning; /* Qwen3 assistant reasoning_content, or NULL */
+    /* tool_calls are not supported: messages are text only */
 } ql_chat_msg;
 
 typedef struct ql_chat_opts {
     int add_generation_prompt;
-    int enable_thinking;   /* Qwen3 only; default 1 (pass -1 for the template default) */
-    const char *date;      /* Llama 3: "26 Jul 2024" (the template's default) when NULL */
+    int enable_thinking;   /* Qwen3 only: 0 adds the empty <think></think> block after the
+                              generation prompt, as the template's enable_thinking=false */
 } ql_chat_opts;
 
 /* Renders messages as the model's chat template does in HF transformers;

@@ -375,3 +375,46 @@ QL_TEST(tokenizer_config_and_special)
     free(d);
     ql_tokenizer_free(t);
 }
+
+QL_TEST(tokenizer_chat_templates_match_transformers)
+{
+    ql_json_doc *doc;
+    if (ql_json_parse_file(qltest_fixture("tokenizers/chat.json"), &doc) != QL_OK) {
+        CHECK_MSG(0, "%s", ql_last_error());
+        return;
+    }
+    const ql_json *convs = ql_json_get(ql_json_root(doc), "conversations");
+    const ql_json *cases = ql_json_get(ql_json_root(doc), "cases");
+    ql_tokenizer *toks[3] = { 0 };
+    const char *names[3] = { "qwen2.5", "qwen3", "llama3.1" };
+    for (int k = 0; k < 3; k++) toks[k] = load(names[k]);
+    for (size_t i = 0; i < ql_json_len(cases); i++) {
+        const ql_json *cs = ql_json_at(cases, i);
+        const char *tn = ql_json_str(ql_json_get(cs, "tokenizer"));
+        ql_tokenizer *t = NULL;
+        for (int k = 0; k < 3; k++) if (!strcmp(tn, names[k])) t = toks[k];
+        if (!t) continue;
+        const ql_json *conv = ql_json_at(convs, (size_t)ql_json_num(ql_json_get(cs, "conv"), 0));
+        ql_chat_msg msgs[16];
+        size_t n = ql_json_len(conv);
+        for (size_t j = 0; j < n && j < 16; j++) {
+            const ql_json *m = ql_json_at(conv, j);
+            msgs[j].role = ql_json_str(ql_json_get(m, "role"));
+            msgs[j].content = ql_json_str(ql_json_get(m, "content"));
+            msgs[j].reasoning = ql_json_str(ql_json_get(m, "reasoning_content"));
+        }
+        ql_chat_opts o = { ql_json_bool(ql_json_get(cs, "add_generation_prompt"), 0),
+                           ql_json_bool(ql_json_get(cs, "enable_thinking"), 1) };
+        char *out = NULL;
+        size_t ol = 0;
+        CHECK_OK(ql_tokenizer_apply_chat(t, msgs, n, &o, &out, &ol));
+        const ql_json *want = ql_json_get(cs, "expected");
+        CHECK_MSG(out && ol == want->n && !memcmp(out, want->u.str, ol),
+                  "%s conversation %d (generation prompt %d, thinking %d):\n--- got\n%s\n--- transformers\n%s", tn,
+                  (int)ql_json_num(ql_json_get(cs, "conv"), 0), o.add_generation_prompt, o.enable_thinking,
+                  out ? out : "", want->u.str);
+        free(out);
+    }
+    for (int k = 0; k < 3; k++) ql_tokenizer_free(toks[k]);
+    ql_json_free(doc);
+}
