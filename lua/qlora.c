@@ -32,6 +32,7 @@ static const luaL_Reg native[] = {
     { "pdf", luaopen_qlora_pdf },
     { "text", luaopen_qlora_text },
     { "model", luaopen_qlora_model },
+    { "tokenizer", luaopen_qlora_tokenizer },
     /* modules of later issues register here */
     { NULL, NULL }
 };
