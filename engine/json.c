@@ -9,6 +9,8 @@
 #include "json.h"
 #include "platform.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -405,4 +407,72 @@ const char *ql_json_type_name(ql_json_type t)
 {
     static const char *names[] = { "null", "false", "true", "number", "string", "array", "object" };
     return (unsigned)t < 7 ? names[t] : "?";
+}
+
+/* ---------------------------------------------------------------- writing */
+
+static void write_str(FILE *fp, const char *s, size_t n)
+{
+    fputc('"', fp);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') { fputc('\\', fp); fputc(c, fp); }
+        else if (c == '\n') fputs("\\n", fp);
+        else if (c == '\t') fputs("\\t", fp);
+        else if (c == '\r') fputs("\\r", fp);
+        else if (c < 0x20) fprintf(fp, "\\u%04x", c);
+        else fputc(c, fp);
+    }
+    fputc('"', fp);
+}
+
+static void write_value(FILE *fp, const ql_json *v, int indent, int depth, const char *skip_key)
+{
+    char pad[130];
+    int w = indent > 0 ? indent * (depth + 1) : 0;
+    if (w > 128) w = 128;
+    memset(pad, ' ', (size_t)w);
+    pad[w] = 0;
+    const char *nl = indent > 0 ? "\n" : "";
+    switch (v->type) {
+    case QL_JSON_NULL: fputs("null", fp); break;
+    case QL_JSON_FALSE: fputs("false", fp); break;
+    case QL_JSON_TRUE: fputs("true", fp); break;
+    case QL_JSON_NUMBER:
+        if (v->u.num == (double)(long long)v->u.num && fabs(v->u.num) < 9e15) fprintf(fp, "%lld", (long long)v->u.num);
+        else fprintf(fp, "%.17g", v->u.num);
+        break;
+    case QL_JSON_STRING: write_str(fp, v->u.str, v->n); break;
+    case QL_JSON_ARRAY:
+        fputc('[', fp);
+        for (uint32_t i = 0; i < v->n; i++) {
+            fprintf(fp, "%s%s%s", i ? "," : "", nl, pad);
+            write_value(fp, &v->u.items[i], indent, depth + 1, NULL);
+        }
+        if (v->n) fprintf(fp, "%s%.*s", nl, indent > 0 ? w - indent : 0, pad);
+        fputc(']', fp);
+        break;
+    case QL_JSON_OBJECT: {
+        fputc('{', fp);
+        int first = 1;
+        for (uint32_t i = 0; i < v->n; i++) {
+            const ql_json *k = &v->u.items[2 * i];
+            if (skip_key && !strcmp(k->u.str, skip_key)) continue;
+            fprintf(fp, "%s%s%s", first ? "" : ",", nl, pad);
+            first = 0;
+            write_str(fp, k->u.str, k->n);
+            fputs(indent > 0 ? ": " : ":", fp);
+            write_value(fp, &v->u.items[2 * i + 1], indent, depth + 1, NULL);
+        }
+        if (!first) fprintf(fp, "%s%.*s", nl, indent > 0 ? w - indent : 0, pad);
+        fputc('}', fp);
+        break;
+    }
+    }
+}
+
+void ql_json_write(FILE *fp, const ql_json *v, int indent, const char *skip_key)
+{
+    write_value(fp, v, indent, 0, skip_key);
+    if (indent > 0) fputc('\n', fp);
 }

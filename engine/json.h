@@ -58,5 +58,9 @@ double ql_json_num(const ql_json *v, double dflt);
 int ql_json_bool(const ql_json *v, int dflt);                        /* true/false, else dflt */
 int ql_json_is(const ql_json *v, ql_json_type t);
 const char *ql_json_type_name(ql_json_type t);
+/* Writes v as JSON (indent spaces per level, 0 = compact); members of the top-level
+   object named skip_key are left out (NULL: none). */
+#include <stdio.h>
+void ql_json_write(FILE *fp, const ql_json *v, int indent, const char *skip_key);
 
 #endif

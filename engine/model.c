@@ -6,6 +6,7 @@
  * exactly, NF4 dequantized as bitsandbytes does).
  */
 #include "model.h"
+#include "model_internal.h"
 #include "nf4.h"
 #include "nf4_backend.h"
 #include "platform.h"
@@ -21,7 +22,7 @@
 /* ---------------------------------------------------------------- weights as f32 */
 
 /* rows [r0, r1) of a [out, in] weight as f32 into dst */
-static ql_status weight_rows_f32(const ql_tensor *w, int64_t r0, int64_t r1, int64_t in, float *dst)
+ql_status ql_weight_rows_f32(const ql_tensor *w, int64_t r0, int64_t r1, int64_t in, float *dst)
 {
     int64_t n = (r1 - r0) * in;
     if (w->dtype == QL_NF4) {
@@ -39,7 +40,7 @@ static ql_status weight_rows_f32(const ql_tensor *w, int64_t r0, int64_t r1, int
     return QL_OK;
 }
 
-static ql_status ensure_scratch(ql_model *m, int64_t n)
+ql_status ql_model_scratch(ql_model *m, int64_t n)
 {
     if (m->scratch_cap >= n) return QL_OK;
     free(m->scratch);
@@ -49,7 +50,7 @@ static ql_status ensure_scratch(ql_model *m, int64_t n)
 }
 
 /* y[n, out] = x[n, in] @ W^T (+ b). Weights are widened to f32 a block of rows at a time. */
-static ql_status linear(ql_model *m, const ql_linear *L, const float *x, int64_t n, float *y)
+ql_status ql_linear_fwd(ql_model *m, const ql_linear *L, const float *x, int64_t n, float *y)
 {
     int64_t in = L->in, out = L->out;
     if (n == 0) return QL_OK;
@@ -60,10 +61,10 @@ static ql_status linear(ql_model *m, const ql_linear *L, const float *x, int64_t
         int64_t rows = SCRATCH_FLOATS / in;
         if (rows < 1) rows = 1;
         if (rows > out) rows = out;
-        QL_TRY(ensure_scratch(m, rows * in));
+        QL_TRY(ql_model_scratch(m, rows * in));
         for (int64_t r0 = 0; r0 < out; r0 += rows) {
             int64_t r1 = r0 + rows < out ? r0 + rows : out;
-            QL_TRY(weight_rows_f32(L->w, r0, r1, in, m->scratch));
+            QL_TRY(ql_weight_rows_f32(L->w, r0, r1, in, m->scratch));
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)(r1 - r0), (int)in, 1.0f, x, (int)in,
                         m->scratch, (int)in, 0.0f, y + r0, (int)out);
         }
@@ -79,7 +80,7 @@ static ql_status linear(ql_model *m, const ql_linear *L, const float *x, int64_t
 /* ---------------------------------------------------------------- per-layer pieces */
 
 /* y = x * rsqrt(mean(x^2) + eps) * w, per row of H */
-static void rmsnorm(const float *x, const float *w, int64_t n, int H, double eps, float *y)
+void ql_rmsnorm(const float *x, const float *w, int64_t n, int H, double eps, float *y)
 {
     for (int64_t i = 0; i < n; i++) {
         const float *xi = x + i * H;
@@ -92,7 +93,7 @@ static void rmsnorm(const float *x, const float *w, int64_t n, int H, double eps
 }
 
 /* rotate-half RoPE on nh heads of each row of x [n, nh*hd] */
-static void rope(float *x, int64_t n, int nh, int hd, const int32_t *pos, const float *inv_freq)
+void ql_rope(float *x, int64_t n, int nh, int hd, const int32_t *pos, const float *inv_freq)
 {
     int half = hd / 2;
     for (int64_t i = 0; i < n; i++)
@@ -108,17 +109,10 @@ static void rope(float *x, int64_t n, int nh, int hd, const int32_t *pos, const 
         }
 }
 
-typedef struct {
-    const float *q, *k, *v;       /* q [n, Q]; k, v [nk, KV] */
-    float *out;                   /* [n, Q] */
-    const int32_t *lo, *hi;
-    int heads, kv_heads, hd, window;
-    int64_t n;
-} attn_job;
 
-static void attn_range(void *arg, int64_t b, int64_t e)
+void ql_attn_range(void *arg, int64_t b, int64_t e)
 {
-    attn_job *j = arg;
+    ql_attn_job *j = arg;
     int Q = j->heads * j->hd, KV = j->kv_heads * j->hd, g = j->heads / j->kv_heads;
     float scale = 1.0f / sqrtf((float)j->hd);
     int64_t maxlen = 0;
@@ -155,7 +149,7 @@ static void attn_range(void *arg, int64_t b, int64_t e)
     free(p);
 }
 
-static void embed_rows(const ql_tensor *E, const int32_t *ids, int64_t n, int H, float *x)
+void ql_embed_rows(const ql_tensor *E, const int32_t *ids, int64_t n, int H, float *x)
 {
     const char *base = ql_tensor_data(E);
     for (int64_t i = 0; i < n; i++) {
@@ -192,13 +186,13 @@ ql_status ql_model_hidden(ql_model *m, const ql_batch *b, ql_kv_cache *cache, fl
     float *x = buf, *xn = x + n * H, *q = xn + n * H, *att = q + n * Q, *k = att + n * Q, *v = k + n * KV;
     float *g = v + n * KV, *u = g + n * NI;
     ql_status s = QL_OK;
-    embed_rows(m->embed, b->ids, n, H, x);
+    ql_embed_rows(m->embed, b->ids, n, H, x);
     for (int l = 0; l < c->layers && s == QL_OK; l++) {
         const ql_block *B = &m->blocks[l];
-        rmsnorm(x, ql_tensor_data(B->attn_norm), n, H, c->eps, xn);
-        if ((s = linear(m, &B->q, xn, n, q)) || (s = linear(m, &B->k, xn, n, k)) || (s = linear(m, &B->v, xn, n, v))) break;
-        rope(q, n, c->heads, hd, b->pos, m->inv_freq);
-        rope(k, n, c->kv_heads, hd, b->pos, m->inv_freq);
+        ql_rmsnorm(x, ql_tensor_data(B->attn_norm), n, H, c->eps, xn);
+        if ((s = ql_linear_fwd(m, &B->q, xn, n, q)) || (s = ql_linear_fwd(m, &B->k, xn, n, k)) || (s = ql_linear_fwd(m, &B->v, xn, n, v))) break;
+        ql_rope(q, n, c->heads, hd, b->pos, m->inv_freq);
+        ql_rope(k, n, c->kv_heads, hd, b->pos, m->inv_freq);
         const float *K = k, *V = v;
         if (cache) {
             for (int64_t i = 0; i < n; i++) {
@@ -208,17 +202,17 @@ ql_status ql_model_hidden(ql_model *m, const ql_batch *b, ql_kv_cache *cache, fl
             K = cache->k[l];
             V = cache->v[l];
         }
-        attn_job j = { q, K, V, att, b->lo, b->hi, c->heads, c->kv_heads, hd, c->sliding_window, n };
-        ql_parallel_for(n * c->heads, 16, attn_range, &j);
-        if ((s = linear(m, &B->o, att, n, xn))) break;
+        ql_attn_job j = { q, K, V, att, b->lo, b->hi, c->heads, c->kv_heads, hd, c->sliding_window, n };
+        ql_parallel_for(n * c->heads, 16, ql_attn_range, &j);
+        if ((s = ql_linear_fwd(m, &B->o, att, n, xn))) break;
         for (int64_t i = 0; i < n * H; i++) x[i] += xn[i];
-        rmsnorm(x, ql_tensor_data(B->mlp_norm), n, H, c->eps, xn);
-        if ((s = linear(m, &B->gate, xn, n, g)) || (s = linear(m, &B->up, xn, n, u))) break;
+        ql_rmsnorm(x, ql_tensor_data(B->mlp_norm), n, H, c->eps, xn);
+        if ((s = ql_linear_fwd(m, &B->gate, xn, n, g)) || (s = ql_linear_fwd(m, &B->up, xn, n, u))) break;
         for (int64_t i = 0; i < n * NI; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-        if ((s = linear(m, &B->down, g, n, xn))) break;
+        if ((s = ql_linear_fwd(m, &B->down, g, n, xn))) break;
         for (int64_t i = 0; i < n * H; i++) x[i] += xn[i];
     }
-    if (s == QL_OK) rmsnorm(x, ql_tensor_data(m->norm), n, H, c->eps, out);
+    if (s == QL_OK) ql_rmsnorm(x, ql_tensor_data(m->norm), n, H, c->eps, out);
     if (s == QL_OK && cache) {
         for (int64_t i = 0; i < n; i++) if (b->pos[i] + 1 > cache->len) cache->len = b->pos[i] + 1;
     }
@@ -232,7 +226,7 @@ ql_status ql_model_logits(ql_model *m, const ql_batch *b, ql_kv_cache *cache, fl
     float *h = malloc(sizeof(float) * (size_t)(b->n * H > 0 ? b->n * H : 1));
     if (!h) return ql_fail(QL_ENOMEM, "out of host memory");
     ql_status s = ql_model_hidden(m, b, cache, h);
-    if (s == QL_OK) s = linear(m, &m->lm_head, h, b->n, logits);
+    if (s == QL_OK) s = ql_linear_fwd(m, &m->lm_head, h, b->n, logits);
     free(h);
     return s;
 }
@@ -283,7 +277,7 @@ ql_status ql_model_loss(ql_model *m, const ql_batch *b, const int32_t *labels, d
             tgt[k++] = labels[i + 1];
         }
         if (k == CH || (i >= n - 1 && k > 0)) {
-            if ((s = linear(m, &m->lm_head, xs, k, lg))) break;
+            if ((s = ql_linear_fwd(m, &m->lm_head, xs, k, lg))) break;
             for (int r = 0; r < k; r++) {
                 const float *z = lg + (int64_t)r * V;
                 float mx = -INFINITY;

@@ -21,7 +21,7 @@
 
 typedef struct { ql_model *m; } lmodel;
 
-static ql_model *check_model(lua_State *L, int idx)
+ql_model *ql_lua_checkmodel(lua_State *L, int idx)
 {
     lmodel *u = luaL_checkudata(L, idx, MODEL_MT);
     if (!u->m) luaL_error(L, "this model was released");
@@ -61,7 +61,7 @@ static int m_release(lua_State *L)
 
 static int m_config(lua_State *L)
 {
-    ql_model *m = check_model(L, 1);
+    ql_model *m = ql_lua_checkmodel(L, 1);
     const ql_model_config *c = &m->cfg;
     lua_newtable(L);
 #define SETI(k, v) (lua_pushinteger(L, (v)), lua_setfield(L, -2, k))
@@ -81,7 +81,7 @@ static int m_config(lua_State *L)
 }
 
 /* ids from a Lua array, an array of rows, or an integer tensor; returns rows and T */
-static int32_t *check_ids(lua_State *L, int idx, int *rows, int *T)
+int32_t *ql_lua_ids(lua_State *L, int idx, int *rows, int *T)
 {
     ql_tensor *t = ql_lua_totensor(L, idx);
     if (t) {
@@ -119,7 +119,7 @@ static int32_t *check_ids(lua_State *L, int idx, int *rows, int *T)
 }
 
 /* pos/lo/hi for the batch, honouring opts.doc_lens (a flat list for one row, or one list per row) */
-static void batch_ranges(lua_State *L, int opts, int rows, int T, int32_t *pos, int32_t *lo, int32_t *hi)
+void ql_lua_batch_ranges(lua_State *L, int opts, int rows, int T, int32_t *pos, int32_t *lo, int32_t *hi)
 {
     int32_t *lens = NULL;
     int *nd = NULL;
@@ -156,12 +156,12 @@ static void batch_ranges(lua_State *L, int opts, int rows, int T, int32_t *pos, 
 
 static int m_logits(lua_State *L)
 {
-    ql_model *m = check_model(L, 1);
+    ql_model *m = ql_lua_checkmodel(L, 1);
     int rows, T;
-    int32_t *ids = check_ids(L, 2, &rows, &T);
+    int32_t *ids = ql_lua_ids(L, 2, &rows, &T);
     int64_t n = (int64_t)rows * T;
     int32_t *r = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)n * 3, 0);
-    batch_ranges(L, 3, rows, T, r, r + n, r + 2 * n);
+    ql_lua_batch_ranges(L, 3, rows, T, r, r + n, r + 2 * n);
     int64_t shape[3] = { rows, T, m->cfg.vocab };
     int nested;
     if (ql_lua_totensor(L, 2)) nested = ql_lua_totensor(L, 2)->ndim == 2;
@@ -175,14 +175,14 @@ static int m_logits(lua_State *L)
 
 static int m_loss(lua_State *L)
 {
-    ql_model *m = check_model(L, 1);
+    ql_model *m = ql_lua_checkmodel(L, 1);
     int rows, T, lrows, lT;
-    int32_t *ids = check_ids(L, 2, &rows, &T);
-    int32_t *labels = check_ids(L, 3, &lrows, &lT);
+    int32_t *ids = ql_lua_ids(L, 2, &rows, &T);
+    int32_t *labels = ql_lua_ids(L, 3, &lrows, &lT);
     if (lrows != rows || lT != T) return luaL_error(L, "labels must have the shape of ids");
     int64_t n = (int64_t)rows * T;
     int32_t *r = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)n * 3, 0);
-    batch_ranges(L, 4, rows, T, r, r + n, r + 2 * n);
+    ql_lua_batch_ranges(L, 4, rows, T, r, r + n, r + 2 * n);
     ql_batch b = { n, ids, r, r + n, r + 2 * n };
     double sum;
     int64_t count;
@@ -208,9 +208,9 @@ static int on_token(void *ud, int32_t id)
 
 static int m_generate(lua_State *L)
 {
-    ql_model *m = check_model(L, 1);
+    ql_model *m = ql_lua_checkmodel(L, 1);
     int rows, n;
-    int32_t *prompt = check_ids(L, 2, &rows, &n);
+    int32_t *prompt = ql_lua_ids(L, 2, &rows, &n);
     if (rows != 1) return luaL_error(L, "generate takes one prompt");
     ql_sample_opts o = { 32, 0.0f, 0, 1.0f, 0, NULL, -1, NULL, NULL };
     gen_cb cb = { L, 0, 0 };
@@ -245,7 +245,7 @@ static int m_generate(lua_State *L)
     return 1;
 }
 
-static int m_memory(lua_State *L) { lua_pushinteger(L, ql_model_weight_bytes(check_model(L, 1))); return 1; }
+static int m_memory(lua_State *L) { lua_pushinteger(L, ql_model_weight_bytes(ql_lua_checkmodel(L, 1))); return 1; }
 
 static int m_tostring(lua_State *L)
 {

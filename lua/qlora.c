@@ -33,6 +33,7 @@ static const luaL_Reg native[] = {
     { "text", luaopen_qlora_text },
     { "model", luaopen_qlora_model },
     { "tokenizer", luaopen_qlora_tokenizer },
+    { "lora", luaopen_qlora_lora },
     /* modules of later issues register here */
     { NULL, NULL }
 };

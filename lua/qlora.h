@@ -35,4 +35,13 @@ ql_tensor *ql_lua_totensor(lua_State *L, int idx);       /* NULL when not a tens
 /* pushes t as a Lua object, taking over the caller's reference; NULL raises the last error */
 int ql_lua_pushtensor(lua_State *L, ql_tensor *t);
 
+/* models (l_model.c) */
+struct ql_model;
+struct ql_model *ql_lua_checkmodel(lua_State *L, int idx);
+/* token ids from a Lua array, an array of rows or an integer tensor (kept in a userdata pushed on the stack) */
+int32_t *ql_lua_ids(lua_State *L, int idx, int *rows, int *T);
+/* positions and attention ranges for rows of length T, honouring opts.doc_lens */
+void ql_lua_batch_ranges(lua_State *L, int opts, int rows, int T, int32_t *pos, int32_t *lo, int32_t *hi);
+int luaopen_qlora_lora(lua_State *L);
+
 #endif

@@ -1,0 +1,33 @@
+/*
+ * model_internal.h — the per-layer pieces of the CPU reference forward
+ * (model.c), shared with the training forward/backward (train.c) so that both
+ * compute exactly the same function.
+ */
+#ifndef QL_MODEL_INTERNAL_H
+#define QL_MODEL_INTERNAL_H
+
+#include "model.h"
+
+/* rows [r0, r1) of an [out, in] weight (f32, bf16, f16 or nf4) widened to f32 into dst */
+ql_status ql_weight_rows_f32(const ql_tensor *w, int64_t r0, int64_t r1, int64_t in, float *dst);
+/* m->scratch holds at least n floats */
+ql_status ql_model_scratch(ql_model *m, int64_t n);
+/* y[n, out] = x[n, in] @ W^T (+ b), W widened a block of rows at a time */
+ql_status ql_linear_fwd(ql_model *m, const ql_linear *L, const float *x, int64_t n, float *y);
+/* y = x * rsqrt(mean(x^2) + eps) * w per row of H */
+void ql_rmsnorm(const float *x, const float *w, int64_t n, int H, double eps, float *y);
+/* rotate-half RoPE of nh heads per row at positions pos */
+void ql_rope(float *x, int64_t n, int nh, int hd, const int32_t *pos, const float *inv_freq);
+void ql_embed_rows(const ql_tensor *E, const int32_t *ids, int64_t n, int H, float *x);
+
+typedef struct ql_attn_job {
+    const float *q, *k, *v;       /* q [n, Q]; k, v [nk, KV] */
+    float *out;                   /* [n, Q] */
+    const int32_t *lo, *hi;
+    int heads, kv_heads, hd, window;
+    int64_t n;
+} ql_attn_job;
+/* ql_parallel_for body over n * heads (query, head) pairs */
+void ql_attn_range(void *arg, int64_t b, int64_t e);
+
+#endif

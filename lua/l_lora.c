@@ -1,0 +1,314 @@
+/*
+ * l_lora.c — qlora.lora: LoRA adapters and the CPU reference training step.
+ *   local lo = qlora.lora.new(model, {r = 16, alpha = 32, dropout = 0, rslora = false,
+ *                                     targets = {"q_proj", ...} | "all", layers = {0, 1, ...}, seed = 0})
+ *   local lo = qlora.lora.load(model, adapter_dir)           -- PEFT adapter folder
+ *   lo:save(dir [, base_model_name])                          -- PEFT files, written atomically
+ *   lo:save_state(path) / lo:load_state(path)                 -- AdamW moments, for exact resume
+ *   lo:forward_backward(ids, labels, {doc_lens, denom, train = true, checkpointing = false})
+ *       -> loss_sum, count      (gradients of loss_sum / denom are added to the adapter's)
+ *   lo:loss(ids, labels [, {doc_lens}]) -> mean, sum, count  (no gradients)
+ *   lo:logits(ids [, {doc_lens}]) -> tensor
+ *   lo:zero_grad(), lo:grad_norm(), lo:scale_grad(f)
+ *   lo:adamw{lr, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0, step}
+ *   lo:params(), lo:grads() -> {PEFT key = tensor (copies)}
+ *   lo:merge(base_dir, out_dir) -> note                       -- merged bf16 checkpoint
+ *   lo:num_params(), lo.r, lo.alpha, lo.dropout, lo.rslora
+ * Layer numbers are the model's own (0-based, as in "model.layers.0").
+ */
+#include "qlora.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "lora.h"
+#include "model.h"
+
+#define LORA_MT "qlora.Lora"
+
+typedef struct { ql_lora *l; ql_model *m; } llora;
+
+static llora *check(lua_State *L, int idx)
+{
+    llora *u = luaL_checkudata(L, idx, LORA_MT);
+    if (!u->l) luaL_error(L, "this adapter was released");
+    return u;
+}
+
+/* pushes the adapter object; keeps the model alive through the user value */
+static int push(lua_State *L, int model_idx, ql_lora *l, ql_model *m)
+{
+    if (!l) return ql_lua_fail(L);
+    llora *u = lua_newuserdatauv(L, sizeof *u, 1);
+    u->l = l;
+    u->m = m;
+    lua_pushvalue(L, model_idx);
+    lua_setiuservalue(L, -2, 1);
+    luaL_setmetatable(L, LORA_MT);
+    return 1;
+}
+
+static int l_new(lua_State *L)
+{
+    ql_model *m = ql_lua_checkmodel(L, 1);
+    int r = 16, rs = 0;
+    float alpha = -1, dropout = 0;
+    unsigned targets = (1u << QL_NTARGETS) - 1;
+    uint64_t seed = 0;
+    uint8_t *on = NULL;
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "r"); r = (int)luaL_optinteger(L, -1, 16); lua_pop(L, 1);
+        lua_getfield(L, 2, "alpha"); alpha = (float)luaL_optnumber(L, -1, -1); lua_pop(L, 1);
+        lua_getfield(L, 2, "dropout"); dropout = (float)luaL_optnumber(L, -1, 0); lua_pop(L, 1);
+        lua_getfield(L, 2, "rslora"); rs = lua_toboolean(L, -1); lua_pop(L, 1);
+        lua_getfield(L, 2, "seed"); seed = (uint64_t)luaL_optinteger(L, -1, 0); lua_pop(L, 1);
+        lua_getfield(L, 2, "targets");
+        if (lua_istable(L, -1)) {
+            targets = 0;
+            for (lua_Integer i = 1; i <= luaL_len(L, -1); i++) {
+                lua_geti(L, -1, i);
+                const char *name = luaL_checkstring(L, -1);
+                int found = 0;
+                for (int t = 0; t < QL_NTARGETS; t++)
+                    if (!strcmp(name, ql_lora_target_names[t]) || (strlen(name) == 1 && name[0] == ql_lora_target_names[t][0] && t <= QL_T_O)) {
+                        targets |= 1u << t; found = 1;
+                    }
+                if (!found) return luaL_error(L, "unknown LoRA target '%s' (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)", name);
+                lua_pop(L, 1);
+            }
+        } else if (lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "all") != 0 && strcmp(lua_tostring(L, -1), "all-linear") != 0)
+            return luaL_error(L, "targets: a list of projection names or \"all\"");
+        lua_pop(L, 1);
+        lua_getfield(L, 2, "layers");
+        if (lua_istable(L, -1)) {
+            on = lua_newuserdatauv(L, (size_t)m->cfg.layers, 0);
+            memset(on, 0, (size_t)m->cfg.layers);
+            for (lua_Integer i = 1; i <= luaL_len(L, -2); i++) {
+                lua_geti(L, -2, i);
+                lua_Integer k = luaL_checkinteger(L, -1);
+                if (k < 0 || k >= m->cfg.layers) return luaL_error(L, "layer %d does not exist (0..%d)", (int)k, m->cfg.layers - 1);
+                on[k] = 1;
+                lua_pop(L, 1);
+            }
+        }
+    }
+    if (alpha < 0) alpha = (float)(2 * r);
+    return push(L, 1, ql_lora_new(m, r, alpha, rs, dropout, targets, on, seed), m);
+}
+
+static int l_load(lua_State *L)
+{
+    ql_model *m = ql_lua_checkmodel(L, 1);
+    return push(L, 1, ql_lora_load_peft(m, luaL_checkstring(L, 2)), m);
+}
+
+static int m_release(lua_State *L)
+{
+    llora *u = luaL_checkudata(L, 1, LORA_MT);
+    ql_lora_free(u->l);
+    u->l = NULL;
+    return 0;
+}
+
+static int m_save(lua_State *L)
+{
+    llora *u = check(L, 1);
+    if (ql_lora_save_peft(u->l, luaL_checkstring(L, 2), luaL_optstring(L, 3, u->m->dir)) != QL_OK) return ql_lua_fail(L);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int m_save_state(lua_State *L)
+{
+    if (ql_lora_save_state(check(L, 1)->l, luaL_checkstring(L, 2)) != QL_OK) return ql_lua_fail(L);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int m_load_state(lua_State *L)
+{
+    if (ql_lora_load_state(check(L, 1)->l, luaL_checkstring(L, 2)) != QL_OK) return ql_lua_fail(L);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ids (arg idx), optional labels, options: builds a batch; pushes userdata scratch */
+static void batch(lua_State *L, ql_model *m, int ids_idx, int opts, ql_batch *b, int *rows, int *T)
+{
+    b->ids = ql_lua_ids(L, ids_idx, rows, T);
+    int64_t n = (int64_t)*rows * *T;
+    int32_t *r = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)n * 3, 0);
+    ql_lua_batch_ranges(L, opts, *rows, *T, r, r + n, r + 2 * n);
+    b->n = n; b->pos = r; b->lo = r + n; b->hi = r + 2 * n;
+    (void)m;
+}
+
+static int opt_bool(lua_State *L, int idx, const char *k, int d)
+{
+    if (!lua_istable(L, idx)) return d;
+    lua_getfield(L, idx, k);
+    int v = lua_isnil(L, -1) ? d : lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static int m_forward_backward(lua_State *L)
+{
+    llora *u = check(L, 1);
+    ql_batch b;
+    int rows, T, lr, lT;
+    batch(L, u->m, 2, 4, &b, &rows, &T);
+    int32_t *labels = ql_lua_ids(L, 3, &lr, &lT);
+    if (lr != rows || lT != T) return luaL_error(L, "labels must have the shape of ids");
+    double denom = 0;
+    if (lua_istable(L, 4)) { lua_getfield(L, 4, "denom"); denom = luaL_optnumber(L, -1, 0); lua_pop(L, 1); }
+    if (denom <= 0) {  /* default: this batch's target tokens */
+        for (int64_t i = 0; i + 1 < b.n; i++) if (b.lo[i + 1] <= i && labels[i + 1] != -100) denom += 1;
+        if (denom <= 0) denom = 1;
+    }
+    double sum;
+    int64_t count;
+    if (ql_lora_forward_backward(u->m, u->l, &b, labels, denom, opt_bool(L, 4, "train", 1),
+                                 opt_bool(L, 4, "checkpointing", 0), &sum, &count) != QL_OK)
+        return ql_lua_error(L);
+    lua_pushnumber(L, sum);
+    lua_pushinteger(L, count);
+    return 2;
+}
+
+static int m_loss(lua_State *L)
+{
+    llora *u = check(L, 1);
+    ql_batch b;
+    int rows, T, lr, lT;
+    batch(L, u->m, 2, 4, &b, &rows, &T);
+    int32_t *labels = ql_lua_ids(L, 3, &lr, &lT);
+    if (lr != rows || lT != T) return luaL_error(L, "labels must have the shape of ids");
+    double sum;
+    int64_t count;
+    if (ql_lora_loss(u->m, u->l, &b, labels, &sum, &count) != QL_OK) return ql_lua_error(L);
+    lua_pushnumber(L, count ? sum / (double)count : 0.0 / 0.0);
+    lua_pushnumber(L, sum);
+    lua_pushinteger(L, count);
+    return 3;
+}
+
+static int m_logits(lua_State *L)
+{
+    llora *u = check(L, 1);
+    ql_batch b;
+    int rows, T;
+    batch(L, u->m, 2, 3, &b, &rows, &T);
+    int64_t shape[2] = { b.n, u->m->cfg.vocab };
+    ql_tensor *out = ql_tensor_new(QL_F32, 2, shape, ql_cpu());
+    if (!out) return ql_lua_error(L);
+    if (ql_lora_logits(u->m, u->l, &b, ql_tensor_data(out)) != QL_OK) { ql_tensor_release(out); return ql_lua_error(L); }
+    if (rows > 1) {
+        int64_t s3[3] = { rows, T, u->m->cfg.vocab };
+        ql_tensor *v = ql_tensor_view(out, 3, s3);
+        ql_tensor_release(out);
+        out = v;
+    }
+    return ql_lua_pushtensor(L, out);
+}
+
+static int m_zero_grad(lua_State *L) { ql_lora_zero_grad(check(L, 1)->l); return 0; }
+static int m_grad_norm(lua_State *L) { lua_pushnumber(L, ql_lora_grad_norm(check(L, 1)->l)); return 1; }
+static int m_scale_grad(lua_State *L) { ql_lora_scale_grad(check(L, 1)->l, (float)luaL_checknumber(L, 2)); return 0; }
+static int m_num_params(lua_State *L) { lua_pushinteger(L, ql_lora_num_params(check(L, 1)->l)); return 1; }
+
+static double opt_num(lua_State *L, int idx, const char *k, double d)
+{
+    lua_getfield(L, idx, k);
+    double v = luaL_optnumber(L, -1, d);
+    lua_pop(L, 1);
+    return v;
+}
+
+static int m_adamw(lua_State *L)
+{
+    llora *u = check(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    double lr = opt_num(L, 2, "lr", -1);
+    if (lr < 0) return luaL_error(L, "adamw: lr is required");
+    lua_getfield(L, 2, "step");
+    lua_Integer step = luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+    if (step < 1) return luaL_error(L, "adamw: step counts from 1");
+    ql_lora_adamw(u->l, (float)lr, (float)opt_num(L, 2, "beta1", 0.9), (float)opt_num(L, 2, "beta2", 0.999),
+                  (float)opt_num(L, 2, "eps", 1e-8), (float)opt_num(L, 2, "weight_decay", 0), step);
+    return 0;
+}
+
+static int push_arrays(lua_State *L, int grads)
+{
+    llora *u = check(L, 1);
+    lua_newtable(L);
+    for (int i = 0; i < u->l->layers; i++)
+        for (int t = 0; t < QL_NTARGETS; t++) {
+            ql_lora_mod *mod = ql_lora_at(u->l, i, t);
+            if (!mod) continue;
+            for (int ab = 0; ab < 2; ab++) {
+                char key[256];
+                snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.%s.lora_%s.weight", i,
+                         t <= QL_T_O ? "self_attn" : "mlp", ql_lora_target_names[t], ab ? "B" : "A");
+                int64_t shape[2] = { ab ? mod->out : mod->r, ab ? mod->r : mod->in };
+                const float *src = ab ? (grads ? mod->gB : mod->B) : (grads ? mod->gA : mod->A);
+                ql_tensor *t2 = ql_tensor_from_host(QL_F32, 2, shape, src, QL_F32, ql_cpu());
+                if (!t2) return ql_lua_error(L);
+                ql_lua_pushtensor(L, t2);
+                lua_setfield(L, -2, key);
+            }
+        }
+    return 1;
+}
+static int m_params(lua_State *L) { return push_arrays(L, 0); }
+static int m_grads(lua_State *L) { return push_arrays(L, 1); }
+
+static int m_merge(lua_State *L)
+{
+    llora *u = check(L, 1);
+    char note[512] = "";
+    if (ql_lora_merge(u->l, luaL_checkstring(L, 2), luaL_checkstring(L, 3), note, sizeof note) != QL_OK) return ql_lua_fail(L);
+    lua_pushstring(L, note);
+    return 1;
+}
+
+static int m_index(lua_State *L)
+{
+    llora *u = check(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    if (!strcmp(k, "r")) { lua_pushinteger(L, u->l->r); return 1; }
+    if (!strcmp(k, "alpha")) { lua_pushnumber(L, u->l->alpha); return 1; }
+    if (!strcmp(k, "dropout")) { lua_pushnumber(L, u->l->dropout); return 1; }
+    if (!strcmp(k, "rslora")) { lua_pushboolean(L, u->l->rslora); return 1; }
+    if (!strcmp(k, "model")) { lua_getiuservalue(L, 1, 1); return 1; }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_getfield(L, -1, k);
+    return 1;
+}
+
+static const luaL_Reg methods[] = {
+    { "save", m_save }, { "save_state", m_save_state }, { "load_state", m_load_state },
+    { "forward_backward", m_forward_backward }, { "loss", m_loss }, { "logits", m_logits },
+    { "zero_grad", m_zero_grad }, { "grad_norm", m_grad_norm }, { "scale_grad", m_scale_grad },
+    { "adamw", m_adamw }, { "params", m_params }, { "grads", m_grads }, { "merge", m_merge },
+    { "num_params", m_num_params }, { "release", m_release },
+    { NULL, NULL }
+};
+
+static const luaL_Reg functions[] = { { "new", l_new }, { "load", l_load }, { NULL, NULL } };
+
+int luaopen_qlora_lora(lua_State *L)
+{
+    if (luaL_newmetatable(L, LORA_MT)) {
+        luaL_newlib(L, methods);
+        lua_pushcclosure(L, m_index, 1);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, m_release); lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, m_release); lua_setfield(L, -2, "__close");
+    }
+    lua_pop(L, 1);
+    luaL_newlib(L, functions);
+    return 1;
+}

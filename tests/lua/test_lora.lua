@@ -1,0 +1,155 @@
+-- LoRA training step on the CPU reference against PEFT (tests/gen/gen_train.py):
+-- the loss and every adapter gradient, packed documents, gradient accumulation,
+-- gradient checkpointing, and 20 AdamW steps with warmup + cosine and clipping.
+local T = ...
+local tensor, model, lora = qlora.tensor, qlora.model, qlora.lora
+
+local function rel(a, r) return ((a - r):abs():max() / r:abs():max()):item() end
+
+local function worst_grad(lo, g, prefix)
+  local worst, wk, n = 0, nil, 0
+  for k, t in pairs(lo:grads()) do
+    local r = assert(g[prefix .. k], "golden lacks " .. prefix .. k)
+    local e = rel(t, r)
+    n = n + 1
+    if e > worst then worst, wk = e, k end
+  end
+  return worst, wk, n
+end
+
+for _, name in ipairs({ "tiny-qwen2", "tiny-llama" }) do
+  local dir = T.fixture("models/" .. name)
+  local function setup()
+    local g = assert(tensor.load(dir .. "/train_golden.safetensors"))
+    local m = assert(model.load(dir))
+    local lo = assert(lora.load(m, dir .. "/peft-adapter"))
+    return g, m, lo
+  end
+
+  T.test(name .. ": loss and all 56 adapter gradients match PEFT (fp32, <= 1e-4)", function()
+    local g, _, lo = setup()
+    local sum, n = lo:forward_backward(g["batch.ids"]:totable(), g["batch.labels"]:totable())
+    T.near(sum / n, g.loss:item(), 1e-5 * g.loss:item())
+    local worst, wk, count = worst_grad(lo, g, "grad.")
+    T.eq(count, 2 * 7 * 2)
+    T.truthy(worst <= 1e-4, string.format("%s: relative error %.3g", wk, worst))
+  end)
+
+  T.test(name .. ": packed documents: loss and gradients match PEFT run per document", function()
+    local g, _, lo = setup()
+    local mg = assert(tensor.load(dir .. "/golden.safetensors"))   -- the packed row of gen_models.py
+    local lens = mg["packed.doc_lens"]:totable()
+    local sum, n = lo:forward_backward(mg["packed.ids"]:totable()[1], mg["packed.labels"]:totable()[1], { doc_lens = lens })
+    T.near(sum / n, g["packed.loss"]:item(), 1e-5 * sum / n)
+    local worst, wk = worst_grad(lo, g, "packed.grad.")
+    T.truthy(worst <= 1e-4, string.format("%s: relative error %.3g", wk, worst))
+  end)
+
+  T.test(name .. ": k micro-batches with a shared denominator equal one batch", function()
+    local g, _, lo = setup()
+    local ids, labels = g["batch.ids"]:totable(), g["batch.labels"]:totable()
+    local _, total = lo:forward_backward(ids, labels)
+    local full = lo:grads()
+    lo:zero_grad()
+    local s1, n1 = lo:forward_backward({ ids[1] }, { labels[1] }, { denom = total })
+    local s2, n2 = lo:forward_backward({ ids[2] }, { labels[2] }, { denom = total })
+    T.eq(n1 + n2, total)
+    T.truthy(n1 ~= n2, "the rows have different target counts, so a per-micro-batch mean would be wrong")
+    for k, t in pairs(lo:grads()) do T.truthy(rel(t, full[k]) <= 1e-6, k) end
+    -- the bug other stacks had: averaging per micro-batch gives a different gradient
+    lo:zero_grad()
+    lo:forward_backward({ ids[1] }, { labels[1] }, { denom = n1 * 2 })
+    lo:forward_backward({ ids[2] }, { labels[2] }, { denom = n2 * 2 })
+    local worst = 0
+    for k, t in pairs(lo:grads()) do worst = math.max(worst, rel(t, full[k])) end
+    T.truthy(worst > 1e-3, "mean-of-means must differ from the token mean")
+  end)
+
+  T.test(name .. ": gradient checkpointing gives the same gradients", function()
+    local g, _, lo = setup()
+    local ids, labels = g["batch.ids"]:totable(), g["batch.labels"]:totable()
+    lo:forward_backward(ids, labels)
+    local a = lo:grads()
+    lo:zero_grad()
+    lo:forward_backward(ids, labels, { checkpointing = true })
+    for k, t in pairs(lo:grads()) do T.eq((t - a[k]):abs():max():item(), 0, k) end
+  end)
+
+  T.test(name .. ": 20 AdamW steps follow torch (warmup + cosine, clipping at 1.0)", function()
+    local g, _, lo = setup()
+    local train = qlora.train
+    local ids, labels = g["batch.ids"]:totable(), g["batch.labels"]:totable()
+    local want, norms = g["traj.loss"]:totable(), g["traj.gnorm"]:totable()
+    for step = 1, 20 do
+      lo:zero_grad()
+      local sum, n = lo:forward_backward(ids, labels)
+      T.near(sum / n, want[step], 2e-5 * want[step], "loss at step " .. step)
+      local norm = train.clip_grad_norm(lo, 1.0)
+      T.near(norm, norms[step], 1e-4 * norms[step], "grad norm at step " .. step)
+      local lr = 2e-3 * train.schedule("cosine", step - 1, 3, 20)
+      lo:adamw { lr = lr, weight_decay = 0.01, step = step }
+    end
+    local worst, wk = 0
+    for k, t in pairs(lo:params()) do
+      local e = rel(t, g["final." .. k])
+      if e > worst then worst, wk = e, k end
+    end
+    T.truthy(worst <= 1e-4, string.format("final %s: relative error %.3g", wk or "?", worst))
+  end)
+
+  T.test(name .. ": our adapter files have PEFT's keys, shapes and dtypes, and load back", function()
+    local g, m, lo = setup()
+    local out = T.tmpdir()
+    assert(lo:save(out))
+    local mine = assert(tensor.load(out .. "/adapter_model.safetensors"))
+    local peft = assert(tensor.load(dir .. "/peft-adapter/adapter_model.safetensors"))
+    for k, t in pairs(peft) do
+      T.truthy(mine[k], "missing " .. k)
+      T.eq(mine[k].shape, t.shape, k)
+      T.eq(mine[k].dtype, t.dtype, k)
+      T.eq((mine[k] - t):abs():max():item(), 0, k)
+    end
+    for k in pairs(mine) do T.truthy(peft[k], "extra key " .. k) end
+    local back = assert(lora.load(m, out))
+    T.eq(back.r, 4); T.eq(back.alpha, 8)
+    local cfg = io.open(out .. "/adapter_config.json"):read("a")
+    T.truthy(cfg:find('"peft_type": "LORA"', 1, true) and cfg:find('"task_type": "CAUSAL_LM"', 1, true), cfg)
+    os.execute("rm -rf '" .. out .. "'")
+  end)
+end
+
+T.test("new adapters start as PEFT does: B = 0 (no change), A ~ U(+-1/sqrt(in))", function()
+  local m = assert(model.load(T.fixture("models/tiny-llama")))
+  local lo = lora.new(m, { r = 8, alpha = 16, targets = { "q_proj", "v_proj" }, layers = { 1 }, seed = 3 })
+  T.eq(lo:num_params(), 8 * (64 + 64) + 8 * (64 + 16))
+  local p = lo:params()
+  local n = 0
+  for k, t in pairs(p) do
+    n = n + 1
+    T.truthy(k:find("layers%.1%."), k)
+    if k:find("lora_B") then T.eq(t:abs():max():item(), 0, k)
+    else
+      local bound = 1 / math.sqrt(64)
+      T.truthy(t:abs():max():item() <= bound and t:abs():max():item() > 0.9 * bound, k)
+    end
+  end
+  T.eq(n, 4)
+  local g = assert(tensor.load(T.fixture("models/tiny-llama/golden.safetensors")))
+  T.truthy(rel(lo:logits(g.ids:totable()), g.logits) <= 1e-4, "a fresh adapter changes nothing")
+  T.raises(function() lora.new(m, { targets = { "lm_head" } }) end, "unknown LoRA target")
+end)
+
+T.test("rslora scales by alpha / sqrt(r); dropout only in training", function()
+  local m = assert(model.load(T.fixture("models/tiny-qwen2")))
+  local g = assert(tensor.load(T.fixture("models/tiny-qwen2/golden.safetensors")))
+  local ids, labels = g.ids:totable(), g.labels:totable()
+  local lo = lora.new(m, { r = 4, alpha = 8, rslora = true, dropout = 0.3, seed = 1 })
+  -- give B values so the adapter matters
+  local peft = assert(lora.load(m, T.fixture("models/tiny-qwen2/peft-adapter")))
+  local a = lo:loss(ids, labels)
+  local sum1 = lo:forward_backward(ids, labels, { train = true })
+  local sum2 = lo:forward_backward(ids, labels, { train = true })
+  T.eq(a, (lo:loss(ids, labels)))         -- evaluation: no dropout, deterministic
+  T.eq(sum1 == sum2, true)                -- B = 0: dropout cannot change the loss yet
+  T.truthy(peft:loss(ids, labels) ~= a)
+end)
