@@ -10,7 +10,6 @@ import os
 import sys
 
 import numpy as np
-from safetensors.numpy import save_file
 
 SHAPES = {
     "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
@@ -36,19 +35,28 @@ Q, KV = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
 weight_map, shard, shards = {}, {}, []
 
 
+def save_bf16(tensors, path):
+    """safetensors with BF16 entries, written by hand (numpy has no bf16): header, then the bytes"""
+    header, off = {}, 0
+    for k, a in tensors.items():
+        dt = "BF16" if a.dtype == np.uint16 else "F32"
+        header[k] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
+        off += a.nbytes
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little"))
+        f.write(h)
+        for a in tensors.values():
+            f.write(np.ascontiguousarray(a).tobytes())
+
+
 def flush():
     global shard
     if not shard:
         return
     fname = f"model-{len(shards) + 1:05d}.safetensors"
-    # safetensors.numpy has no bf16: write as uint16 then patch the dtype in the header
-    path = os.path.join(out, fname)
-    save_file(shard, path)
-    with open(path, "r+b") as f:
-        n = int.from_bytes(f.read(8), "little")
-        hdr = f.read(n).replace(b'"U16"', b'"BF16"')
-        f.seek(8)
-        f.write(hdr)
+    save_bf16(shard, os.path.join(out, fname))
     for k in shard:
         weight_map[k] = fname
     shards.append(fname)

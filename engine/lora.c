@@ -357,9 +357,243 @@ ql_status ql_lora_load_state(ql_lora *l, const char *path)
     return s;
 }
 
-/* ---------------------------------------------------------------- merge (stub until written) */
+/* ---------------------------------------------------------------- merge */
+
+static const char *const nf4_aux[] = { ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
+                                       ".quant_state.bitsandbytes__nf4" };
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+/* the adapter for a weight key "model.layers.I.(self_attn|mlp).NAME.weight", or NULL */
+static const ql_lora_mod *mod_for_key(const ql_lora *l, const char *key)
+{
+    int layer;
+    char kind[16], name[32];
+    if (sscanf(key, "model.layers.%d.%15[a-z_].%31[a-z_].weight", &layer, kind, name) != 3) return NULL;
+    char check[160];
+    snprintf(check, sizeof check, "model.layers.%d.%s.%s.weight", layer, kind, name);
+    if (strcmp(check, key) != 0) return NULL;
+    for (int t = 0; t < QL_NTARGETS; t++)
+        if (!strcmp(name, ql_lora_target_names[t])) return ql_lora_at(l, layer, t);
+    return NULL;
+}
+
+static void store_row(float *src, int64_t n, const char *dtype, void *dst)
+{
+    if (!strcmp(dtype, "F32")) memcpy(dst, src, (size_t)n * 4);
+    else if (!strcmp(dtype, "F16")) for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = ql_f32_to_f16(src[i]);
+    else for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = ql_f32_to_bf16(src[i]);
+}
+
+/* writes weight w [out, in] (+ scale B A when mod) in dtype, a block of rows at a time */
+static ql_status write_merged(ql_st_writer *wr, const ql_tensor *w, const ql_lora_mod *mod, const char *dtype)
+{
+    int64_t out = w->shape[0], in = w->shape[1];
+    int64_t rows = (4 << 20) / (in > 0 ? in : 1);
+    if (rows < 1) rows = 1;
+    if (rows > out) rows = out;
+    float *f = malloc(sizeof(float) * (size_t)(rows * in));
+    void *o = malloc((size_t)(rows * in) * 4);
+    ql_status s = f && o ? QL_OK : ql_fail(QL_ENOMEM, "out of host memory");
+    size_t esize = !strcmp(dtype, "F32") ? 4 : 2;
+    for (int64_t r0 = 0; s == QL_OK && r0 < out; r0 += rows) {
+        int64_t r1 = r0 + rows < out ? r0 + rows : out;
+        if ((s = ql_weight_rows_f32(w, r0, r1, in, f))) break;
+        if (mod)   /* f += scale * B[r0:r1] @ A */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), (int)in, mod->r, mod->scale,
+                        mod->B + r0 * mod->r, mod->r, mod->A, (int)in, 1.0f, f, (int)in);
+        store_row(f, (r1 - r0) * in, dtype, o);
+        s = ql_st_writer_write(wr, o, (size_t)((r1 - r0) * in) * esize);
+    }
+    free(f);
+    free(o);
+    return s;
+}
+
+typedef struct { int idx; uint64_t begin; } by_offset;
+static int cmp_offset(const void *a, const void *b)
+{
+    const by_offset *x = a, *y = b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+static ql_status merge_shard(const ql_lora *l, const char *in_path, const char *out_path, int *adapted, int *four_bit,
+                             FILE *index_map, const char *out_name, int *first_key, uint64_t *total)
+{
+    ql_st_file *f = ql_st_open(in_path);
+    if (!f) return QL_EIO;
+    int n = ql_st_count(f);
+    by_offset *order = malloc(sizeof *order * (size_t)(n + 1));
+    ql_st_raw *e = calloc((size_t)n + 1, sizeof *e);
+    int *src = malloc(sizeof(int) * (size_t)(n + 1));
+    ql_status s = order && e && src ? QL_OK : ql_fail(QL_ENOMEM, "out of memory");
+    int k = 0;
+    for (int i = 0; s == QL_OK && i < n; i++) { order[i].idx = i; order[i].begin = ql_st_entry_at(f, i)->begin; }
+    if (s == QL_OK) qsort(order, (size_t)n, sizeof *order, cmp_offset);
+    for (int oi = 0; s == QL_OK && oi < n; oi++) {
+        int i = order[oi].idx;
+        const ql_st_entry *en = ql_st_entry_at(f, i);
+        int aux = 0;
+        for (size_t a = 0; a < sizeof nf4_aux / sizeof nf4_aux[0]; a++) {
+            if (!ends_with(en->name, nf4_aux[a])) continue;
+            char base[1024];
+            snprintf(base, sizeof base, "%.*s", (int)(strlen(en->name) - strlen(nf4_aux[a])), en->name);
+            if (ql_nf4_st_has(f, base)) aux = 1;
+        }
+        if (aux) continue;
+        ql_st_raw *r = &e[k];
+        r->name = en->name;
+        if (ql_nf4_st_has(f, en->name)) {
+            ql_tensor *q = ql_nf4_st_read(f, en->name);
+            if (!q) { s = QL_EFORMAT; break; }
+            r->dtype = q->quant->orig_dtype == QL_F32 ? "F32" : q->quant->orig_dtype == QL_F16 ? "F16" : "BF16";
+            r->ndim = q->ndim;
+            memcpy(r->shape, q->shape, sizeof q->shape);
+            r->nbytes = (uint64_t)ql_tensor_numel(q) * (!strcmp(r->dtype, "F32") ? 4 : 2);
+            ql_tensor_release(q);
+            *four_bit = 1;
+        } else {
+            r->dtype = en->dtype;
+            r->ndim = en->ndim;
+            memcpy(r->shape, en->shape, sizeof en->shape);
+            r->nbytes = en->end - en->begin;
+        }
+        src[k++] = i;
+    }
+    ql_st_writer *w = NULL;
+    if (s == QL_OK) {
+        const char *mk[1] = { "format" }, *mv[1] = { "pt" };
+        w = ql_st_writer_open(out_path, k, e, 1, mk, mv);
+        if (!w) s = QL_EIO;
+    }
+    for (int j = 0; s == QL_OK && j < k; j++) {
+        int i = src[j];
+        const ql_st_entry *en = ql_st_entry_at(f, i);
+        const ql_lora_mod *mod = mod_for_key(l, en->name);
+        if (index_map) {
+            fprintf(index_map, "%s\n    \"%s\": \"%s\"", *first_key ? "" : ",", en->name, out_name);
+            *first_key = 0;
+        }
+        *total += e[j].nbytes;
+        if (mod || ql_nf4_st_has(f, en->name)) {
+            ql_tensor *wt = ql_nf4_st_has(f, en->name) ? ql_nf4_st_read(f, en->name) : ql_st_tensor(f, i);
+            if (!wt) { s = QL_EFORMAT; break; }
+            if (wt->ndim != 2 || (mod && (wt->shape[0] != mod->out || wt->shape[1] != mod->in))) {
+                s = ql_fail(QL_EFORMAT, "%s: '%s' does not have the shape the adapter was trained for", in_path, en->name);
+                ql_tensor_release(wt);
+                break;
+            }
+            s = write_merged(w, wt, mod, e[j].dtype);
+            ql_tensor_release(wt);
+            if (mod) (*adapted)++;
+        } else {
+            s = ql_st_writer_write(w, ql_st_data(f, i), (size_t)(en->end - en->begin));
+        }
+        ql_st_drop(f, i);
+    }
+    if (w) { if (s == QL_OK) s = ql_st_writer_close(w); else ql_st_writer_abort(w); }
+    free(order); free(e); free(src);
+    ql_st_close(f);
+    return s;
+}
+
+static ql_status copy_file(const char *from, const char *to)
+{
+    ql_mapping m;
+    QL_TRY(ql_map_file(from, &m));
+    ql_atomic_file af;
+    ql_status s = ql_atomic_open(&af, to);
+    if (s == QL_OK) {
+        if (m.size) fwrite(m.data, 1, m.size, af.fp);
+        s = ql_atomic_commit(&af);
+    }
+    ql_unmap_file(&m);
+    return s;
+}
+
 ql_status ql_lora_merge(const ql_lora *l, const char *base_dir, const char *out_dir, char *note, size_t note_cap)
 {
-    (void)l; (void)base_dir; (void)out_dir; (void)note; (void)note_cap;
-    return ql_fail(QL_EUNSUPPORTED, "merge: not written yet");
+    char path[4096], out[4096];
+    snprintf(path, sizeof path, "%s/config.json", base_dir);
+    ql_json_doc *cfg = NULL;
+    if (!ql_file_exists(path)) return ql_fail(QL_EIO, "%s: config.json is missing: merge needs the base model's folder", base_dir);
+    QL_TRY(ql_json_parse_file(path, &cfg));
+    ql_status s = ql_mkdir_p(out_dir);
+    int adapted = 0, four_bit = 0;
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", base_dir);
+    if (s == QL_OK && ql_file_exists(path)) {
+        ql_json_doc *idx = NULL;
+        s = ql_json_parse_file(path, &idx);
+        const ql_json *wm = s == QL_OK ? ql_json_get(ql_json_root(idx), "weight_map") : NULL;
+        if (s == QL_OK && !ql_json_is(wm, QL_JSON_OBJECT)) s = ql_fail(QL_EFORMAT, "%s: no weight_map", path);
+        /* the shard files, in order of first appearance */
+        size_t nw = ql_json_len(wm);
+        const char **files = calloc(nw + 1, sizeof *files);
+        int nf = 0;
+        for (size_t i = 0; s == QL_OK && files && i < nw; i++) {
+            const char *fn = ql_json_str(ql_json_value_at(wm, i));
+            int seen = 0;
+            for (int j = 0; j < nf; j++) seen |= !strcmp(files[j], fn);
+            if (!seen) files[nf++] = fn;
+        }
+        snprintf(out, sizeof out, "%s/model.safetensors.index.json", out_dir);
+        ql_atomic_file af;
+        if (s == QL_OK) s = ql_atomic_open(&af, out);
+        if (s == QL_OK) {
+            int first = 1;
+            uint64_t total = 0;
+            fprintf(af.fp, "{\n  \"weight_map\": {");
+            for (int j = 0; s == QL_OK && j < nf; j++) {
+                char ip[4096], op[4096];
+                snprintf(ip, sizeof ip, "%s/%s", base_dir, files[j]);
+                snprintf(op, sizeof op, "%s/%s", out_dir, files[j]);
+                s = merge_shard(l, ip, op, &adapted, &four_bit, af.fp, files[j], &first, &total);
+            }
+            fprintf(af.fp, "\n  },\n  \"metadata\": {\"total_size\": %llu}\n}\n", (unsigned long long)total);
+            if (s == QL_OK) s = ql_atomic_commit(&af);
+            else ql_atomic_abort(&af);
+        }
+        free(files);
+        ql_json_free(idx);
+    } else if (s == QL_OK) {
+        snprintf(path, sizeof path, "%s/model.safetensors", base_dir);
+        snprintf(out, sizeof out, "%s/model.safetensors", out_dir);
+        int first = 1;
+        uint64_t total = 0;
+        s = merge_shard(l, path, out, &adapted, &four_bit, NULL, "model.safetensors", &first, &total);
+    }
+    int expected = 0;
+    for (int i = 0; i < l->layers * QL_NTARGETS; i++) expected += l->mods[i].in != 0;
+    if (s == QL_OK && adapted != expected)
+        s = ql_fail(QL_EFORMAT, "%s: only %d of the adapter's %d projections were found in the base weights; "
+                                "is this the model the adapter was trained on?", base_dir, adapted, expected);
+    /* config.json without quantization_config, and the tokenizer files */
+    if (s == QL_OK) {
+        snprintf(out, sizeof out, "%s/config.json", out_dir);
+        ql_atomic_file af;
+        s = ql_atomic_open(&af, out);
+        if (s == QL_OK) {
+            ql_json_write(af.fp, ql_json_root(cfg), 2, "quantization_config");
+            s = ql_atomic_commit(&af);
+        }
+    }
+    static const char *const extra[] = { "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                         "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model",
+                                         "chat_template.jinja" };
+    for (size_t i = 0; s == QL_OK && i < sizeof extra / sizeof extra[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", base_dir, extra[i]);
+        snprintf(out, sizeof out, "%s/%s", out_dir, extra[i]);
+        if (ql_file_exists(path)) s = copy_file(path, out);
+    }
+    if (s == QL_OK && note)
+        snprintf(note, note_cap, four_bit
+                 ? "merged into weights dequantized from the 4-bit checkpoint: the merged model keeps NF4's rounding "
+                   "error; merge into the original bf16 checkpoint (base=...) to avoid it"
+                 : "merged %d projections into the original weights of %s", adapted, base_dir);
+    ql_json_free(cfg);
+    return s;
 }

@@ -452,20 +452,23 @@ static int cmp_raw(const void *a, const void *b)
     return strcmp(((const ql_st_raw *)a)->name, ((const ql_st_raw *)b)->name);
 }
 
-ql_status ql_st_save_raw(const char *path, int n, const ql_st_raw *entries_in,
-                         int nmeta, const char *const *mk, const char *const *mv)
+struct ql_st_writer {
+    ql_atomic_file af;
+    uint64_t expected, written;
+    char *path;
+};
+
+ql_st_writer *ql_st_writer_open(const char *path, int n, const ql_st_raw *e,
+                                int nmeta, const char *const *mk, const char *const *mv)
 {
-    ql_st_raw *e = malloc(sizeof *e * (size_t)(n > 0 ? n : 1));
-    if (!e) return ql_fail(QL_ENOMEM, "out of memory");
-    memcpy(e, entries_in, sizeof *e * (size_t)n);
-    qsort(e, (size_t)n, sizeof *e, cmp_raw);
-    for (int i = 1; i < n; i++)
-        if (!strcmp(e[i].name, e[i - 1].name)) { free(e); return ql_fail(QL_EINVAL, "%s: tensor name '%s' appears twice", path, e[i].name); }
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++)
+            if (!strcmp(e[i].name, e[j].name)) { ql_fail(QL_EINVAL, "%s: tensor name '%s' appears twice", path, e[i].name); return NULL; }
     /* header into memory first, to know its length */
     char *hdr = NULL;
     size_t hlen = 0;
     FILE *mem = open_memstream(&hdr, &hlen);
-    if (!mem) { free(e); return ql_fail(QL_ENOMEM, "out of memory"); }
+    if (!mem) { ql_fail(QL_ENOMEM, "out of memory"); return NULL; }
     fputc('{', mem);
     int first = 1;
     if (nmeta > 0) {
@@ -491,22 +494,64 @@ ql_status ql_st_save_raw(const char *path, int n, const ql_st_raw *entries_in,
     fclose(mem);
     while (hlen % 8) {  /* pad with spaces to 8-byte alignment of the data */
         char *h2 = realloc(hdr, hlen + 1);
-        if (!h2) { free(hdr); free(e); return ql_fail(QL_ENOMEM, "out of memory"); }
+        if (!h2) { free(hdr); ql_fail(QL_ENOMEM, "out of memory"); return NULL; }
         hdr = h2;
         hdr[hlen++] = ' ';
     }
-    ql_atomic_file af;
-    ql_status s = ql_atomic_open(&af, path);
-    if (s == QL_OK) {
-        uint8_t len8[8];
-        for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
-        fwrite(len8, 1, 8, af.fp);
-        fwrite(hdr, 1, hlen, af.fp);
-        for (int i = 0; i < n; i++)
-            if (e[i].nbytes && fwrite(e[i].data, 1, (size_t)e[i].nbytes, af.fp) != e[i].nbytes) break;
-        s = ql_atomic_commit(&af);
-    }
+    ql_st_writer *w = calloc(1, sizeof *w);
+    if (!w) { free(hdr); ql_fail(QL_ENOMEM, "out of memory"); return NULL; }
+    if (ql_atomic_open(&w->af, path) != QL_OK) { free(hdr); free(w); return NULL; }
+    uint8_t len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
+    fwrite(len8, 1, 8, w->af.fp);
+    fwrite(hdr, 1, hlen, w->af.fp);
     free(hdr);
+    w->expected = off;
+    w->path = strdup(path);
+    return w;
+}
+
+ql_status ql_st_writer_write(ql_st_writer *w, const void *data, size_t n)
+{
+    if (w->written + n > w->expected) return ql_fail(QL_EINVAL, "%s: more data than the header announced", w->path);
+    if (n && fwrite(data, 1, n, w->af.fp) != n) return ql_fail(QL_EIO, "%s: write failed; is the disk full?", w->path);
+    w->written += n;
+    return QL_OK;
+}
+
+void ql_st_writer_abort(ql_st_writer *w)
+{
+    if (!w) return;
+    ql_atomic_abort(&w->af);
+    free(w->path);
+    free(w);
+}
+
+ql_status ql_st_writer_close(ql_st_writer *w)
+{
+    if (w->written != w->expected) {
+        ql_status s = ql_fail(QL_EINVAL, "%s: %llu of %llu data bytes written", w->path,
+                              (unsigned long long)w->written, (unsigned long long)w->expected);
+        ql_st_writer_abort(w);
+        return s;
+    }
+    ql_status s = ql_atomic_commit(&w->af);
+    free(w->path);
+    free(w);
+    return s;
+}
+
+ql_status ql_st_save_raw(const char *path, int n, const ql_st_raw *entries_in,
+                         int nmeta, const char *const *mk, const char *const *mv)
+{
+    ql_st_raw *e = malloc(sizeof *e * (size_t)(n > 0 ? n : 1));
+    if (!e) return ql_fail(QL_ENOMEM, "out of memory");
+    memcpy(e, entries_in, sizeof *e * (size_t)n);
+    qsort(e, (size_t)n, sizeof *e, cmp_raw);
+    ql_st_writer *w = ql_st_writer_open(path, n, e, nmeta, mk, mv);
+    ql_status s = w ? QL_OK : QL_EIO;
+    for (int i = 0; s == QL_OK && i < n; i++) s = ql_st_writer_write(w, e[i].data, (size_t)e[i].nbytes);
+    if (w) { if (s == QL_OK) s = ql_st_writer_close(w); else ql_st_writer_abort(w); }
     free(e);
     return s;
 }

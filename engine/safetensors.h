@@ -62,4 +62,14 @@ typedef struct ql_st_raw {
 ql_status ql_st_save_raw(const char *path, int n, const ql_st_raw *entries,
                          int nmeta, const char *const *meta_keys, const char *const *meta_values);
 
+/* Streaming writer: the header (entries in the given order; their data
+   pointers are ignored) is written first, then exactly the announced bytes in
+   order; close renames the temporary file into place, abort removes it. */
+typedef struct ql_st_writer ql_st_writer;
+ql_st_writer *ql_st_writer_open(const char *path, int n, const ql_st_raw *entries,
+                                int nmeta, const char *const *meta_keys, const char *const *meta_values);
+ql_status ql_st_writer_write(ql_st_writer *w, const void *data, size_t n);
+ql_status ql_st_writer_close(ql_st_writer *w);
+void      ql_st_writer_abort(ql_st_writer *w);
+
 #endif

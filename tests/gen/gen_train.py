@@ -15,7 +15,9 @@ gen_models.py (run that first). For each model, into tests/fixtures/models/<name
                           grad-norm clipping at 1.0 (torch.nn.utils.clip_grad_norm_)
     traj.gnorm            the pre-clip gradient norm at each step
     final.<key>           adapter weights after the 20 steps
-    merged.logits         logits of base + adapter (PEFT forward), for the merge test
+    merged.logits         logits of base + adapter (PEFT forward, fp32, unmerged)
+    merged.<weight key>   PEFT's merge_and_unload weights, in bf16 as save_pretrained writes them
+    merged.logits_bf16    transformers' logits on that merged bf16 checkpoint
 
     /opt/refenv/bin/python tests/gen/gen_train.py
 """
@@ -84,6 +86,21 @@ def run(name):
         model.eval()
         out["merged.logits"] = model(input_ids=ids).logits.float()
         model.train()
+    # merged weights as PEFT computes them (fp32 merge_and_unload), stored in bf16 as
+    # save_pretrained writes a bf16 model, and transformers' logits on that bf16 checkpoint
+    import copy
+    merged = copy.deepcopy(model).merge_and_unload()
+    msd = merged.state_dict()
+    for n, p in params.items():
+        if "lora_A" in n:
+            wkey = n.replace("base_model.model.", "", 1).replace(".lora_A.default.weight", ".weight")
+            out["merged." + wkey] = msd[wkey].to(torch.bfloat16)
+    mdir = os.path.join(d, "_merged_tmp")
+    merged.to(torch.bfloat16).save_pretrained(mdir)
+    mref = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        out["merged.logits_bf16"] = mref(input_ids=ids).logits.float()
+    shutil.rmtree(mdir)
     # 20 AdamW steps with warmup + cosine and clipping
     opt = torch.optim.AdamW(list(params.values()), lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=20)

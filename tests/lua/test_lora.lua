@@ -153,3 +153,56 @@ T.test("rslora scales by alpha / sqrt(r); dropout only in training", function()
   T.eq(sum1 == sum2, true)                -- B = 0: dropout cannot change the loss yet
   T.truthy(peft:loss(ids, labels) ~= a)
 end)
+
+for _, name in ipairs({ "tiny-qwen2", "tiny-llama" }) do
+  T.test(name .. ": merge equals PEFT's merge_and_unload bit for bit; transformers' logits on it", function()
+    local dir = T.fixture("models/" .. name)
+    local g = assert(tensor.load(dir .. "/train_golden.safetensors"))
+    local m = assert(model.load(dir))
+    local lo = assert(lora.load(m, dir .. "/peft-adapter"))
+    local out = T.tmpdir() .. "/merged"
+    local note = assert(lo:merge(dir, out))
+    T.truthy(note:find("original weights"), note)
+    local w = assert(tensor.load(out .. "/model.safetensors"))
+    local n = 0
+    for k, t in pairs(g) do
+      if k:match("^merged%.model%.") then
+        n = n + 1
+        local mine = assert(w[k:sub(8)], k)
+        T.eq(mine.dtype, "bf16")
+        T.eq((mine:float() - t:float()):abs():max():item(), 0, k)
+      end
+    end
+    T.eq(n, 14)
+    local mm = assert(model.load(out))
+    T.truthy(rel(mm:logits(g["batch.ids"]:totable()), g["merged.logits_bf16"]) <= 1e-4)
+    os.execute("rm -rf '" .. out .. "'")
+  end)
+end
+
+T.test("merge from a 4-bit checkpoint dequantizes (never re-quantizes) and says so", function()
+  local dir = T.fixture("models/tiny-llama")
+  local w = assert(tensor.load(dir .. "/model.safetensors"))
+  local q = {}
+  for k, t in pairs(w) do q[k] = (k:find("_proj%.weight$") and qlora.nf4.quantize(t)) or t end
+  local bnb = T.tmpdir() .. "/bnb"
+  qlora.sys.mkdir(bnb)
+  assert(qlora.nf4.save(bnb .. "/model.safetensors", q))
+  local cfg = io.open(dir .. "/config.json"):read("a")
+  cfg = cfg:gsub('^{', '{\n  "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true, ' ..
+                       '"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": true},', 1)
+  assert(qlora.sys.write_file(bnb .. "/config.json", cfg))
+  local m4 = assert(model.load(bnb))
+  T.eq(m4:config().nf4, true)
+  local lo = assert(lora.load(m4, dir .. "/peft-adapter"))
+  local out = T.tmpdir() .. "/merged4"
+  local note = assert(lo:merge(bnb, out))
+  T.truthy(note:find("4%-bit"), note)
+  local merged = assert(tensor.load(out .. "/model.safetensors"))
+  local k = "model.layers.0.self_attn.q_proj.weight"
+  T.eq(merged[k].dtype, "bf16")
+  T.eq(merged[k .. ".absmax"], nil)
+  T.truthy(not io.open(out .. "/config.json"):read("a"):find("quantization_config"), "the merged config is not 4-bit")
+  assert(model.load(out))
+  os.execute("rm -rf '" .. bnb .. "' '" .. out .. "'")
+end)
