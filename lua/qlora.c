@@ -34,6 +34,7 @@ static const luaL_Reg native[] = {
     { "model", luaopen_qlora_model },
     { "tokenizer", luaopen_qlora_tokenizer },
     { "lora", luaopen_qlora_lora },
+    { "json", luaopen_qlora_json },
     /* modules of later issues register here */
     { NULL, NULL }
 };

@@ -43,5 +43,6 @@ int32_t *ql_lua_ids(lua_State *L, int idx, int *rows, int *T);
 /* positions and attention ranges for rows of length T, honouring opts.doc_lens */
 void ql_lua_batch_ranges(lua_State *L, int opts, int rows, int T, int32_t *pos, int32_t *lo, int32_t *hi);
 int luaopen_qlora_lora(lua_State *L);
+int luaopen_qlora_json(lua_State *L);
 
 #endif

@@ -1,0 +1,202 @@
+/*
+ * l_json.c — qlora.json: JSON for recipes (JSONL data, trainer state, configs).
+ *   qlora.json.decode(text [, name]) -> value | nil, message   (name labels errors: "data.jsonl:12")
+ *   qlora.json.encode(value [, {indent = 2}]) -> text
+ *   qlora.json.null                      -- what JSON null decodes to
+ *   qlora.json.array(t)                  -- marks t to encode as an array even when empty
+ * Tables whose keys are 1..n encode as arrays, others as objects with sorted keys.
+ * Numbers: integers stay integers when they fit; others are doubles (%.17g).
+ */
+#include "qlora.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+
+static char null_key, array_key;
+
+static void push_value(lua_State *L, const ql_json *v)
+{
+    luaL_checkstack(L, 4, "JSON nests too deep");
+    switch (v->type) {
+    case QL_JSON_NULL: lua_pushlightuserdata(L, &null_key); break;
+    case QL_JSON_FALSE: lua_pushboolean(L, 0); break;
+    case QL_JSON_TRUE: lua_pushboolean(L, 1); break;
+    case QL_JSON_NUMBER: {
+        double d = v->u.num;
+        if (d == floor(d) && fabs(d) < 9007199254740992.0) lua_pushinteger(L, (lua_Integer)d);
+        else lua_pushnumber(L, d);
+        break;
+    }
+    case QL_JSON_STRING: lua_pushlstring(L, v->u.str, v->n); break;
+    case QL_JSON_ARRAY:
+        lua_createtable(L, (int)v->n, 0);
+        for (uint32_t i = 0; i < v->n; i++) { push_value(L, &v->u.items[i]); lua_seti(L, -2, i + 1); }
+        break;
+    case QL_JSON_OBJECT:
+        lua_createtable(L, 0, (int)v->n);
+        for (uint32_t i = 0; i < v->n; i++) {
+            lua_pushlstring(L, v->u.items[2 * i].u.str, v->u.items[2 * i].n);
+            push_value(L, &v->u.items[2 * i + 1]);
+            lua_rawset(L, -3);
+        }
+        break;
+    }
+}
+
+static int l_decode(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    ql_json_doc *doc;
+    if (ql_json_parse(s, n, luaL_optstring(L, 2, "json"), &doc) != QL_OK) return ql_lua_fail(L);
+    push_value(L, ql_json_root(doc));
+    ql_json_free(doc);
+    return 1;
+}
+
+static void enc_string(luaL_Buffer *b, const char *s, size_t n)
+{
+    luaL_addchar(b, '"');
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char tmp[8];
+        switch (c) {
+        case '"': luaL_addstring(b, "\\\""); break;
+        case '\\': luaL_addstring(b, "\\\\"); break;
+        case '\n': luaL_addstring(b, "\\n"); break;
+        case '\r': luaL_addstring(b, "\\r"); break;
+        case '\t': luaL_addstring(b, "\\t"); break;
+        default:
+            if (c < 0x20) { snprintf(tmp, sizeof tmp, "\\u%04x", c); luaL_addstring(b, tmp); }
+            else luaL_addchar(b, (char)c);
+        }
+    }
+    luaL_addchar(b, '"');
+}
+
+static int cmp_keys(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+static void indent_to(luaL_Buffer *b, int indent, int depth)
+{
+    if (indent <= 0) return;
+    luaL_addchar(b, '\n');
+    for (int i = 0; i < indent * depth; i++) luaL_addchar(b, ' ');
+}
+
+/* encodes the value at idx; the buffer sits below on the stack, so use a separate
+   stack slot discipline: every push here is popped before returning */
+static void enc(lua_State *L, luaL_Buffer *b, int idx, int indent, int depth)
+{
+    idx = lua_absindex(L, idx);
+    if (depth > 100) luaL_error(L, "json.encode: nesting deeper than 100 (a cycle?)");
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: luaL_addstring(b, "null"); return;
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == &null_key) { luaL_addstring(b, "null"); return; }
+        break;
+    case LUA_TBOOLEAN: luaL_addstring(b, lua_toboolean(L, idx) ? "true" : "false"); return;
+    case LUA_TNUMBER: {
+        char tmp[64];
+        if (lua_isinteger(L, idx)) snprintf(tmp, sizeof tmp, "%lld", (long long)lua_tointeger(L, idx));
+        else {
+            double d = lua_tonumber(L, idx);
+            if (!isfinite(d)) luaL_error(L, "json.encode: %f cannot be written in JSON", d);
+            snprintf(tmp, sizeof tmp, "%.17g", d);
+        }
+        luaL_addstring(b, tmp);
+        return;
+    }
+    case LUA_TSTRING: { size_t n; const char *s = lua_tolstring(L, idx, &n); enc_string(b, s, n); return; }
+    case LUA_TTABLE: {
+        lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+        int is_array = n > 0;
+        if (!is_array && lua_getmetatable(L, idx)) {
+            lua_pushlightuserdata(L, &array_key);
+            lua_rawget(L, -2);
+            is_array = lua_toboolean(L, -1);
+            lua_pop(L, 2);
+        }
+        int count = 0;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) { count++; lua_pop(L, 1); }
+        if (is_array && count == n) {
+            luaL_addchar(b, '[');
+            for (lua_Integer i = 1; i <= n; i++) {
+                if (i > 1) luaL_addchar(b, ',');
+                indent_to(b, indent, depth + 1);
+                lua_rawgeti(L, idx, i);
+                enc(L, b, -1, indent, depth + 1);
+                lua_pop(L, 1);
+            }
+            if (n) indent_to(b, indent, depth);
+            luaL_addchar(b, ']');
+            return;
+        }
+        const char **keys = malloc(sizeof(char *) * (size_t)(count + 1));
+        if (!keys) luaL_error(L, "out of memory");
+        int k = 0;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            lua_pop(L, 1);
+            if (lua_type(L, -1) != LUA_TSTRING) { free(keys); luaL_error(L, "json.encode: object keys must be strings"); }
+            keys[k++] = lua_tostring(L, -1);   /* stays valid: the key lives in the table */
+        }
+        qsort(keys, (size_t)k, sizeof *keys, cmp_keys);
+        luaL_addchar(b, '{');
+        for (int i = 0; i < k; i++) {
+            if (i) luaL_addchar(b, ',');
+            indent_to(b, indent, depth + 1);
+            enc_string(b, keys[i], strlen(keys[i]));
+            luaL_addstring(b, indent > 0 ? ": " : ":");
+            lua_getfield(L, idx, keys[i]);
+            enc(L, b, -1, indent, depth + 1);
+            lua_pop(L, 1);
+        }
+        if (k) indent_to(b, indent, depth);
+        luaL_addchar(b, '}');
+        free(keys);
+        return;
+    }
+    default: break;
+    }
+    luaL_error(L, "json.encode: cannot encode a %s", luaL_typename(L, idx));
+}
+
+static int l_encode(lua_State *L)
+{
+    int indent = 0;
+    if (lua_istable(L, 2)) { lua_getfield(L, 2, "indent"); indent = (int)luaL_optinteger(L, -1, 0); lua_pop(L, 1); }
+    lua_settop(L, 1);
+    /* encode into a Lua string through a table of pieces, so errors cannot leak a luaL_Buffer */
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    enc(L, &b, 1, indent, 0);
+    luaL_pushresult(&b);
+    return 1;
+}
+
+static int l_array(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_newtable(L);
+    lua_pushlightuserdata(L, &array_key);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+    lua_setmetatable(L, 1);
+    lua_settop(L, 1);
+    return 1;
+}
+
+static const luaL_Reg functions[] = { { "decode", l_decode }, { "encode", l_encode }, { "array", l_array }, { NULL, NULL } };
+
+int luaopen_qlora_json(lua_State *L)
+{
+    luaL_newlib(L, functions);
+    lua_pushlightuserdata(L, &null_key);
+    lua_setfield(L, -2, "null");
+    return 1;
+}
