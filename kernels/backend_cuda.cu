@@ -1,0 +1,459 @@
+/*
+ * backend_cuda.cu — the CUDA backend table (ql_cuda_backend, backend.h):
+ * memory, host transfers, and the elementwise ops (fill, arange, rand, copy
+ * and casts, unary, binary). Reductions and softmax live in reduce_cuda.cu,
+ * matmul in matmul_cublaslt.cu, the device probe in device_cuda.cu.
+ *
+ * Contract (backend.h): tensor.c has validated shapes, dtypes and devices.
+ * Every op makes the tensor's device current, works on the legacy default
+ * stream and checks every CUDA call and launch; failures come back as
+ * QL_EDEVICE / QL_ENOMEM with the CUDA error string, never an abort.
+ * Results must equal the CPU reference bit for bit for fill, arange, rand and
+ * copies, and within float rounding for math (f32 arithmetic, no fast-math).
+ * Memory accounting is tensor.c's job, not ours.
+ *
+ * Kernels: one thread per element in a grid-stride loop with 64-bit indices;
+ * a contiguous fast path, else the merged strided index of common.cuh.
+ */
+#include "common.cuh"
+#include "rng_cuda.cuh"
+
+#include <mutex>
+
+/* ---------------------------------------------------------------- devices */
+
+static std::once_flag g_count_once;
+static int g_ndev;                 /* usable devices, 0 on any error */
+static int g_sm[QL_MAX_GPUS];
+
+static void count_devices(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) { (void)cudaGetLastError(); n = 0; }
+    if (n > QL_MAX_GPUS) n = QL_MAX_GPUS;
+    for (int i = 0; i < n; i++) {
+        int sm = 0;
+        if (cudaDeviceGetAttribute(&sm, cudaDevAttrMultiProcessorCount, i) != cudaSuccess) {
+            (void)cudaGetLastError();
+            sm = 1;
+        }
+        g_sm[i] = sm > 0 ? sm : 1;
+    }
+    g_ndev = n;
+}
+
+static int cuda_device_count(void)
+{
+    std::call_once(g_count_once, count_devices);
+    return g_ndev;
+}
+
+int ql_cuda_sm_count(int dev)
+{
+    if (dev < 0 || dev >= cuda_device_count()) return 1;
+    return g_sm[dev];
+}
+
+ql_status ql_cuda_set_device(int dev)
+{
+    int n = cuda_device_count();
+    if (dev < 0 || dev >= n)
+        return ql_fail(QL_ENODEV, "cuda:%d does not exist: this machine has %d usable CUDA device%s "
+                       "(run `qlora doctor` to see why)", dev, n, n == 1 ? "" : "s");
+    QL_CU(cudaSetDevice(dev));
+    return QL_OK;
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static void *alloc_impl(int dev, size_t nbytes, const char *what)
+{
+    if (ql_cuda_set_device(dev) != QL_OK) return NULL;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, nbytes ? nbytes : 1);
+    if (e == cudaSuccess) return p;
+    (void)cudaGetLastError();
+    if (e == cudaErrorMemoryAllocation) {
+        size_t free_b = 0, total_b = 0;
+        if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) (void)cudaGetLastError();
+        ql_fail(QL_ENOMEM, "CUDA out of memory on cuda:%d: %s asked for %.3f GiB (%zu bytes) but only "
+                "%.3f GiB of %.3f GiB are free. Use a smaller batch size or seq_len, or turn on "
+                "gradient checkpointing.", dev, what, nbytes / 1073741824.0, nbytes,
+                free_b / 1073741824.0, total_b / 1073741824.0);
+    } else {
+        ql_fail(QL_EDEVICE, "CUDA: cudaMalloc of %zu bytes on cuda:%d failed: %s (%s)", nbytes, dev,
+                cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    return NULL;
+}
+
+static void *cuda_alloc(int dev, size_t nbytes) { return alloc_impl(dev, nbytes, "a tensor"); }
+
+static void cuda_free(int dev, void *p)
+{
+    if (!p) return;
+    if (ql_cuda_set_device(dev) != QL_OK) return;
+    if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
+}
+
+void *ql_cuda_tmp_alloc(int dev, size_t nbytes) { return alloc_impl(dev, nbytes, "a temporary buffer"); }
+void ql_cuda_tmp_free(int dev, void *p) { cuda_free(dev, p); }
+
+static ql_status cuda_to_host(int dev, void *dst, const void *src, size_t n)
+{
+    QL_TRY(ql_cuda_set_device(dev));
+    if (n) QL_CU(cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost));
+    return QL_OK;
+}
+
+static ql_status cuda_from_host(int dev, void *dst, const void *src, size_t n)
+{
+    QL_TRY(ql_cuda_set_device(dev));
+    if (n) QL_CU(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice));
+    return QL_OK;
+}
+
+static ql_status cuda_sync(int dev)
+{
+    QL_TRY(ql_cuda_set_device(dev));
+    QL_CU(cudaDeviceSynchronize());
+    return QL_OK;
+}
+
+static ql_status cuda_mem_info(int dev, size_t *free_b, size_t *total_b)
+{
+    QL_TRY(ql_cuda_set_device(dev));
+    QL_CU(cudaMemGetInfo(free_b, total_b));
+    return QL_OK;
+}
+
+/* ---------------------------------------------------------------- fill */
+
+/* value -> element, as the CPU reference stores a double */
+template <typename T> static inline T from_double(double v);
+template <> inline float from_double<float>(double v) { return (float)v; }
+template <> inline ql_bf16_t from_double<ql_bf16_t>(double v) { return ql_from_f32<ql_bf16_t>((float)v); }
+template <> inline ql_f16_t from_double<ql_f16_t>(double v) { return ql_from_f32<ql_f16_t>((float)v); }
+template <> inline int32_t from_double<int32_t>(double v)
+{ return v != v ? 0 : v <= -2147483648.0 ? INT32_MIN : v >= 2147483647.0 ? INT32_MAX : (int32_t)v; }
+template <> inline int64_t from_double<int64_t>(double v)
+{ return v != v ? 0 : v <= -9223372036854775808.0 ? INT64_MIN : v >= 9223372036854775808.0 ? INT64_MAX : (int64_t)v; }
+template <> inline uint8_t from_double<uint8_t>(double v)
+{ return v != v ? 0 : v <= 0.0 ? 0 : v >= 255.0 ? 255 : (uint8_t)v; }
+
+template <typename W, bool CONTIG>
+__global__ void k_fill(W *dst, W val, int64_t n, ql_idx ix)
+{
+    QL_GRID_LOOP(i, n) {
+        int64_t o = i;
+        if (!CONTIG) ql_idx_offsets<1>(ix, i, &o);
+        dst[o] = val;
+    }
+}
+
+/* fills by bit pattern: W is the unsigned word of the element's size */
+template <typename W> static ql_status fill_words(ql_tensor *dst, W val)
+{
+    int64_t n = ql_tensor_numel(dst);
+    if (n == 0) return QL_OK;
+    ql_idx ix;
+    const ql_tensor *ts[1] = { dst };
+    int contig = ql_idx_make(&ix, 1, ts);
+    W *p = ql_ptr<W>(dst);
+    if (contig) k_fill<W, true><<<ql_grid(n), 256>>>(p, val, n, ix);
+    else k_fill<W, false><<<ql_grid(n), 256>>>(p, val, n, ix);
+    QL_CU_LAUNCH("k_fill");
+    return QL_OK;
+}
+
+template <typename T> static ql_status fill_t(ql_tensor *dst, double value)
+{
+    T v = from_double<T>(value);
+    if (sizeof(T) == 1) { uint8_t w; memcpy(&w, &v, 1); return fill_words<uint8_t>(dst, w); }
+    if (sizeof(T) == 2) { uint16_t w; memcpy(&w, &v, 2); return fill_words<uint16_t>(dst, w); }
+    if (sizeof(T) == 4) { uint32_t w; memcpy(&w, &v, 4); return fill_words<uint32_t>(dst, w); }
+    uint64_t w; memcpy(&w, &v, 8); return fill_words<uint64_t>(dst, w);
+}
+
+static ql_status cuda_fill(ql_tensor *dst, double value)
+{
+    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
+    QL_SWITCH(dst->dtype, T, return fill_t<T>(dst, value));
+}
+
+/* ---------------------------------------------------------------- arange */
+
+template <typename T> __device__ __forceinline__ T dev_from_double(double v)
+{
+    if (ql_is_int<T>::value) {
+        /* integer arange values are exact integers in range */
+        return ql_cvt<T>((int64_t)v);
+    }
+    return ql_from_f32<T>((float)v);
+}
+template <> __device__ __forceinline__ float dev_from_double<float>(double v) { return (float)v; }
+
+template <typename T>
+__global__ void k_arange(T *dst, int64_t n, double start, double step)
+{
+    /* explicit rounding: no fused multiply-add, same bits as the CPU's start + i * step */
+    QL_GRID_LOOP(i, n) dst[i] = dev_from_double<T>(__dadd_rn(start, __dmul_rn((double)i, step)));
+}
+
+template <typename T> static ql_status arange_t(ql_tensor *dst, double start, double step)
+{
+    int64_t n = ql_tensor_numel(dst);
+    if (n == 0) return QL_OK;
+    k_arange<T><<<ql_grid(n), 256>>>(ql_ptr<T>(dst), n, start, step);
+    QL_CU_LAUNCH("k_arange");
+    return QL_OK;
+}
+
+static ql_status cuda_arange(ql_tensor *dst, double start, double step)
+{
+    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
+    QL_SWITCH(dst->dtype, T, return arange_t<T>(dst, start, step));
+}
+
+/* ---------------------------------------------------------------- rand */
+
+template <typename T, bool NORMAL, bool CONTIG>
+__global__ void k_rand(T *dst, int64_t n, uint64_t seed, uint64_t stream, ql_idx ix)
+{
+    QL_GRID_LOOP(i, n) {
+        float v = NORMAL ? ql_rng_normal(seed, stream, (uint64_t)i) : ql_rng_uniform(seed, stream, (uint64_t)i);
+        int64_t o = i;
+        if (!CONTIG) ql_idx_offsets<1>(ix, i, &o);
+        dst[o] = ql_from_f32<T>(v);
+    }
+}
+
+template <typename T> static ql_status rand_t(ql_tensor *dst, int normal, uint64_t seed, uint64_t stream)
+{
+    int64_t n = ql_tensor_numel(dst);
+    if (n == 0) return QL_OK;
+    ql_idx ix;
+    const ql_tensor *ts[1] = { dst };
+    int contig = ql_idx_make(&ix, 1, ts);
+    T *p = ql_ptr<T>(dst);
+    unsigned g = ql_grid(n);
+    if (normal) {
+        if (contig) k_rand<T, true, true><<<g, 256>>>(p, n, seed, stream, ix);
+        else k_rand<T, true, false><<<g, 256>>>(p, n, seed, stream, ix);
+    } else {
+        if (contig) k_rand<T, false, true><<<g, 256>>>(p, n, seed, stream, ix);
+        else k_rand<T, false, false><<<g, 256>>>(p, n, seed, stream, ix);
+    }
+    QL_CU_LAUNCH("k_rand");
+    return QL_OK;
+}
+
+static ql_status cuda_rand(ql_tensor *dst, int normal, uint64_t seed, uint64_t stream)
+{
+    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
+    QL_SWITCH_FLOAT(dst->dtype, T, return rand_t<T>(dst, normal, seed, stream));
+}
+
+/* ---------------------------------------------------------------- copy / cast */
+
+template <typename D, typename S, bool CONTIG>
+__global__ void k_copy(D *dst, const S *src, int64_t n, ql_idx ix)
+{
+    QL_GRID_LOOP(i, n) {
+        int64_t o[2] = { i, i };
+        if (!CONTIG) ql_idx_offsets<2>(ix, i, o);
+        dst[o[0]] = ql_cvt<D>(src[o[1]]);
+    }
+}
+
+template <typename D, typename S> static ql_status copy_t(ql_tensor *dst, const ql_tensor *src)
+{
+    int64_t n = ql_tensor_numel(dst);
+    if (n == 0) return QL_OK;
+    ql_idx ix;
+    const ql_tensor *ts[2] = { dst, src };
+    int contig = ql_idx_make(&ix, 2, ts);
+    if (contig && dst->dtype == src->dtype) {
+        QL_CU(cudaMemcpyAsync(ql_ptr<D>(dst), ql_ptr<S>(src), (size_t)n * sizeof(D), cudaMemcpyDeviceToDevice, 0));
+        return QL_OK;
+    }
+    if (contig) k_copy<D, S, true><<<ql_grid(n), 256>>>(ql_ptr<D>(dst), ql_ptr<S>(src), n, ix);
+    else k_copy<D, S, false><<<ql_grid(n), 256>>>(ql_ptr<D>(dst), ql_ptr<S>(src), n, ix);
+    QL_CU_LAUNCH("k_copy");
+    return QL_OK;
+}
+
+ql_status ql_cuda_copy(ql_tensor *dst, const ql_tensor *src)
+{
+    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
+    if (ql_cuda_dev_of(src) != ql_cuda_dev_of(dst)) {
+        /* peer copy between two GPUs: only plain contiguous same-dtype data */
+        if (src->dtype != dst->dtype || !ql_tensor_is_contiguous(src) || !ql_tensor_is_contiguous(dst))
+            return ql_fail(QL_EUNSUPPORTED, "CUDA backend: a copy between cuda:%d and cuda:%d needs "
+                           "contiguous tensors of one dtype (make them contiguous first)",
+                           ql_cuda_dev_of(src), ql_cuda_dev_of(dst));
+        QL_CU(cudaMemcpyPeer(ql_tensor_data(dst), ql_cuda_dev_of(dst), ql_tensor_data(src),
+                             ql_cuda_dev_of(src), ql_tensor_nbytes(dst)));
+        return QL_OK;
+    }
+    QL_SWITCH(dst->dtype, D, QL_SWITCH(src->dtype, S, return copy_t<D, S>(dst, src)));
+}
+
+static ql_status cuda_copy(ql_tensor *dst, const ql_tensor *src) { return ql_cuda_copy(dst, src); }
+
+/* ---------------------------------------------------------------- unary */
+
+__device__ __forceinline__ float unary_f32(int op, float x)
+{
+    switch (op) {
+    case QL_NEG: return -x;
+    case QL_ABS: return fabsf(x);
+    case QL_EXP: return expf(x);
+    case QL_LOG: return logf(x);
+    case QL_SQRT: return sqrtf(x);
+    case QL_RSQRT: return 1.0f / sqrtf(x);
+    case QL_SIN: return sinf(x);
+    case QL_COS: return cosf(x);
+    case QL_TANH: return tanhf(x);
+    case QL_SIGMOID: return 1.0f / (1.0f + expf(-x));
+    case QL_SILU: return x / (1.0f + expf(-x));
+    case QL_RELU: return x > 0.0f ? x : 0.0f;
+    case QL_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case QL_SQUARE: return x * x;
+    case QL_RECIP: return 1.0f / x;
+    default: return x;
+    }
+}
+
+template <typename D, typename S, bool CONTIG>
+__global__ void k_unary(int op, D *dst, const S *src, int64_t n, ql_idx ix)
+{
+    QL_GRID_LOOP(i, n) {
+        int64_t o[2] = { i, i };
+        if (!CONTIG) ql_idx_offsets<2>(ix, i, o);
+        dst[o[0]] = ql_from_f32<D>(unary_f32(op, ql_to_f32(src[o[1]])));
+    }
+}
+
+template <typename D, typename S> static ql_status unary_t(int op, ql_tensor *dst, const ql_tensor *src)
+{
+    int64_t n = ql_tensor_numel(dst);
+    if (n == 0) return QL_OK;
+    ql_idx ix;
+    const ql_tensor *ts[2] = { dst, src };
+    int contig = ql_idx_make(&ix, 2, ts);
+    if (contig) k_unary<D, S, true><<<ql_grid(n), 256>>>(op, ql_ptr<D>(dst), ql_ptr<S>(src), n, ix);
+    else k_unary<D, S, false><<<ql_grid(n), 256>>>(op, ql_ptr<D>(dst), ql_ptr<S>(src), n, ix);
+    QL_CU_LAUNCH("k_unary");
+    return QL_OK;
+}
+
+static ql_status cuda_unary(ql_unary_op op, ql_tensor *dst, const ql_tensor *src)
+{
+    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
+    if (dst->dtype != src->dtype)
+        return ql_fail(QL_EUNSUPPORTED, "CUDA backend: %s from %s into %s: unary ops keep the dtype",
+                       ql_unary_name(op), ql_dtype_name(src->dtype), ql_dtype_name(dst->dtype));
+    QL_SWITCH(dst->dtype, T, return unary_t<T, T>((int)op, dst, src));
+}
+
+/* ---------------------------------------------------------------- binary */
+
+__device__ __forceinline__ float binary_f32(int op, float a, float b)
+{
+    switch (op) {
+    case QL_ADD: return a + b;
+    case QL_SUB: return a - b;
+    case QL_MUL: return a * b;
+    case QL_DIV: return a / b;
+    case QL_POW: return powf(a, b);
+    case QL_MAXIMUM: return (a != a || a > b) ? a : b;   /* NaN propagates */
+    case QL_MINIMUM: return (a != a || a < b) ? a : b;
+    case QL_EQ: return a == b ? 1.0f : 0.0f;
+    case QL_NE: return a != b ? 1.0f : 0.0f;
+    case QL_LT: return a < b ? 1.0f : 0.0f;
+    case QL_LE: return a <= b ? 1.0f : 0.0f;
+    case QL_GT: return a > b ? 1.0f : 0.0f;
+    case QL_GE: return a >= b ? 1.0f : 0.0f;
+    default: return 0.0f;
+    }
+}
+
+template <typename D, typename S, bool CONTIG>
+__global__ void k_binary(int op, D *dst, const S *a, const S *b, int64_t n, ql_idx ix)
+{
+    QL_GRID_LOOP(i, n) {
+        int64_t o[3] = { i, i, i };
+        if (!CONTIG) ql_idx_offsets<3>(ix, i, o);
+        dst[o[0]] = ql_from_f32<D>(binary_f32(op, ql_to_f32(a[o[1]]), ql_to_f32(b[o[2]])));
+    }
+}
+
+template <typename D, typename S>
+static ql_status binary_t(int op, ql_tensor *dst, const ql_tensor *a, const ql_tensor *b)
+{
+    int64_t n = ql_tensor_numel(dst);
+    if (n == 0) return QL_OK;
+    ql_idx ix;
+    const ql_tensor *ts[3] = { dst, a, b };
+    int contig = ql_idx_make(&ix, 3, ts);
+    if (contig) k_binary<D, S, true><<<ql_grid(n), 256>>>(op, ql_ptr<D>(dst), ql_ptr<S>(a), ql_ptr<S>(b), n, ix);
+    else k_binary<D, S, false><<<ql_grid(n), 256>>>(op, ql_ptr<D>(dst), ql_ptr<S>(a), ql_ptr<S>(b), n, ix);
+    QL_CU_LAUNCH("k_binary");
+    return QL_OK;
+}
+
+static ql_status cuda_binary(ql_binary_op op, ql_tensor *dst, const ql_tensor *a, const ql_tensor *b)
+{
+    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
+    if (a->dtype != b->dtype)
+        return ql_fail(QL_EUNSUPPORTED, "CUDA backend: %s of %s and %s: operands must share a dtype",
+                       ql_binary_name(op), ql_dtype_name(a->dtype), ql_dtype_name(b->dtype));
+    if (dst->dtype == a->dtype) {
+        QL_SWITCH(dst->dtype, T, return binary_t<T, T>((int)op, dst, a, b));
+    }
+    /* comparisons into another dtype (u8 masks, say) */
+    QL_SWITCH(dst->dtype, D, QL_SWITCH(a->dtype, S, return binary_t<D, S>((int)op, dst, a, b)));
+}
+
+/* ---------------------------------------------------------------- NF4 */
+
+static ql_status cuda_nf4_dequantize(ql_tensor *dst, const ql_tensor *src)
+{
+    (void)dst; (void)src;
+    /* TODO(nf4): call the extern "C" dequantize launcher of kernels/nf4.cu on raw device pointers */
+    return ql_fail(QL_EUNSUPPORTED, "CUDA backend: NF4 dequantize is not wired yet (kernels/nf4.cu); "
+                   "dequantize on the CPU or move the tensor there first");
+}
+
+static ql_status cuda_nf4_quantize(ql_tensor *dst, const ql_tensor *src)
+{
+    (void)dst; (void)src;
+    /* TODO(nf4): call the extern "C" quantize launcher of kernels/nf4.cu on raw device pointers */
+    return ql_fail(QL_EUNSUPPORTED, "CUDA backend: NF4 quantize is not wired yet (kernels/nf4.cu); "
+                   "quantize on the CPU and move the result to the GPU");
+}
+
+/* ---------------------------------------------------------------- the table */
+
+extern "C" const ql_backend ql_cuda_backend = {
+    "cuda",
+    cuda_device_count,
+    cuda_alloc,
+    cuda_free,
+    cuda_to_host,
+    cuda_from_host,
+    cuda_sync,
+    cuda_mem_info,
+    cuda_fill,
+    cuda_arange,
+    cuda_rand,
+    cuda_copy,
+    cuda_unary,
+    cuda_binary,
+    ql_cuda_reduce,
+    ql_cuda_softmax,
+    ql_cuda_matmul,
+    cuda_nf4_dequantize,
+    cuda_nf4_quantize,
+};
