@@ -28,7 +28,12 @@ ql_status ql_fail_context(ql_status code, const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, ql_errbuf, sizeof old);
-    snprintf(ql_errbuf, sizeof ql_errbuf, "%s%s", prefix, old);
+    size_t p = strlen(prefix), o = strnlen(old, sizeof old - 1);
+    if (p > QL_ERRMAX - 1) p = QL_ERRMAX - 1;
+    if (o > QL_ERRMAX - 1 - p) o = QL_ERRMAX - 1 - p;
+    memcpy(ql_errbuf, prefix, p);
+    memcpy(ql_errbuf + p, old, o);
+    ql_errbuf[p + o] = 0;
     return code;
 }
 

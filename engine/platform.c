@@ -1,7 +1,9 @@
 /*
  * platform.c — POSIX implementation of platform.h.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "platform.h"
 
 #include <dlfcn.h>
@@ -239,6 +241,13 @@ double ql_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void ql_host_memory(size_t *total, size_t *available)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), avail = sysconf(_SC_AVPHYS_PAGES), ps = sysconf(_SC_PAGESIZE);
+    *total = pages > 0 ? (size_t)pages * (size_t)ps : 0;
+    *available = avail > 0 ? (size_t)avail * (size_t)ps : 0;
 }
 
 uint64_t ql_peak_rss_bytes(void)

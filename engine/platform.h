@@ -66,5 +66,6 @@ int    ql_isatty(FILE *fp);
 int    ql_term_width(void);
 double ql_now(void);            /* monotonic seconds */
 uint64_t ql_peak_rss_bytes(void);
+void   ql_host_memory(size_t *total, size_t *available);
 
 #endif

@@ -1,2 +1,215 @@
+/*
+ * main.c — the `qlora` program: runs Lua recipes, one-liners and an
+ * interactive REPL with the qlora modules preloaded.
+ *
+ *   qlora FILE.lua [key=value ...]   run a recipe; `args` holds the key=value
+ *                                    pairs, `arg` the raw arguments (arg[0] = FILE)
+ *   qlora -e 'code' [key=value ...]  run code
+ *   qlora doctor                     run recipes/doctor.lua (GPU checklist)
+ *   qlora --version                  version, commit, build options, CUDA architectures
+ *   qlora                            interactive REPL (readline, history, help())
+ *
+ * Exit status: 0 success, 1 a Lua error, 2 bad command line; recipes may
+ * exit with their own codes (doctor documents its codes).
+ */
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <signal.h>
 #include <stdio.h>
-int main(void){puts("hi");return 0;}
+#include <stdlib.h>
+#include <string.h>
+
+#include "../qlora.h"
+#include "platform.h"
+#include "repl.h"
+
+#if defined(__has_include)
+#if __has_include("ql_build.h")
+#include "ql_build.h"
+#endif
+#endif
+#ifndef QL_CUDA_ARCHS
+#define QL_CUDA_ARCHS ""
+#endif
+
+/* ---------------------------------------------------------------- Ctrl-C */
+
+static lua_State *g_L;
+
+static void lstop(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    lua_sethook(L, NULL, 0, 0);
+    luaL_error(L, "interrupted");
+}
+
+static void on_sigint(int sig)
+{
+    signal(sig, SIG_DFL);  /* a second Ctrl-C kills */
+    if (g_L) lua_sethook(g_L, lstop, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+static int msghandler(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+/* runs the function on the stack with n args; prints errors */
+int ql_host_docall(lua_State *L, int narg, int nres)
+{
+    int base = lua_gettop(L) - narg;
+    lua_pushcfunction(L, msghandler);
+    lua_insert(L, base);
+    g_L = L;
+    signal(SIGINT, on_sigint);
+    int status = lua_pcall(L, narg, nres, base);
+    signal(SIGINT, SIG_DFL);
+    lua_remove(L, base);
+    return status;
+}
+
+static void report(lua_State *L, int status)
+{
+    if (status != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        fprintf(stderr, "qlora: %s\n", msg ? msg : "(error)");
+        fflush(stderr);
+        lua_pop(L, 1);
+    }
+}
+
+/* ---------------------------------------------------------------- setup */
+
+/* A guard on globals for recipes: assigning or reading an undeclared global
+   raises, so a typo in a recipe fails loudly instead of creating nil. */
+static const char *strict_lua =
+    "local mt = {}\n"
+    "setmetatable(_G, mt)\n"
+    "mt.__newindex = function(t, k, v)\n"
+    "  error(\"assignment to undeclared global '\" .. tostring(k) .. \"' (declare it with local, or use rawset(_G, name, value))\", 2)\n"
+    "end\n"
+    "mt.__index = function(t, k)\n"
+    "  error(\"undeclared global '\" .. tostring(k) .. \"' (a typo? declare it with local)\", 2)\n"
+    "end\n";
+
+static void set_args(lua_State *L, int argc, char **argv, int script_at, int first_arg)
+{
+    lua_createtable(L, argc, 1);
+    for (int i = 0; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_seti(L, -2, i - script_at);
+    }
+    lua_setglobal(L, "arg");
+    lua_newtable(L);
+    for (int i = first_arg; i < argc; i++) {
+        const char *eq = strchr(argv[i], '=');
+        if (eq && eq != argv[i]) {
+            lua_pushlstring(L, argv[i], (size_t)(eq - argv[i]));
+            lua_pushstring(L, eq + 1);
+            lua_settable(L, -3);
+        } else {
+            lua_pushstring(L, argv[i]);
+            lua_seti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+        }
+    }
+    lua_setglobal(L, "args");
+}
+
+static lua_State *new_state(void)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) { fprintf(stderr, "qlora: cannot create the Lua state (out of memory)\n"); exit(1); }
+    luaL_openlibs(L);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_qlora);
+    lua_setfield(L, -2, "qlora");
+    lua_pop(L, 1);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "qlora");
+    if (ql_host_docall(L, 1, 1) != LUA_OK) { report(L, 1); exit(1); }
+    lua_setglobal(L, "qlora");
+    return L;
+}
+
+static int run_strict_file(lua_State *L, const char *path)
+{
+    if (luaL_dostring(L, strict_lua) != LUA_OK) { report(L, 1); return 1; }
+    int st = luaL_loadfile(L, path);
+    if (st == LUA_OK) st = ql_host_docall(L, 0, 0);
+    report(L, st);
+    return st == LUA_OK ? 0 : 1;
+}
+
+static void print_version(void)
+{
+    printf("qlora %s (commit %s)\n", QL_VERSION, ql_build_commit());
+    printf("build: %s\n", ql_build_options());
+    printf("CUDA architectures: %s\n", *QL_CUDA_ARCHS ? QL_CUDA_ARCHS : "none (CPU-only build)");
+    printf("%s\n", LUA_RELEASE);
+}
+
+static void usage(FILE *fp)
+{
+    fprintf(fp,
+            "usage: qlora [FILE.lua [key=value ...]]\n"
+            "       qlora -e 'lua code' [key=value ...]\n"
+            "       qlora doctor            check GPUs, drivers and this build\n"
+            "       qlora --version\n"
+            "With no arguments, qlora opens an interactive Lua REPL (help() lists the modules).\n");
+}
+
+static char *find_recipe(const char *name)
+{
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "%s/../recipes/%s", ql_exe_dir(), name);
+    if (ql_file_exists(buf)) return buf;
+    snprintf(buf, sizeof buf, "recipes/%s", name);
+    if (ql_file_exists(buf)) return buf;
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-v"))) { print_version(); return 0; }
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) { usage(stdout); return 0; }
+    lua_State *L = new_state();
+    int rc = 0;
+    if (argc == 1) {
+        set_args(L, argc, argv, 0, 1);
+        rc = ql_repl(L);
+    } else if (!strcmp(argv[1], "-e")) {
+        if (argc < 3) { usage(stderr); lua_close(L); return 2; }
+        set_args(L, argc, argv, 2, 3);
+        int st = luaL_loadbuffer(L, argv[2], strlen(argv[2]), "=(command line)");
+        if (st == LUA_OK) st = ql_host_docall(L, 0, 0);
+        report(L, st);
+        rc = st == LUA_OK ? 0 : 1;
+    } else if (!strcmp(argv[1], "doctor")) {
+        char *p = find_recipe("doctor.lua");
+        if (!p) { fprintf(stderr, "qlora: recipes/doctor.lua not found next to %s\n", ql_exe_dir()); lua_close(L); return 2; }
+        set_args(L, argc, argv, 1, 2);
+        rc = run_strict_file(L, p);
+    } else if (argv[1][0] == '-') {
+        fprintf(stderr, "qlora: unknown option '%s'\n", argv[1]);
+        usage(stderr);
+        rc = 2;
+    } else {
+        if (!ql_file_exists(argv[1])) {
+            fprintf(stderr, "qlora: %s: no such file\n", argv[1]);
+            lua_close(L);
+            return 2;
+        }
+        set_args(L, argc, argv, 1, 2);
+        rc = run_strict_file(L, argv[1]);
+    }
+    /* os.exit(n) in a recipe exits directly; otherwise close cleanly */
+    lua_close(L);
+    return rc;
+}

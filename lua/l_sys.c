@@ -1,0 +1,94 @@
+/*
+ * l_sys.c — qlora.sys: the platform layer for recipes (clocks, threads,
+ * files, terminal, build facts). Everything OS-specific stays in engine/platform.c.
+ */
+#include "qlora.h"
+
+#include <stdio.h>
+
+#include "platform.h"
+
+#if defined(__has_include)
+#if __has_include("ql_build.h")
+#include "ql_build.h"
+#endif
+#endif
+#ifndef QL_CUDA_ARCHS
+#define QL_CUDA_ARCHS ""
+#endif
+
+static int l_now(lua_State *L) { lua_pushnumber(L, ql_now()); return 1; }
+static int l_threads(lua_State *L)
+{
+    if (!lua_isnoneornil(L, 1)) ql_set_num_threads((int)luaL_checkinteger(L, 1));
+    lua_pushinteger(L, ql_num_threads());
+    return 1;
+}
+static int l_peak_rss(lua_State *L) { lua_pushinteger(L, (lua_Integer)ql_peak_rss_bytes()); return 1; }
+static int l_isatty(lua_State *L) { lua_pushboolean(L, ql_isatty(luaL_optinteger(L, 1, 1) == 2 ? stderr : stdout)); return 1; }
+static int l_term_width(lua_State *L) { lua_pushinteger(L, ql_term_width()); return 1; }
+static int l_exists(lua_State *L) { lua_pushboolean(L, ql_file_exists(luaL_checkstring(L, 1))); return 1; }
+static int l_is_dir(lua_State *L) { lua_pushboolean(L, ql_is_dir(luaL_checkstring(L, 1))); return 1; }
+static int l_mtime(lua_State *L)
+{
+    double t = ql_file_mtime(luaL_checkstring(L, 1));
+    if (t < 0) lua_pushnil(L); else lua_pushnumber(L, t);
+    return 1;
+}
+static int l_size(lua_State *L)
+{
+    int64_t n = ql_file_size(luaL_checkstring(L, 1));
+    if (n < 0) lua_pushnil(L); else lua_pushinteger(L, n);
+    return 1;
+}
+static int l_mkdir(lua_State *L)
+{
+    if (ql_mkdir_p(luaL_checkstring(L, 1)) != QL_OK) return ql_lua_fail(L);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+static int l_exe_dir(lua_State *L) { lua_pushstring(L, ql_exe_dir()); return 1; }
+
+/* write a whole file atomically: temp + rename */
+static int l_write_file(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    size_t n;
+    const char *data = luaL_checklstring(L, 2, &n);
+    ql_atomic_file af;
+    if (ql_atomic_open(&af, path) != QL_OK) return ql_lua_fail(L);
+    fwrite(data, 1, n, af.fp);
+    if (ql_atomic_commit(&af) != QL_OK) return ql_lua_fail(L);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_build(lua_State *L)
+{
+    lua_newtable(L);
+    lua_pushstring(L, QL_VERSION); lua_setfield(L, -2, "version");
+    lua_pushstring(L, ql_build_commit()); lua_setfield(L, -2, "commit");
+    lua_pushstring(L, ql_build_options()); lua_setfield(L, -2, "options");
+    lua_pushstring(L, QL_CUDA_ARCHS); lua_setfield(L, -2, "cuda_archs");
+#ifdef QL_CUDA
+    lua_pushboolean(L, 1);
+#else
+    lua_pushboolean(L, 0);
+#endif
+    lua_setfield(L, -2, "cuda");
+    return 1;
+}
+
+static const luaL_Reg functions[] = {
+    { "now", l_now }, { "threads", l_threads }, { "peak_rss", l_peak_rss }, { "isatty", l_isatty },
+    { "term_width", l_term_width }, { "exists", l_exists }, { "is_dir", l_is_dir }, { "mtime", l_mtime },
+    { "size", l_size }, { "mkdir", l_mkdir }, { "exe_dir", l_exe_dir }, { "write_file", l_write_file },
+    { "build", l_build },
+    { NULL, NULL }
+};
+
+int luaopen_qlora_sys(lua_State *L)
+{
+    luaL_newlib(L, functions);
+    return 1;
+}
