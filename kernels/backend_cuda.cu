@@ -129,17 +129,13 @@ static ql_status cuda_mem_info(int dev, size_t *free_b, size_t *total_b)
 
 /* ---------------------------------------------------------------- fill */
 
-/* value -> element, as the CPU reference stores a double */
-template <typename T> static inline T from_double(double v);
-template <> inline float from_double<float>(double v) { return (float)v; }
-template <> inline ql_bf16_t from_double<ql_bf16_t>(double v) { return ql_from_f32<ql_bf16_t>((float)v); }
-template <> inline ql_f16_t from_double<ql_f16_t>(double v) { return ql_from_f32<ql_f16_t>((float)v); }
-template <> inline int32_t from_double<int32_t>(double v)
-{ return v != v ? 0 : v <= -2147483648.0 ? INT32_MIN : v >= 2147483647.0 ? INT32_MAX : (int32_t)v; }
-template <> inline int64_t from_double<int64_t>(double v)
-{ return v != v ? 0 : v <= -9223372036854775808.0 ? INT64_MIN : v >= 9223372036854775808.0 ? INT64_MAX : (int64_t)v; }
-template <> inline uint8_t from_double<uint8_t>(double v)
-{ return v != v ? 0 : v <= 0.0 ? 0 : v >= 255.0 ? 255 : (uint8_t)v; }
+/* value -> element, as the CPU reference's fill: floats through (float)v,
+   integers through (int64_t)v then a wrapping C conversion */
+template <typename T> static inline T from_double(double v)
+{
+    if (ql_is_int<T>::value) return ql_from_i64<T>((int64_t)v);
+    return ql_from_f32<T>((float)v);
+}
 
 template <typename W, bool CONTIG>
 __global__ void k_fill(W *dst, W val, int64_t n, ql_idx ix)
@@ -183,15 +179,12 @@ static ql_status cuda_fill(ql_tensor *dst, double value)
 
 /* ---------------------------------------------------------------- arange */
 
+/* as the CPU's arange: floats through (float)v, integers through (int64_t)v */
 template <typename T> __device__ __forceinline__ T dev_from_double(double v)
 {
-    if (ql_is_int<T>::value) {
-        /* integer arange values are exact integers in range */
-        return ql_cvt<T>((int64_t)v);
-    }
+    if (ql_is_int<T>::value) return ql_from_i64<T>((int64_t)v);
     return ql_from_f32<T>((float)v);
 }
-template <> __device__ __forceinline__ float dev_from_double<float>(double v) { return (float)v; }
 
 template <typename T>
 __global__ void k_arange(T *dst, int64_t n, double start, double step)
@@ -303,6 +296,7 @@ static ql_status cuda_copy(ql_tensor *dst, const ql_tensor *src) { return ql_cud
 
 /* ---------------------------------------------------------------- unary */
 
+/* Same formulas as cpu_backend.c's unary_f, in f32 (CUDA's libm, not fast-math). */
 __device__ __forceinline__ float unary_f32(int op, float x)
 {
     switch (op) {
@@ -321,44 +315,78 @@ __device__ __forceinline__ float unary_f32(int op, float x)
     case QL_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
     case QL_SQUARE: return x * x;
     case QL_RECIP: return 1.0f / x;
-    default: return x;
+    default: return NAN;
     }
 }
 
-template <typename D, typename S, bool CONTIG>
-__global__ void k_unary(int op, D *dst, const S *src, int64_t n, ql_idx ix)
+/* integer neg/abs/relu/square, wrapping like the reference */
+__device__ __forceinline__ int64_t unary_i64(int op, int64_t x)
+{
+    uint64_t u = (uint64_t)x;
+    switch (op) {
+    case QL_NEG: return (int64_t)(0 - u);
+    case QL_ABS: return x < 0 ? (int64_t)(0 - u) : x;
+    case QL_RELU: return x > 0 ? x : 0;
+    default: return (int64_t)(u * u);
+    }
+}
+
+/* fast path: one float dtype in and out */
+template <typename T, bool CONTIG>
+__global__ void k_unary(int op, T *dst, const T *src, int64_t n, ql_idx ix)
 {
     QL_GRID_LOOP(i, n) {
         int64_t o[2] = { i, i };
         if (!CONTIG) ql_idx_offsets<2>(ix, i, o);
-        dst[o[0]] = ql_from_f32<D>(unary_f32(op, ql_to_f32(src[o[1]])));
+        dst[o[0]] = ql_from_f32<T>(unary_f32(op, ql_to_f32(src[o[1]])));
     }
 }
 
-template <typename D, typename S> static ql_status unary_t(int op, ql_tensor *dst, const ql_tensor *src)
+/* any dtypes (integers, int -> f32), element access by run-time dtype */
+__global__ void k_unary_dyn(int op, void *dst, int dd, const void *src, int ds, int64_t n, ql_idx ix)
 {
-    int64_t n = ql_tensor_numel(dst);
-    if (n == 0) return QL_OK;
-    ql_idx ix;
-    const ql_tensor *ts[2] = { dst, src };
-    int contig = ql_idx_make(&ix, 2, ts);
-    if (contig) k_unary<D, S, true><<<ql_grid(n), 256>>>(op, ql_ptr<D>(dst), ql_ptr<S>(src), n, ix);
-    else k_unary<D, S, false><<<ql_grid(n), 256>>>(op, ql_ptr<D>(dst), ql_ptr<S>(src), n, ix);
+    QL_GRID_LOOP(i, n) {
+        int64_t o[2];
+        ql_idx_offsets<2>(ix, i, o);
+        if (ql_dt_float(dd)) ql_stf(dst, dd, o[0], unary_f32(op, ql_ldf(src, ds, o[1])));
+        else ql_sti(dst, dd, o[0], unary_i64(op, ql_ldi(src, ds, o[1])));
+    }
+}
+
+template <typename T> static ql_status unary_t(int op, ql_tensor *dst, const ql_tensor *src, int64_t n,
+                                               const ql_idx &ix, int contig)
+{
+    if (contig) k_unary<T, true><<<ql_grid(n), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(src), n, ix);
+    else k_unary<T, false><<<ql_grid(n), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(src), n, ix);
     QL_CU_LAUNCH("k_unary");
     return QL_OK;
+}
+
+/* byte pointer to element 0 */
+static inline void *ql_bytes(const ql_tensor *t)
+{
+    return (char *)t->storage->data + ql_dtype_bytes(t->dtype, t->offset);
 }
 
 static ql_status cuda_unary(ql_unary_op op, ql_tensor *dst, const ql_tensor *src)
 {
     QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
-    if (dst->dtype != src->dtype)
-        return ql_fail(QL_EUNSUPPORTED, "CUDA backend: %s from %s into %s: unary ops keep the dtype",
-                       ql_unary_name(op), ql_dtype_name(src->dtype), ql_dtype_name(dst->dtype));
-    QL_SWITCH(dst->dtype, T, return unary_t<T, T>((int)op, dst, src));
+    int64_t n = ql_tensor_numel(dst);
+    if (n == 0) return QL_OK;
+    ql_idx ix;
+    const ql_tensor *ts[2] = { dst, src };
+    int contig = ql_idx_make(&ix, 2, ts);
+    if (dst->dtype == src->dtype && (dst->dtype == QL_F32 || dst->dtype == QL_BF16 || dst->dtype == QL_F16)) {
+        QL_SWITCH_FLOAT(dst->dtype, T, return unary_t<T>((int)op, dst, src, n, ix, contig));
+    }
+    k_unary_dyn<<<ql_grid(n), 256>>>((int)op, ql_bytes(dst), dst->dtype, ql_bytes(src), src->dtype, n, ix);
+    QL_CU_LAUNCH("k_unary_dyn");
+    return QL_OK;
 }
 
 /* ---------------------------------------------------------------- binary */
 
+/* Same as cpu_backend.c's binary_f: f32 math; maximum/minimum give NaN if either is NaN. */
 __device__ __forceinline__ float binary_f32(int op, float a, float b)
 {
     switch (op) {
@@ -367,53 +395,95 @@ __device__ __forceinline__ float binary_f32(int op, float a, float b)
     case QL_MUL: return a * b;
     case QL_DIV: return a / b;
     case QL_POW: return powf(a, b);
-    case QL_MAXIMUM: return (a != a || a > b) ? a : b;   /* NaN propagates */
-    case QL_MINIMUM: return (a != a || a < b) ? a : b;
+    case QL_MAXIMUM: return a != a || b != b ? NAN : a > b ? a : b;
+    case QL_MINIMUM: return a != a || b != b ? NAN : a < b ? a : b;
     case QL_EQ: return a == b ? 1.0f : 0.0f;
     case QL_NE: return a != b ? 1.0f : 0.0f;
     case QL_LT: return a < b ? 1.0f : 0.0f;
     case QL_LE: return a <= b ? 1.0f : 0.0f;
     case QL_GT: return a > b ? 1.0f : 0.0f;
     case QL_GE: return a >= b ? 1.0f : 0.0f;
-    default: return 0.0f;
+    default: return NAN;
     }
 }
 
-template <typename D, typename S, bool CONTIG>
-__global__ void k_binary(int op, D *dst, const S *a, const S *b, int64_t n, ql_idx ix)
+/* integer math in int64, wrapping; pow by squaring (same result mod 2^64 as repeated products) */
+__device__ __forceinline__ int64_t binary_i64(int op, int64_t a, int64_t b)
+{
+    switch (op) {
+    case QL_ADD: return (int64_t)((uint64_t)a + (uint64_t)b);
+    case QL_SUB: return (int64_t)((uint64_t)a - (uint64_t)b);
+    case QL_MUL: return (int64_t)((uint64_t)a * (uint64_t)b);
+    case QL_POW: {
+        if (b < 0) return a == 1 ? 1 : 0;
+        uint64_t r = 1, x = (uint64_t)a;
+        for (uint64_t e = (uint64_t)b; e; e >>= 1) { if (e & 1) r *= x; x *= x; }
+        return (int64_t)r;
+    }
+    case QL_MAXIMUM: return a > b ? a : b;
+    case QL_MINIMUM: return a < b ? a : b;
+    case QL_EQ: return a == b;
+    case QL_NE: return a != b;
+    case QL_LT: return a < b;
+    case QL_LE: return a <= b;
+    case QL_GT: return a > b;
+    case QL_GE: return a >= b;
+    default: return 0;
+    }
+}
+
+/* fast path: one float dtype for a, b and dst */
+template <typename T, bool CONTIG>
+__global__ void k_binary(int op, T *dst, const T *a, const T *b, int64_t n, ql_idx ix)
 {
     QL_GRID_LOOP(i, n) {
         int64_t o[3] = { i, i, i };
         if (!CONTIG) ql_idx_offsets<3>(ix, i, o);
-        dst[o[0]] = ql_from_f32<D>(binary_f32(op, ql_to_f32(a[o[1]]), ql_to_f32(b[o[2]])));
+        dst[o[0]] = ql_from_f32<T>(binary_f32(op, ql_to_f32(a[o[1]]), ql_to_f32(b[o[2]])));
     }
 }
 
-template <typename D, typename S>
-static ql_status binary_t(int op, ql_tensor *dst, const ql_tensor *a, const ql_tensor *b)
+/* mixed dtypes (a bf16 tensor with an f32 scalar, comparisons into u8, integers) */
+__global__ void k_binary_dyn(int op, int fl, void *dst, int dd, const void *a, int da, const void *b, int db,
+                             int64_t n, ql_idx ix)
 {
+    QL_GRID_LOOP(i, n) {
+        int64_t o[3];
+        ql_idx_offsets<3>(ix, i, o);
+        if (fl) ql_stf(dst, dd, o[0], binary_f32(op, ql_ldf(a, da, o[1]), ql_ldf(b, db, o[2])));
+        else ql_sti(dst, dd, o[0], binary_i64(op, ql_ldi(a, da, o[1]), ql_ldi(b, db, o[2])));
+    }
+}
+
+template <typename T> static ql_status binary_t(int op, ql_tensor *dst, const ql_tensor *a, const ql_tensor *b,
+                                                int64_t n, const ql_idx &ix, int contig)
+{
+    if (contig) k_binary<T, true><<<ql_grid(n), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(a), ql_ptr<T>(b), n, ix);
+    else k_binary<T, false><<<ql_grid(n), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(a), ql_ptr<T>(b), n, ix);
+    QL_CU_LAUNCH("k_binary");
+    return QL_OK;
+}
+
+static int is_float_dt(ql_dtype t) { return t == QL_F32 || t == QL_BF16 || t == QL_F16; }
+
+static ql_status cuda_binary(ql_binary_op op, ql_tensor *dst, const ql_tensor *a, const ql_tensor *b)
+{
+    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
+    int fl = is_float_dt(a->dtype) || is_float_dt(b->dtype) || op == QL_DIV;
+    if (op == QL_DIV && !is_float_dt(a->dtype) && !is_float_dt(b->dtype) && !is_float_dt(dst->dtype))
+        return ql_fail(QL_EINVAL, "integer division: convert to a float dtype first");
     int64_t n = ql_tensor_numel(dst);
     if (n == 0) return QL_OK;
     ql_idx ix;
     const ql_tensor *ts[3] = { dst, a, b };
     int contig = ql_idx_make(&ix, 3, ts);
-    if (contig) k_binary<D, S, true><<<ql_grid(n), 256>>>(op, ql_ptr<D>(dst), ql_ptr<S>(a), ql_ptr<S>(b), n, ix);
-    else k_binary<D, S, false><<<ql_grid(n), 256>>>(op, ql_ptr<D>(dst), ql_ptr<S>(a), ql_ptr<S>(b), n, ix);
-    QL_CU_LAUNCH("k_binary");
-    return QL_OK;
-}
-
-static ql_status cuda_binary(ql_binary_op op, ql_tensor *dst, const ql_tensor *a, const ql_tensor *b)
-{
-    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
-    if (a->dtype != b->dtype)
-        return ql_fail(QL_EUNSUPPORTED, "CUDA backend: %s of %s and %s: operands must share a dtype",
-                       ql_binary_name(op), ql_dtype_name(a->dtype), ql_dtype_name(b->dtype));
-    if (dst->dtype == a->dtype) {
-        QL_SWITCH(dst->dtype, T, return binary_t<T, T>((int)op, dst, a, b));
+    if (a->dtype == dst->dtype && b->dtype == dst->dtype && is_float_dt(dst->dtype)) {
+        QL_SWITCH_FLOAT(dst->dtype, T, return binary_t<T>((int)op, dst, a, b, n, ix, contig));
     }
-    /* comparisons into another dtype (u8 masks, say) */
-    QL_SWITCH(dst->dtype, D, QL_SWITCH(a->dtype, S, return binary_t<D, S>((int)op, dst, a, b)));
+    k_binary_dyn<<<ql_grid(n), 256>>>((int)op, fl, ql_bytes(dst), dst->dtype, ql_bytes(a), a->dtype,
+                                      ql_bytes(b), b->dtype, n, ix);
+    QL_CU_LAUNCH("k_binary_dyn");
+    return QL_OK;
 }
 
 /* ---------------------------------------------------------------- NF4 */

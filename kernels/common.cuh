@@ -88,44 +88,93 @@ __host__ __device__ __forceinline__ float ql_to_f32(int32_t v) { return (float)v
 __host__ __device__ __forceinline__ float ql_to_f32(int64_t v) { return (float)v; }
 __host__ __device__ __forceinline__ float ql_to_f32(uint8_t v) { return (float)v; }
 
-/* f32 -> element */
+/* f32 -> element, as the CPU reference's st_f: float dtypes round to nearest
+   even; i32/i64 truncate and saturate (NaN -> 0); u8 truncates through int64
+   and wraps. */
 template <typename D> __host__ __device__ __forceinline__ D ql_from_f32(float f);
 template <> __host__ __device__ __forceinline__ float ql_from_f32<float>(float f) { return f; }
 template <> __host__ __device__ __forceinline__ ql_bf16_t ql_from_f32<ql_bf16_t>(float f) { ql_bf16_t r; r.x = ql_f32_to_bf16(f); return r; }
 template <> __host__ __device__ __forceinline__ ql_f16_t ql_from_f32<ql_f16_t>(float f) { ql_f16_t r; r.x = ql_f32_to_f16(f); return r; }
-/* float -> integer: truncation; NaN -> 0, saturating outside the range */
-template <typename I> __host__ __device__ __forceinline__ I ql_f2i(float f)
+/* float -> int64 as the CPU's ld_i: NaN -> 0, saturating, truncating toward zero */
+__host__ __device__ __forceinline__ int64_t ql_f2i64(float f)
 {
     if (f != f) return 0;
-    if (sizeof(I) == 1) return (I)(f <= 0.0f ? 0 : f >= 255.0f ? 255 : (int)f);
-    if (sizeof(I) == 4) return (I)(f <= -2147483648.0f ? INT32_MIN : f >= 2147483648.0f ? INT32_MAX : (int32_t)f);
-    return (I)(f <= -9223372036854775808.0f ? INT64_MIN : f >= 9223372036854775808.0f ? INT64_MAX : (int64_t)f);
+    if (f >= 9.2233720368547758e18f) return INT64_MAX;
+    if (f <= -9.2233720368547758e18f) return INT64_MIN;
+    return (int64_t)f;
 }
-template <> __host__ __device__ __forceinline__ int32_t ql_from_f32<int32_t>(float f) { return ql_f2i<int32_t>(f); }
-template <> __host__ __device__ __forceinline__ int64_t ql_from_f32<int64_t>(float f) { return ql_f2i<int64_t>(f); }
-template <> __host__ __device__ __forceinline__ uint8_t ql_from_f32<uint8_t>(float f) { return ql_f2i<uint8_t>(f); }
+template <> __host__ __device__ __forceinline__ int32_t ql_from_f32<int32_t>(float f)
+{ return f != f ? 0 : f >= 2147483647.0f ? INT32_MAX : f <= -2147483648.0f ? INT32_MIN : (int32_t)f; }
+template <> __host__ __device__ __forceinline__ int64_t ql_from_f32<int64_t>(float f) { return ql_f2i64(f); }
+template <> __host__ __device__ __forceinline__ uint8_t ql_from_f32<uint8_t>(float f) { return (uint8_t)ql_f2i64(f); }
 
-/* integer value of an integer element */
+/* integer value of an element (floats as ql_f2i64) */
 __host__ __device__ __forceinline__ int64_t ql_to_i64(int32_t v) { return v; }
 __host__ __device__ __forceinline__ int64_t ql_to_i64(int64_t v) { return v; }
 __host__ __device__ __forceinline__ int64_t ql_to_i64(uint8_t v) { return v; }
+__host__ __device__ __forceinline__ int64_t ql_to_i64(float v) { return ql_f2i64(v); }
+__host__ __device__ __forceinline__ int64_t ql_to_i64(ql_bf16_t v) { return ql_f2i64(ql_to_f32(v)); }
+__host__ __device__ __forceinline__ int64_t ql_to_i64(ql_f16_t v) { return ql_f2i64(ql_to_f32(v)); }
 
-/* The one cast: D <- S. Integer to integer keeps the integer (C conversion,
-   wrapping modulo 2^bits); anything involving a float goes through f32. */
-template <typename D, typename S, bool II = ql_is_int<D>::value && ql_is_int<S>::value>
-struct ql_cast_impl {
-    __host__ __device__ __forceinline__ static D go(S s) { return ql_from_f32<D>(ql_to_f32(s)); }
-};
-template <typename D, typename S> struct ql_cast_impl<D, S, true> {
-    __host__ __device__ __forceinline__ static D go(S s) { return (D)ql_to_i64(s); }
-};
-template <typename D> struct ql_cast_impl<D, D, false> {
-    __host__ __device__ __forceinline__ static D go(D s) { return s; }
-};
-template <typename D> struct ql_cast_impl<D, D, true> {
-    __host__ __device__ __forceinline__ static D go(D s) { return s; }
-};
-template <typename D, typename S> __host__ __device__ __forceinline__ D ql_cvt(S s) { return ql_cast_impl<D, S>::go(s); }
+/* int64 -> element, as the CPU's st_i: integers wrap (C conversion), floats via (float)v */
+template <typename D> __host__ __device__ __forceinline__ D ql_from_i64(int64_t v) { return (D)v; }
+template <> __host__ __device__ __forceinline__ float ql_from_i64<float>(int64_t v) { return (float)v; }
+template <> __host__ __device__ __forceinline__ ql_bf16_t ql_from_i64<ql_bf16_t>(int64_t v) { return ql_from_f32<ql_bf16_t>((float)v); }
+template <> __host__ __device__ __forceinline__ ql_f16_t ql_from_i64<ql_f16_t>(int64_t v) { return ql_from_f32<ql_f16_t>((float)v); }
+
+/* The one cast, D <- S, as the CPU's copy: a float destination takes the
+   value through f32; an integer destination takes it through int64. */
+template <typename D, typename S> __host__ __device__ __forceinline__ D ql_cvt(S s)
+{
+    if (ql_is_int<D>::value) return ql_from_i64<D>(ql_to_i64(s));
+    return ql_from_f32<D>(ql_to_f32(s));
+}
+
+/* ---------------------------------------------------------------- run-time dtype access */
+/* For the mixed-dtype paths: element i of base (dtype dt) as the CPU's ld_f/ld_i/st_f/st_i. */
+__device__ __forceinline__ bool ql_dt_float(int dt) { return dt == QL_F32 || dt == QL_BF16 || dt == QL_F16; }
+__device__ __forceinline__ float ql_ldf(const void *p, int dt, int64_t i)
+{
+    switch (dt) {
+    case QL_F32: return ((const float *)p)[i];
+    case QL_BF16: return ql_bf16_to_f32(((const uint16_t *)p)[i]);
+    case QL_F16: return ql_f16_to_f32(((const uint16_t *)p)[i]);
+    case QL_I32: return (float)((const int32_t *)p)[i];
+    case QL_I64: return (float)((const int64_t *)p)[i];
+    case QL_U8: return (float)((const uint8_t *)p)[i];
+    default: return NAN;
+    }
+}
+__device__ __forceinline__ int64_t ql_ldi(const void *p, int dt, int64_t i)
+{
+    switch (dt) {
+    case QL_I32: return ((const int32_t *)p)[i];
+    case QL_I64: return ((const int64_t *)p)[i];
+    case QL_U8: return ((const uint8_t *)p)[i];
+    default: return ql_f2i64(ql_ldf(p, dt, i));
+    }
+}
+__device__ __forceinline__ void ql_stf(void *p, int dt, int64_t i, float v)
+{
+    switch (dt) {
+    case QL_F32: ((float *)p)[i] = v; break;
+    case QL_BF16: ((uint16_t *)p)[i] = ql_f32_to_bf16(v); break;
+    case QL_F16: ((uint16_t *)p)[i] = ql_f32_to_f16(v); break;
+    case QL_I32: ((int32_t *)p)[i] = ql_from_f32<int32_t>(v); break;
+    case QL_I64: ((int64_t *)p)[i] = ql_from_f32<int64_t>(v); break;
+    case QL_U8: ((uint8_t *)p)[i] = ql_from_f32<uint8_t>(v); break;
+    default: break;
+    }
+}
+__device__ __forceinline__ void ql_sti(void *p, int dt, int64_t i, int64_t v)
+{
+    switch (dt) {
+    case QL_I32: ((int32_t *)p)[i] = (int32_t)v; break;
+    case QL_I64: ((int64_t *)p)[i] = v; break;
+    case QL_U8: ((uint8_t *)p)[i] = (uint8_t)v; break;
+    default: ql_stf(p, dt, i, (float)v); break;
+    }
+}
 
 /* QL_SWITCH(dtype, T, body): runs body with T the element type of dtype (body
    returns); other dtypes (nf4) fail with QL_EUNSUPPORTED. Nests for two dtypes. */

@@ -42,7 +42,11 @@ __device__ __forceinline__ bool ql_better(int op, const ql_part<A> &b, const ql_
 template <typename A>
 __device__ __forceinline__ ql_part<A> ql_combine(int op, ql_part<A> a, ql_part<A> b)
 {
-    if (op == QL_SUM || op == QL_MEAN) { a.v = a.v + b.v; if (b.i >= 0 && a.i < 0) a.i = b.i; return a; }
+    if (op == QL_SUM || op == QL_MEAN) {  /* integers wrap like the reference's int64 sum */
+        a.v = ql_is_int<A>::value ? (A)(int64_t)((uint64_t)(int64_t)a.v + (uint64_t)(int64_t)b.v) : a.v + b.v;
+        if (b.i >= 0 && a.i < 0) a.i = b.i;
+        return a;
+    }
     return ql_better(op, b, a) ? b : a;
 }
 
@@ -79,22 +83,19 @@ __device__ __forceinline__ ql_part<A> ql_row_partial(int op, const S *row, int64
     return p;
 }
 
-template <typename S, typename D, typename A>
-__device__ __forceinline__ void ql_store_result(int op, D *out, ql_part<A> p, int64_t n)
+/* stores a row's result as the CPU reference does (st_f for float results, st_i for integers) */
+template <typename A>
+__device__ __forceinline__ void ql_store_result(int op, void *dst, int dd, int64_t o, ql_part<A> p, int64_t n)
 {
-    if (op == QL_ARGMAX) { *out = ql_cvt<D>((int64_t)(p.i < 0 ? 0 : p.i)); return; }
-    if (op == QL_MEAN) {
-        *out = ql_from_f32<D>((float)p.v / (float)n);
-        return;
-    }
-    if ((op == QL_MAX || op == QL_MIN) && p.i < 0) { *out = ql_from_f32<D>(op == QL_MAX ? -INFINITY : INFINITY); return; }
-    if (ql_is_int<A>::value) *out = ql_cvt<D>((int64_t)p.v);
-    else *out = ql_cvt<D>((float)p.v);
+    if (op == QL_ARGMAX) { ql_sti(dst, dd, o, p.i < 0 ? 0 : p.i); return; }
+    if (op == QL_MEAN) { ql_stf(dst, dd, o, n ? (float)((double)p.v / (double)n) : NAN); return; }
+    if (ql_is_int<A>::value) ql_sti(dst, dd, o, (int64_t)p.v);
+    else ql_stf(dst, dd, o, (float)p.v);
 }
 
 /* one warp per output row */
-template <typename S, typename D>
-__global__ void k_reduce_warp(int op, D *dst, const S *src, int64_t nout, int64_t n, int64_t rstride, ql_idx ix)
+template <typename S>
+__global__ void k_reduce_warp(int op, void *dst, int dd, const S *src, int64_t nout, int64_t n, int64_t rstride, ql_idx ix)
 {
     typedef typename ql_acc<S>::type A;
     int lane = threadIdx.x & 31;
@@ -105,13 +106,13 @@ __global__ void k_reduce_warp(int op, D *dst, const S *src, int64_t nout, int64_
         ql_idx_offsets<2>(ix, r, o);
         ql_part<A> p = ql_row_partial<S, A>(op, src + o[1], n, rstride, lane, 32);
         p = ql_warp_reduce(op, p);
-        if (lane == 0) ql_store_result<S, D, A>(op, dst + o[0], p, n);
+        if (lane == 0) ql_store_result<A>(op, dst, dd, o[0], p, n);
     }
 }
 
 /* one block (512 threads) per output row */
-template <typename S, typename D>
-__global__ void k_reduce_block(int op, D *dst, const S *src, int64_t nout, int64_t n, int64_t rstride, ql_idx ix)
+template <typename S>
+__global__ void k_reduce_block(int op, void *dst, int dd, const S *src, int64_t nout, int64_t n, int64_t rstride, ql_idx ix)
 {
     typedef typename ql_acc<S>::type A;
     __shared__ A sv[32];
@@ -129,13 +130,13 @@ __global__ void k_reduce_block(int op, D *dst, const S *src, int64_t nout, int64
             q.v = lane < nw ? sv[lane] : A(0);
             q.i = lane < nw ? si[lane] : -1;
             q = ql_warp_reduce(op, q);
-            if (lane == 0) ql_store_result<S, D, A>(op, dst + o[0], q, n);
+            if (lane == 0) ql_store_result<A>(op, dst, dd, o[0], q, n);
         }
         __syncthreads();
     }
 }
 
-template <typename S, typename D>
+template <typename S>
 static ql_status reduce_t(int op, ql_tensor *dst, const ql_tensor *src, int dim)
 {
     int64_t nout = ql_tensor_numel(dst);
@@ -146,13 +147,14 @@ static ql_status reduce_t(int op, ql_tensor *dst, const ql_tensor *src, int dim)
     ql_idx ix;
     const ql_tensor *ts[2] = { dst, &base };
     (void)ql_idx_make(&ix, 2, ts);
+    void *d = (char *)dst->storage->data + ql_dtype_bytes(dst->dtype, dst->offset);
     int sms = ql_cuda_sm_count(ql_cuda_dev_of(dst));
     if (n >= 4096 && nout < 4 * (int64_t)sms) {
         unsigned g = (unsigned)(nout < 65535 ? nout : 65535);
-        k_reduce_block<S, D><<<g, 512>>>(op, ql_ptr<D>(dst), ql_ptr<S>(src), nout, n, rstride, ix);
+        k_reduce_block<S><<<g, 512>>>(op, d, dst->dtype, ql_ptr<S>(src), nout, n, rstride, ix);
         QL_CU_LAUNCH("k_reduce_block");
     } else {
-        k_reduce_warp<S, D><<<ql_grid(nout * 32), 256>>>(op, ql_ptr<D>(dst), ql_ptr<S>(src), nout, n, rstride, ix);
+        k_reduce_warp<S><<<ql_grid(nout * 32), 256>>>(op, d, dst->dtype, ql_ptr<S>(src), nout, n, rstride, ix);
         QL_CU_LAUNCH("k_reduce_warp");
     }
     return QL_OK;
@@ -163,15 +165,7 @@ ql_status ql_cuda_reduce(ql_reduce_op op, ql_tensor *dst, const ql_tensor *src, 
     QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
     if (dim < 0 || dim >= src->ndim)
         return ql_fail(QL_EINVAL, "CUDA reduce: dim %d out of range for a %d-d tensor", dim, src->ndim);
-    if (op == QL_ARGMAX) {
-        if (dst->dtype != QL_I64)
-            return ql_fail(QL_EINVAL, "CUDA reduce: argmax writes i64, got %s", ql_dtype_name(dst->dtype));
-        QL_SWITCH(src->dtype, S, return reduce_t<S, int64_t>((int)op, dst, src, dim));
-    }
-    if (dst->dtype != src->dtype)
-        return ql_fail(QL_EUNSUPPORTED, "CUDA reduce: %s into %s: the result keeps the source dtype",
-                       ql_dtype_name(src->dtype), ql_dtype_name(dst->dtype));
-    QL_SWITCH(src->dtype, S, return reduce_t<S, S>((int)op, dst, src, dim));
+    QL_SWITCH(src->dtype, S, return reduce_t<S>((int)op, dst, src, dim));
 }
 
 /* ---------------------------------------------------------------- softmax */
