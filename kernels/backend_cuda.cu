@@ -18,7 +18,12 @@
 #include "common.cuh"
 #include "rng_cuda.cuh"
 
+#define QL_ILP 4   /* elements in flight per thread in the contiguous kernels */
+
 #include <mutex>
+#include <stdlib.h>
+#include <unordered_map>
+#include <vector>
 
 /* ---------------------------------------------------------------- devices */
 
@@ -66,12 +71,89 @@ ql_status ql_cuda_set_device(int dev)
 
 /* ---------------------------------------------------------------- memory */
 
+/*
+ * A caching allocator: freed blocks go to per-device lists keyed by a rounded
+ * size and are handed out again without cudaMalloc/cudaFree (each costs
+ * ~0.1 ms and synchronises). Safe because all our work runs in order on the
+ * legacy default stream: a kernel queued after the reuse runs after every
+ * kernel that used the block before. When cudaMalloc fails, the cache is
+ * emptied and the allocation tried once more. QL_CUDA_NO_CACHE=1 turns the
+ * cache off (for compute-sanitizer and leak hunting). Memory accounting stays
+ * tensor.c's: it counts the bytes asked for, not these rounded blocks.
+ */
+struct block_cache {
+    std::mutex mu;
+    std::unordered_map<size_t, std::vector<void *>> free_lists;  /* rounded size -> blocks */
+    std::unordered_map<void *, size_t> size_of;                  /* every live or cached block */
+    size_t cached;                                               /* bytes in free_lists */
+};
+/* never destroyed: tensors may be released during exit */
+static block_cache *const g_cache = new block_cache[QL_MAX_GPUS];
+
+static int cache_on(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("QL_CUDA_NO_CACHE");
+        v = !(e && e[0] == '1');
+    }
+    return v;
+}
+
+/* sizes round up to 4 steps per power of two (at most 25% slack), 512 bytes at least */
+static size_t round_size(size_t n)
+{
+    if (n <= 512) return 512;
+    size_t p = 512;
+    while (p * 2 <= n && p * 2 > p) p *= 2;
+    size_t q = p / 4;
+    return (n + q - 1) / q * q;
+}
+
+static void cache_flush(int dev)
+{
+    block_cache &c = g_cache[dev];
+    std::lock_guard<std::mutex> lock(c.mu);
+    for (auto &kv : c.free_lists)
+        for (void *p : kv.second) {
+            if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
+            c.size_of.erase(p);
+        }
+    c.free_lists.clear();
+    c.cached = 0;
+}
+
 static void *alloc_impl(int dev, size_t nbytes, const char *what)
 {
     if (ql_cuda_set_device(dev) != QL_OK) return NULL;
+    int use_cache = cache_on();
+    size_t rs = use_cache ? round_size(nbytes) : (nbytes ? nbytes : 1);
+    if (use_cache) {
+        block_cache &c = g_cache[dev];
+        std::lock_guard<std::mutex> lock(c.mu);
+        auto it = c.free_lists.find(rs);
+        if (it != c.free_lists.end() && !it->second.empty()) {
+            void *p = it->second.back();
+            it->second.pop_back();
+            c.cached -= rs;
+            return p;
+        }
+    }
     void *p = NULL;
-    cudaError_t e = cudaMalloc(&p, nbytes ? nbytes : 1);
-    if (e == cudaSuccess) return p;
+    cudaError_t e = cudaMalloc(&p, rs);
+    if (e == cudaErrorMemoryAllocation && use_cache) {
+        (void)cudaGetLastError();
+        cache_flush(dev);
+        e = cudaMalloc(&p, rs);
+    }
+    if (e == cudaSuccess) {
+        if (use_cache) {
+            block_cache &c = g_cache[dev];
+            std::lock_guard<std::mutex> lock(c.mu);
+            c.size_of[p] = rs;
+        }
+        return p;
+    }
     (void)cudaGetLastError();
     if (e == cudaErrorMemoryAllocation) {
         size_t free_b = 0, total_b = 0;
@@ -91,7 +173,17 @@ static void *cuda_alloc(int dev, size_t nbytes) { return alloc_impl(dev, nbytes,
 
 static void cuda_free(int dev, void *p)
 {
-    if (!p) return;
+    if (!p || dev < 0 || dev >= QL_MAX_GPUS) return;
+    if (cache_on()) {
+        block_cache &c = g_cache[dev];
+        std::lock_guard<std::mutex> lock(c.mu);
+        auto it = c.size_of.find(p);
+        if (it != c.size_of.end()) {
+            c.free_lists[it->second].push_back(p);
+            c.cached += it->second;
+            return;
+        }
+    }
     if (ql_cuda_set_device(dev) != QL_OK) return;
     if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
 }
@@ -120,10 +212,14 @@ static ql_status cuda_sync(int dev)
     return QL_OK;
 }
 
+/* free memory counts the blocks our cache holds: they are available to the next allocation */
 static ql_status cuda_mem_info(int dev, size_t *free_b, size_t *total_b)
 {
     QL_TRY(ql_cuda_set_device(dev));
     QL_CU(cudaMemGetInfo(free_b, total_b));
+    block_cache &c = g_cache[dev];
+    std::lock_guard<std::mutex> lock(c.mu);
+    *free_b += c.cached;
     return QL_OK;
 }
 
@@ -259,6 +355,20 @@ __global__ void k_copy(D *dst, const S *src, int64_t n, ql_idx ix)
     }
 }
 
+/* contiguous: QL_ILP elements per thread per step, all loads before the stores */
+template <typename D, typename S>
+__global__ void k_copy_c(D *dst, const S *src, int64_t n)
+{
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t base = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; base < n; base += stride * QL_ILP) {
+        S v[QL_ILP];
+#pragma unroll
+        for (int k = 0; k < QL_ILP; k++) { int64_t i = base + k * stride; if (i < n) v[k] = src[i]; }
+#pragma unroll
+        for (int k = 0; k < QL_ILP; k++) { int64_t i = base + k * stride; if (i < n) dst[i] = ql_cvt<D>(v[k]); }
+    }
+}
+
 template <typename D, typename S> static ql_status copy_t(ql_tensor *dst, const ql_tensor *src)
 {
     int64_t n = ql_tensor_numel(dst);
@@ -270,7 +380,7 @@ template <typename D, typename S> static ql_status copy_t(ql_tensor *dst, const 
         QL_CU(cudaMemcpyAsync(ql_ptr<D>(dst), ql_ptr<S>(src), (size_t)n * sizeof(D), cudaMemcpyDeviceToDevice, 0));
         return QL_OK;
     }
-    if (contig) k_copy<D, S, true><<<ql_grid(n), 256>>>(ql_ptr<D>(dst), ql_ptr<S>(src), n, ix);
+    if (contig) k_copy_c<D, S><<<ql_grid((n + QL_ILP - 1) / QL_ILP), 256>>>(ql_ptr<D>(dst), ql_ptr<S>(src), n);
     else k_copy<D, S, false><<<ql_grid(n), 256>>>(ql_ptr<D>(dst), ql_ptr<S>(src), n, ix);
     QL_CU_LAUNCH("k_copy");
     return QL_OK;
@@ -353,10 +463,26 @@ __global__ void k_unary_dyn(int op, void *dst, int dd, const void *src, int ds, 
     }
 }
 
+template <typename T>
+__global__ void k_unary_c(int op, T *dst, const T *src, int64_t n)
+{
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t base = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; base < n; base += stride * QL_ILP) {
+        float x[QL_ILP];
+#pragma unroll
+        for (int k = 0; k < QL_ILP; k++) { int64_t i = base + k * stride; if (i < n) x[k] = ql_to_f32(src[i]); }
+#pragma unroll
+        for (int k = 0; k < QL_ILP; k++) {
+            int64_t i = base + k * stride;
+            if (i < n) dst[i] = ql_from_f32<T>(unary_f32(op, x[k]));
+        }
+    }
+}
+
 template <typename T> static ql_status unary_t(int op, ql_tensor *dst, const ql_tensor *src, int64_t n,
                                                const ql_idx &ix, int contig)
 {
-    if (contig) k_unary<T, true><<<ql_grid(n), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(src), n, ix);
+    if (contig) k_unary_c<T><<<ql_grid((n + QL_ILP - 1) / QL_ILP), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(src), n);
     else k_unary<T, false><<<ql_grid(n), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(src), n, ix);
     QL_CU_LAUNCH("k_unary");
     return QL_OK;
@@ -455,10 +581,29 @@ __global__ void k_binary_dyn(int op, int fl, void *dst, int dd, const void *a, i
     }
 }
 
+template <typename T>
+__global__ void k_binary_c(int op, T *dst, const T *a, const T *b, int64_t n)
+{
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t base = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; base < n; base += stride * QL_ILP) {
+        float x[QL_ILP], y[QL_ILP];
+#pragma unroll
+        for (int k = 0; k < QL_ILP; k++) {
+            int64_t i = base + k * stride;
+            if (i < n) { x[k] = ql_to_f32(a[i]); y[k] = ql_to_f32(b[i]); }
+        }
+#pragma unroll
+        for (int k = 0; k < QL_ILP; k++) {
+            int64_t i = base + k * stride;
+            if (i < n) dst[i] = ql_from_f32<T>(binary_f32(op, x[k], y[k]));
+        }
+    }
+}
+
 template <typename T> static ql_status binary_t(int op, ql_tensor *dst, const ql_tensor *a, const ql_tensor *b,
                                                 int64_t n, const ql_idx &ix, int contig)
 {
-    if (contig) k_binary<T, true><<<ql_grid(n), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(a), ql_ptr<T>(b), n, ix);
+    if (contig) k_binary_c<T><<<ql_grid((n + QL_ILP - 1) / QL_ILP), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(a), ql_ptr<T>(b), n);
     else k_binary<T, false><<<ql_grid(n), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(a), ql_ptr<T>(b), n, ix);
     QL_CU_LAUNCH("k_binary");
     return QL_OK;
