@@ -232,3 +232,17 @@ project "qltest"
       objdir(builddir .. "/obj/" .. cfg)
       linkoptions(engine_link(cfg))
    end)
+
+-- one program per bench/*.c (bin/bench_matmul, bin/pdf_tool, ...)
+for _, src in ipairs(os.matchfiles("bench/*.c")) do
+   local name = src:match("([^/]+)%.c$")
+   project(name)
+      kind "ConsoleApp"
+      files { src }
+      links { "qlengine" }
+      per_config(function(cfg)
+         targetdir(cfg == "release" and bindir or (bindir .. "/" .. cfg))
+         objdir(builddir .. "/obj/" .. cfg)
+         linkoptions(engine_link(cfg))
+      end)
+end

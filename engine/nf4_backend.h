@@ -7,6 +7,10 @@
 
 #include "tensor.h"
 
+struct ql_nf4;
+/* A ql_nf4 borrowing the arrays of an NF4 CPU tensor (no copies). */
+ql_status ql_nf4_view(struct ql_nf4 *q, const ql_tensor *t);
+
 ql_status ql_cpu_nf4_dequantize(ql_tensor *dst, const ql_tensor *src);
 ql_status ql_cpu_nf4_quantize(ql_tensor *dst, const ql_tensor *src);
 

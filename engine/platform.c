@@ -119,6 +119,15 @@ void ql_unmap_file(ql_mapping *m)
     m->data = NULL; m->size = 0;
 }
 
+void ql_mapping_dontneed(const void *p, size_t n)
+{
+    long ps = sysconf(_SC_PAGESIZE);
+    if (ps <= 0 || n == 0) return;
+    uintptr_t a = ((uintptr_t)p + (uintptr_t)ps - 1) & ~((uintptr_t)ps - 1);   /* whole pages inside */
+    uintptr_t e = ((uintptr_t)p + n) & ~((uintptr_t)ps - 1);
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
 ql_status ql_atomic_open(ql_atomic_file *af, const char *path)
 {
     memset(af, 0, sizeof *af);

@@ -35,6 +35,9 @@ typedef struct ql_mapping {
 /* Maps a whole file read-only. An empty file maps to data == NULL, size 0. */
 ql_status ql_map_file(const char *path, ql_mapping *out);
 void      ql_unmap_file(ql_mapping *m);
+/* Tells the OS that the mapped pages of [p, p+n) will not be needed soon, so
+   reading a large file once (quantizing while loading) does not keep it resident. */
+void      ql_mapping_dontneed(const void *p, size_t n);
 
 /* Atomic output: ql_atomic_open writes to "<path>.tmp.<pid>"; commit fsyncs
    and renames over path; abort removes the temporary. Never leaves half a file. */

@@ -390,6 +390,11 @@ const char *ql_st_meta_key(const ql_st_file *f, int i) { return f->meta_k[i]; }
 const char *ql_st_meta_value(const ql_st_file *f, int i) { return f->meta_v[i]; }
 const void *ql_st_data(const ql_st_file *f, int i) { return f->data + f->e[i].begin; }
 
+void ql_st_drop(const ql_st_file *f, int i)
+{
+    if (i >= 0 && i < f->n) ql_mapping_dontneed(f->data + f->e[i].begin, (size_t)(f->e[i].end - f->e[i].begin));
+}
+
 int ql_st_find(const ql_st_file *f, const char *name)
 {
     for (int i = 0; i < f->n; i++) if (!strcmp(f->e[i].name, name)) return i;
@@ -413,6 +418,14 @@ ql_tensor *ql_st_tensor(ql_st_file *f, int i)
                                  "(supported: F32, F16, BF16, I32, I64, U8); convert the checkpoint to bf16",
                 f->path, e->name, e->dtype);
         return NULL;
+    }
+    const uint8_t *p = f->data + e->begin;
+    size_t esize = (size_t)ql_dtype_bytes(e->qdtype, 1);
+    if ((uintptr_t)p % esize != 0) {
+        /* safetensors does not align tensors to their element size: copy the odd ones */
+        ql_tensor *c = ql_tensor_new(e->qdtype, e->ndim, e->shape, ql_cpu());
+        if (c) memcpy(ql_tensor_data(c), p, (size_t)(e->end - e->begin));
+        return c;
     }
     __atomic_add_fetch(&f->map->refcount, 1, __ATOMIC_ACQ_REL);
     ql_tensor *t = ql_tensor_wrap(e->qdtype, e->ndim, e->shape, (void *)(f->data + e->begin),

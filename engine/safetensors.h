@@ -36,6 +36,8 @@ const ql_st_entry *ql_st_entry_at(const ql_st_file *f, int i);
 int ql_st_find(const ql_st_file *f, const char *name);    /* index or -1 */
 /* a CPU tensor viewing the mapped bytes (read-only memory: copy before writing) */
 ql_tensor *ql_st_tensor(ql_st_file *f, int i);
+/* lets the OS drop entry i's pages from memory (after it was copied or quantized) */
+void ql_st_drop(const ql_st_file *f, int i);
 /* raw bytes of entry i */
 const void *ql_st_data(const ql_st_file *f, int i);
 int ql_st_meta_count(const ql_st_file *f);

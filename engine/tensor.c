@@ -371,7 +371,7 @@ ql_tensor *ql_tensor_view(ql_tensor *t, int ndim, const int64_t *shape_in)
     /* Compute strides for the new shape over t's layout (torch's rule): walk
        chunks of t's dims that are mutually contiguous. */
     int64_t newstride[QL_MAXDIM];
-    if (ql_tensor_is_contiguous(t)) {
+    if (ql_tensor_is_contiguous(t) || numel == 0) {
         int64_t st = 1;
         for (int d = ndim - 1; d >= 0; d--) { newstride[d] = st; st *= shape[d]; }
     } else {
@@ -657,8 +657,17 @@ static ql_tensor *nf4_dequantize_to(ql_tensor *src, ql_dtype dtype, ql_device de
     return m;
 }
 
-static ql_tensor *nf4_quantize_to(ql_tensor *src, ql_device dev)
+ql_tensor *ql_tensor_quantize_nf4(ql_tensor *src, int blocksize, int double_quant, ql_device dev)
 {
+    if (src->dtype == QL_NF4) { ql_fail(QL_EINVAL, "the tensor is already nf4"); return NULL; }
+    if (!ql_dtype_info_of(src->dtype)->is_float) {
+        ql_fail(QL_EINVAL, "nf4 quantizes floating-point weights, not %s", ql_dtype_name(src->dtype));
+        return NULL;
+    }
+    if (blocksize < 32 || blocksize > 4096 || (blocksize & (blocksize - 1))) {
+        ql_fail(QL_EINVAL, "nf4 blocksize must be a power of two from 32 to 4096, not %d", blocksize);
+        return NULL;
+    }
     /* quantize on the destination device from a contiguous f32 copy there */
     ql_tensor *x = ql_tensor_to(src, QL_F32, dev);
     if (!x) return NULL;
@@ -666,21 +675,29 @@ static ql_tensor *nf4_quantize_to(ql_tensor *src, ql_device dev)
     ql_tensor *r = be ? ql_tensor_new(QL_NF4, src->ndim, src->shape, dev) : NULL;
     if (!r) { ql_tensor_release(x); return NULL; }
     int64_t n = ql_tensor_numel(src);
-    int64_t nblocks = (n + 63) / 64, nnested = (nblocks + 255) / 256, code_n = 256;
+    int64_t nblocks = (n + blocksize - 1) / blocksize, nnested = (nblocks + 255) / 256, code_n = 256;
     ql_quant *q = calloc(1, sizeof *q);
     if (!q) { ql_tensor_release(x); ql_tensor_release(r); ql_fail(QL_ENOMEM, "out of host memory"); return NULL; }
-    q->refcount = 1; q->blocksize = 64; q->double_quant = 1; q->nested_blocksize = 256;
+    q->refcount = 1; q->blocksize = blocksize; q->double_quant = double_quant; q->nested_blocksize = 256;
+    q->orig_dtype = src->dtype;
     r->quant = q;
-    q->absmax = ql_tensor_new(QL_U8, 1, &nblocks, dev);
-    q->nested_absmax = ql_tensor_new(QL_F32, 1, &nnested, dev);
-    q->nested_code = ql_tensor_new(QL_F32, 1, &code_n, dev);
-    if (!q->absmax || !q->nested_absmax || !q->nested_code || be->nf4_quantize(r, x) != QL_OK) {
+    q->absmax = ql_tensor_new(double_quant ? QL_U8 : QL_F32, 1, &nblocks, dev);
+    if (double_quant) {
+        q->nested_absmax = ql_tensor_new(QL_F32, 1, &nnested, dev);
+        q->nested_code = ql_tensor_new(QL_F32, 1, &code_n, dev);
+    }
+    if (!q->absmax || (double_quant && (!q->nested_absmax || !q->nested_code)) || be->nf4_quantize(r, x) != QL_OK) {
         ql_tensor_release(x);
         ql_tensor_release(r);
         return NULL;
     }
     ql_tensor_release(x);
     return r;
+}
+
+static ql_tensor *nf4_quantize_to(ql_tensor *src, ql_device dev)
+{
+    return ql_tensor_quantize_nf4(src, 64, 1, dev);
 }
 
 /* ---------------------------------------------------------------- math */

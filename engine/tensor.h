@@ -54,6 +54,7 @@ typedef struct ql_quant {
     int double_quant;            /* absmax stored as u8 + nested statistics */
     int nested_blocksize;        /* 256 */
     float nested_offset;
+    ql_dtype orig_dtype;         /* dtype the weight had before quantization (bf16, f16, f32) */
     struct ql_tensor *absmax;        /* f32 [nblocks], or u8 [nblocks] when double_quant */
     struct ql_tensor *nested_absmax; /* f32 [ceil(nblocks / nested_blocksize)] */
     struct ql_tensor *nested_code;   /* f32 [256] signed dynamic map */
@@ -116,6 +117,7 @@ ql_tensor *ql_tensor_contiguous(ql_tensor *t);   /* t itself (retained) when alr
 
 /* ---------------- copies ---------------- */
 /* New tensor of dtype on dev; NF4 sources dequantize, NF4 targets quantize (blocksize 64, double quant). */
+ql_tensor *ql_tensor_quantize_nf4(ql_tensor *t, int blocksize, int double_quant, ql_device dev);
 ql_tensor *ql_tensor_to(ql_tensor *t, ql_dtype dtype, ql_device dev);
 /* dst[...] = src, broadcasting src to dst's shape; any dtypes and devices. */
 ql_status  ql_tensor_copy_(ql_tensor *dst, ql_tensor *src);

@@ -512,11 +512,10 @@ UNARY(silu, QL_SILU) UNARY(relu, QL_RELU) UNARY(gelu, QL_GELU) UNARY(square, QL_
 
 static int binary(lua_State *L, ql_binary_op op)
 {
-    ql_tensor *a = ql_lua_totensor(L, 1), *b = ql_lua_totensor(L, 2);
-    if (a && b) {
-        if (!a || !b) return luaL_error(L, "released tensor");
-        return ql_lua_pushtensor(L, ql_binary(op, a, b));
-    }
+    ltensor *ua = luaL_testudata(L, 1, QL_TENSOR_MT), *ub = luaL_testudata(L, 2, QL_TENSOR_MT);
+    if ((ua && !ua->t) || (ub && !ub->t)) return luaL_error(L, "this tensor was released (closed or garbage-collected)");
+    ql_tensor *a = ua ? ua->t : NULL, *b = ub ? ub->t : NULL;
+    if (a && b) return ql_lua_pushtensor(L, ql_binary(op, a, b));
     if (a && lua_isnumber(L, 2)) return ql_lua_pushtensor(L, ql_binary_scalar(op, ql_lua_checktensor(L, 1), lua_tonumber(L, 2), 0));
     if (b && lua_isnumber(L, 1)) return ql_lua_pushtensor(L, ql_binary_scalar(op, ql_lua_checktensor(L, 2), lua_tonumber(L, 1), 1));
     return luaL_error(L, "%s: expected tensors or a tensor and a number, got %s and %s",

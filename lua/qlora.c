@@ -29,6 +29,10 @@ static const luaL_Reg native[] = {
     { "device", luaopen_qlora_device },
     { "nf4", luaopen_qlora_nf4 },
     { "sys", luaopen_qlora_sys },
+    { "pdf", luaopen_qlora_pdf },
+    { "text", luaopen_qlora_text },
+    { "model", luaopen_qlora_model },
+    { "tokenizer", luaopen_qlora_tokenizer },
     /* modules of later issues register here */
     { NULL, NULL }
 };
@@ -51,16 +55,25 @@ static int lazy_index(lua_State *L)
     return 1;
 }
 
-/* adds <dir>/../lua/?.lua to package.path so lua/qlora/NAME.lua are found next to the binary */
+/* adds the lua/ folder of the source tree or installation to package.path so
+   lua/qlora/NAME.lua are found: <exe>/../lua (bin/qlora) or <exe>/../../lua
+   (bin/asan/qlora, bin/debug/qlora) */
 static void add_lua_path(lua_State *L)
 {
     const char *dir = ql_exe_dir();
     if (!dir || !*dir) return;
+    char probe[4200], root[4200] = "";
+    const char *ups[] = { "/..", "/../..", "/../share/qlora" };
+    for (size_t i = 0; i < sizeof ups / sizeof ups[0] && !root[0]; i++) {
+        snprintf(probe, sizeof probe, "%s%s/lua/qlora", dir, ups[i]);
+        if (ql_is_dir(probe)) snprintf(root, sizeof root, "%s%s/lua", dir, ups[i]);
+    }
+    if (!root[0]) return;
     lua_getglobal(L, "package");
     if (!lua_istable(L, -1)) { lua_pop(L, 1); return; }
     lua_getfield(L, -1, "path");
     const char *old = lua_tostring(L, -1);
-    lua_pushfstring(L, "%s/../lua/?.lua;%s/../lua/?/init.lua;%s", dir, dir, old ? old : "");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", root, root, old ? old : "");
     lua_setfield(L, -3, "path");
     lua_pop(L, 2);
 }

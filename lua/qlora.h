@@ -18,6 +18,10 @@ int luaopen_qlora_tensor(lua_State *L);
 int luaopen_qlora_device(lua_State *L);
 int luaopen_qlora_nf4(lua_State *L);
 int luaopen_qlora_sys(lua_State *L);
+int luaopen_qlora_pdf(lua_State *L);
+int luaopen_qlora_text(lua_State *L);
+int luaopen_qlora_model(lua_State *L);
+int luaopen_qlora_tokenizer(lua_State *L);
 
 /* raises the engine's last error as a Lua error */
 int ql_lua_error(lua_State *L);

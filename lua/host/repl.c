@@ -26,7 +26,7 @@ static const char *help_lua =
     "    print('qlora ' .. qlora.version .. ' — modules (type help(qlora.NAME) for their functions):')\n"
     "    local names = {}\n"
     "    for k, v in pairs(qlora) do if type(v) == 'table' then names[#names + 1] = k end end\n"
-    "    for _, k in ipairs({'tokenizer', 'pdf', 'text', 'chunk', 'model', 'lora', 'train'}) do\n"
+    "    for _, k in ipairs({'tokenizer', 'pdf', 'text', 'chunk', 'dedup', 'llm', 'model', 'lora', 'train'}) do\n"
     "      if rawget(qlora, k) == nil then local ok, m = pcall(function() return qlora[k] end)\n"
     "        if ok and m then names[#names + 1] = k end end\n"
     "    end\n"
@@ -78,6 +78,9 @@ static void collect_keys(lua_State *L, int idx, const char *path, const char *se
         if (round == 1) {  /* also the metatable's __index table (methods) */
             if (!lua_getmetatable(L, idx)) break;
             lua_getfield(L, -1, "__index");
+            if (lua_iscfunction(L, -1) && lua_getupvalue(L, -1, 1)) {  /* methods kept as an upvalue */
+                lua_remove(L, -2);
+            }
             if (!lua_istable(L, -1)) { lua_pop(L, 2); break; }
             t = lua_gettop(L);
         } else if (!lua_istable(L, idx)) continue;
@@ -144,6 +147,7 @@ static char **complete(const char *text, int start, int end)
 {
     (void)start; (void)end;
     rl_attempted_completion_over = 1;
+    rl_completion_append_character = '\0';   /* "qlora.ten" -> "qlora.tensor", ready for '.' */
     return rl_completion_matches(text, gen_matches);
 }
 

@@ -54,6 +54,15 @@ function T.fixture(name)
   local dir = os.getenv("QL_FIXTURES") or (root .. "tests/fixtures")
   return dir .. "/" .. name
 end
+-- the qlora binary running these tests (arg[-1]), for tests of the host itself
+T.qlora = arg and arg[-1] or "qlora"
+function T.sh(cmd)  -- runs a shell command, returns its output and exit code
+  local p = io.popen(cmd .. " 2>&1; echo \"__rc=$?\"")
+  local out = p:read("a")
+  p:close()
+  local rc = tonumber(out:match("__rc=(%d+)%s*$"))
+  return out:gsub("__rc=%d+%s*$", ""), rc
+end
 function T.tmpdir()
   local d = os.tmpname(); os.remove(d)
   os.execute("mkdir -p '" .. d .. "'")

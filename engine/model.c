@@ -1,0 +1,426 @@
+/*
+ * model.c — the CPU reference forward of model.h: embeddings, RMSNorm, RoPE
+ * (rotate-half layout), grouped-query attention over per-token key ranges,
+ * SwiGLU MLP, lm_head; chunked cross-entropy; KV-cache generation.
+ * Everything computes in f32 from the stored weights (bf16/f16 widened
+ * exactly, NF4 dequantized as bitsandbytes does).
+ */
+#include "model.h"
+#include "nf4.h"
+#include "nf4_backend.h"
+#include "platform.h"
+#include "rng.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SCRATCH_FLOATS (16 << 20)   /* at most 64 MiB of widened weight rows at a time */
+
+/* ---------------------------------------------------------------- weights as f32 */
+
+/* rows [r0, r1) of a [out, in] weight as f32 into dst */
+static ql_status weight_rows_f32(const ql_tensor *w, int64_t r0, int64_t r1, int64_t in, float *dst)
+{
+    int64_t n = (r1 - r0) * in;
+    if (w->dtype == QL_NF4) {
+        ql_nf4 q;
+        QL_TRY(ql_nf4_view(&q, w));
+        return ql_nf4_dequantize_range_f32(&q, r0 * in, n, dst);
+    }
+    const char *base = (const char *)ql_tensor_data(w);
+    switch (w->dtype) {
+    case QL_F32: memcpy(dst, base + r0 * in * 4, (size_t)n * 4); break;
+    case QL_BF16: { const uint16_t *p = (const uint16_t *)base + r0 * in; for (int64_t i = 0; i < n; i++) dst[i] = ql_bf16_to_f32(p[i]); break; }
+    case QL_F16: { const uint16_t *p = (const uint16_t *)base + r0 * in; for (int64_t i = 0; i < n; i++) dst[i] = ql_f16_to_f32(p[i]); break; }
+    default: return ql_fail(QL_EINVAL, "weights must be f32, bf16, f16 or nf4");
+    }
+    return QL_OK;
+}
+
+static ql_status ensure_scratch(ql_model *m, int64_t n)
+{
+    if (m->scratch_cap >= n) return QL_OK;
+    free(m->scratch);
+    m->scratch = malloc((size_t)n * sizeof(float));
+    m->scratch_cap = m->scratch ? n : 0;
+    return m->scratch ? QL_OK : ql_fail(QL_ENOMEM, "out of host memory for %lld weight values", (long long)n);
+}
+
+/* y[n, out] = x[n, in] @ W^T (+ b). Weights are widened to f32 a block of rows at a time. */
+static ql_status linear(ql_model *m, const ql_linear *L, const float *x, int64_t n, float *y)
+{
+    int64_t in = L->in, out = L->out;
+    if (n == 0) return QL_OK;
+    if (L->w->dtype == QL_F32 && ql_tensor_is_contiguous(L->w)) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x, (int)in,
+                    ql_tensor_data(L->w), (int)in, 0.0f, y, (int)out);
+    } else {
+        int64_t rows = SCRATCH_FLOATS / in;
+        if (rows < 1) rows = 1;
+        if (rows > out) rows = out;
+        QL_TRY(ensure_scratch(m, rows * in));
+        for (int64_t r0 = 0; r0 < out; r0 += rows) {
+            int64_t r1 = r0 + rows < out ? r0 + rows : out;
+            QL_TRY(weight_rows_f32(L->w, r0, r1, in, m->scratch));
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)(r1 - r0), (int)in, 1.0f, x, (int)in,
+                        m->scratch, (int)in, 0.0f, y + r0, (int)out);
+        }
+    }
+    if (L->b) {
+        const float *b = ql_tensor_data(L->b);
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < out; j++) y[i * out + j] += b[j];
+    }
+    return QL_OK;
+}
+
+/* ---------------------------------------------------------------- per-layer pieces */
+
+/* y = x * rsqrt(mean(x^2) + eps) * w, per row of H */
+static void rmsnorm(const float *x, const float *w, int64_t n, int H, double eps, float *y)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * H;
+        float *yi = y + i * H;
+        float ss = 0;
+        for (int j = 0; j < H; j++) ss += xi[j] * xi[j];
+        float r = 1.0f / sqrtf(ss / (float)H + (float)eps);
+        for (int j = 0; j < H; j++) yi[j] = w[j] * (xi[j] * r);
+    }
+}
+
+/* rotate-half RoPE on nh heads of each row of x [n, nh*hd] */
+static void rope(float *x, int64_t n, int nh, int hd, const int32_t *pos, const float *inv_freq)
+{
+    int half = hd / 2;
+    for (int64_t i = 0; i < n; i++)
+        for (int d = 0; d < half; d++) {
+            float ang = (float)pos[i] * inv_freq[d];
+            float c = cosf(ang), s = sinf(ang);
+            for (int h = 0; h < nh; h++) {
+                float *v = x + i * (int64_t)nh * hd + (int64_t)h * hd;
+                float a = v[d], b = v[d + half];
+                v[d] = a * c + (-b) * s;
+                v[d + half] = b * c + a * s;
+            }
+        }
+}
+
+typedef struct {
+    const float *q, *k, *v;       /* q [n, Q]; k, v [nk, KV] */
+    float *out;                   /* [n, Q] */
+    const int32_t *lo, *hi;
+    int heads, kv_heads, hd, window;
+    int64_t n;
+} attn_job;
+
+static void attn_range(void *arg, int64_t b, int64_t e)
+{
+    attn_job *j = arg;
+    int Q = j->heads * j->hd, KV = j->kv_heads * j->hd, g = j->heads / j->kv_heads;
+    float scale = 1.0f / sqrtf((float)j->hd);
+    int64_t maxlen = 0;
+    for (int64_t t = b; t < e; t++) {
+        int64_t i = t / j->heads;
+        if (j->hi[i] - j->lo[i] > maxlen) maxlen = j->hi[i] - j->lo[i];
+    }
+    float *p = malloc(sizeof(float) * (size_t)(maxlen > 0 ? maxlen : 1));
+    if (!p) return;
+    for (int64_t t = b; t < e; t++) {
+        int64_t i = t / j->heads;
+        int h = (int)(t % j->heads), kh = h / g;
+        const float *qi = j->q + i * Q + (int64_t)h * j->hd;
+        int64_t lo = j->lo[i], hi = j->hi[i];
+        if (j->window > 0 && hi - j->window > lo) lo = hi - j->window;   /* Mistral's sliding window */
+        float mx = -INFINITY;
+        for (int64_t s = lo; s < hi; s++) {
+            const float *ks = j->k + s * KV + (int64_t)kh * j->hd;
+            float dot = 0;
+            for (int d = 0; d < j->hd; d++) dot += qi[d] * ks[d];
+            p[s - lo] = dot * scale;
+            if (p[s - lo] > mx) mx = p[s - lo];
+        }
+        float sum = 0;
+        for (int64_t s = lo; s < hi; s++) { p[s - lo] = expf(p[s - lo] - mx); sum += p[s - lo]; }
+        float *oi = j->out + i * Q + (int64_t)h * j->hd;
+        memset(oi, 0, sizeof(float) * (size_t)j->hd);
+        for (int64_t s = lo; s < hi; s++) {
+            float w = p[s - lo] / sum;
+            const float *vs = j->v + s * KV + (int64_t)kh * j->hd;
+            for (int d = 0; d < j->hd; d++) oi[d] += w * vs[d];
+        }
+    }
+    free(p);
+}
+
+static void embed_rows(const ql_tensor *E, const int32_t *ids, int64_t n, int H, float *x)
+{
+    const char *base = ql_tensor_data(E);
+    for (int64_t i = 0; i < n; i++) {
+        float *xi = x + i * H;
+        int64_t r = ids[i];
+        switch (E->dtype) {
+        case QL_F32: memcpy(xi, base + r * H * 4, (size_t)H * 4); break;
+        case QL_BF16: for (int j = 0; j < H; j++) xi[j] = ql_bf16_to_f32(((const uint16_t *)base)[r * H + j]); break;
+        default: for (int j = 0; j < H; j++) xi[j] = ql_f16_to_f32(((const uint16_t *)base)[r * H + j]); break;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- forward */
+
+ql_status ql_model_hidden(ql_model *m, const ql_batch *b, ql_kv_cache *cache, float *out)
+{
+    const ql_model_config *c = &m->cfg;
+    int64_t n = b->n;
+    int H = c->hidden, hd = c->head_dim, Q = c->heads * hd, KV = c->kv_heads * hd, NI = c->inter;
+    for (int64_t i = 0; i < n; i++) {
+        if (b->ids[i] < 0 || b->ids[i] >= c->vocab)
+            return ql_fail(QL_EINVAL, "token id %d at position %lld is outside the vocabulary (0..%d)", b->ids[i], (long long)i, c->vocab - 1);
+        if (b->lo[i] < 0 || b->hi[i] <= b->lo[i])
+            return ql_fail(QL_EINVAL, "token %lld attends to an empty key range [%d, %d)", (long long)i, b->lo[i], b->hi[i]);
+        int64_t limit = cache ? cache->max_len : n;
+        if (b->hi[i] > limit) return ql_fail(QL_EINVAL, "token %lld attends past the %s (%d > %lld)", (long long)i, cache ? "cache" : "batch", b->hi[i], (long long)limit);
+        if (cache && (b->pos[i] < 0 || b->pos[i] >= cache->max_len))
+            return ql_fail(QL_EINVAL, "position %d is outside the KV cache of %d", b->pos[i], cache->max_len);
+    }
+    int64_t need = n * (int64_t)(2 * H + 2 * Q + 2 * KV + 2 * NI);
+    float *buf = malloc(sizeof(float) * (size_t)(need > 0 ? need : 1));
+    if (!buf) return ql_fail(QL_ENOMEM, "out of host memory for the activations of %lld tokens", (long long)n);
+    float *x = buf, *xn = x + n * H, *q = xn + n * H, *att = q + n * Q, *k = att + n * Q, *v = k + n * KV;
+    float *g = v + n * KV, *u = g + n * NI;
+    ql_status s = QL_OK;
+    embed_rows(m->embed, b->ids, n, H, x);
+    for (int l = 0; l < c->layers && s == QL_OK; l++) {
+        const ql_block *B = &m->blocks[l];
+        rmsnorm(x, ql_tensor_data(B->attn_norm), n, H, c->eps, xn);
+        if ((s = linear(m, &B->q, xn, n, q)) || (s = linear(m, &B->k, xn, n, k)) || (s = linear(m, &B->v, xn, n, v))) break;
+        rope(q, n, c->heads, hd, b->pos, m->inv_freq);
+        rope(k, n, c->kv_heads, hd, b->pos, m->inv_freq);
+        const float *K = k, *V = v;
+        if (cache) {
+            for (int64_t i = 0; i < n; i++) {
+                memcpy(cache->k[l] + (int64_t)b->pos[i] * KV, k + i * KV, sizeof(float) * (size_t)KV);
+                memcpy(cache->v[l] + (int64_t)b->pos[i] * KV, v + i * KV, sizeof(float) * (size_t)KV);
+            }
+            K = cache->k[l];
+            V = cache->v[l];
+        }
+        attn_job j = { q, K, V, att, b->lo, b->hi, c->heads, c->kv_heads, hd, c->sliding_window, n };
+        ql_parallel_for(n * c->heads, 16, attn_range, &j);
+        if ((s = linear(m, &B->o, att, n, xn))) break;
+        for (int64_t i = 0; i < n * H; i++) x[i] += xn[i];
+        rmsnorm(x, ql_tensor_data(B->mlp_norm), n, H, c->eps, xn);
+        if ((s = linear(m, &B->gate, xn, n, g)) || (s = linear(m, &B->up, xn, n, u))) break;
+        for (int64_t i = 0; i < n * NI; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        if ((s = linear(m, &B->down, g, n, xn))) break;
+        for (int64_t i = 0; i < n * H; i++) x[i] += xn[i];
+    }
+    if (s == QL_OK) rmsnorm(x, ql_tensor_data(m->norm), n, H, c->eps, out);
+    if (s == QL_OK && cache) {
+        for (int64_t i = 0; i < n; i++) if (b->pos[i] + 1 > cache->len) cache->len = b->pos[i] + 1;
+    }
+    free(buf);
+    return s;
+}
+
+ql_status ql_model_logits(ql_model *m, const ql_batch *b, ql_kv_cache *cache, float *logits)
+{
+    int H = m->cfg.hidden;
+    float *h = malloc(sizeof(float) * (size_t)(b->n * H > 0 ? b->n * H : 1));
+    if (!h) return ql_fail(QL_ENOMEM, "out of host memory");
+    ql_status s = ql_model_hidden(m, b, cache, h);
+    if (s == QL_OK) s = linear(m, &m->lm_head, h, b->n, logits);
+    free(h);
+    return s;
+}
+
+void ql_batch_ranges(int rows, int T, const int32_t *doc_lens, const int *ndocs, int32_t *pos, int32_t *lo, int32_t *hi)
+{
+    int d = 0;
+    for (int r = 0; r < rows; r++) {
+        int start = 0;
+        int nd = doc_lens ? ndocs[r] : 1;
+        for (int k = 0; k < nd; k++) {
+            int len = doc_lens ? doc_lens[d++] : T;
+            for (int t = 0; t < len && start + t < T; t++) {
+                int64_t i = (int64_t)r * T + start + t;
+                pos[i] = t;
+                lo[i] = r * T + start;
+                hi[i] = (int32_t)(i + 1);
+            }
+            start += len;
+        }
+        for (int t = start; t < T; t++) {   /* padding after the documents: its own tiny document */
+            int64_t i = (int64_t)r * T + t;
+            pos[i] = 0; lo[i] = (int32_t)i; hi[i] = (int32_t)(i + 1);
+        }
+    }
+}
+
+ql_status ql_model_loss(ql_model *m, const ql_batch *b, const int32_t *labels, double *sum, int64_t *count)
+{
+    const ql_model_config *c = &m->cfg;
+    int H = c->hidden, V = c->vocab;
+    int64_t n = b->n;
+    *sum = 0;
+    *count = 0;
+    float *h = malloc(sizeof(float) * (size_t)(n * H > 0 ? n * H : 1));
+    if (!h) return ql_fail(QL_ENOMEM, "out of host memory");
+    ql_status s = ql_model_hidden(m, b, NULL, h);
+    /* token i predicts labels[i + 1] when i + 1 is in the same document range */
+    const int CH = 32;
+    float *xs = malloc(sizeof(float) * (size_t)CH * H), *lg = malloc(sizeof(float) * (size_t)CH * V);
+    int32_t tgt[32];
+    if (s == QL_OK && (!xs || !lg)) s = ql_fail(QL_ENOMEM, "out of host memory");
+    int k = 0;
+    for (int64_t i = 0; s == QL_OK && i <= n; i++) {
+        if (i < n - 1 && b->lo[i + 1] <= i && labels[i + 1] != -100) {
+            if (labels[i + 1] < 0 || labels[i + 1] >= V) { s = ql_fail(QL_EINVAL, "label %d outside the vocabulary", labels[i + 1]); break; }
+            memcpy(xs + (int64_t)k * H, h + i * H, sizeof(float) * (size_t)H);
+            tgt[k++] = labels[i + 1];
+        }
+        if (k == CH || (i >= n - 1 && k > 0)) {
+            if ((s = linear(m, &m->lm_head, xs, k, lg))) break;
+            for (int r = 0; r < k; r++) {
+                const float *z = lg + (int64_t)r * V;
+                float mx = -INFINITY;
+                for (int t = 0; t < V; t++) if (z[t] > mx) mx = z[t];
+                double se = 0;
+                for (int t = 0; t < V; t++) se += exp((double)z[t] - mx);
+                *sum += (log(se) + mx) - z[tgt[r]];
+                (*count)++;
+            }
+            k = 0;
+        }
+    }
+    free(xs); free(lg); free(h);
+    return s;
+}
+
+/* ---------------------------------------------------------------- generation */
+
+ql_kv_cache *ql_kv_cache_new(const ql_model *m, int max_len)
+{
+    ql_kv_cache *c = calloc(1, sizeof *c);
+    int L = m->cfg.layers;
+    int64_t KV = (int64_t)m->cfg.kv_heads * m->cfg.head_dim;
+    if (!c) { ql_fail(QL_ENOMEM, "out of memory"); return NULL; }
+    c->layers = L;
+    c->max_len = max_len;
+    c->k = calloc((size_t)L, sizeof(float *));
+    c->v = calloc((size_t)L, sizeof(float *));
+    int ok = c->k && c->v;
+    for (int l = 0; ok && l < L; l++) {
+        c->k[l] = malloc(sizeof(float) * (size_t)(max_len * KV));
+        c->v[l] = malloc(sizeof(float) * (size_t)(max_len * KV));
+        ok = c->k[l] && c->v[l];
+    }
+    if (!ok) {
+        ql_kv_cache_free(c);
+        ql_fail(QL_ENOMEM, "out of host memory for a KV cache of %d positions", max_len);
+        return NULL;
+    }
+    return c;
+}
+
+void ql_kv_cache_free(ql_kv_cache *c)
+{
+    if (!c) return;
+    for (int l = 0; l < c->layers; l++) {
+        if (c->k) free(c->k[l]);
+        if (c->v) free(c->v[l]);
+    }
+    free(c->k);
+    free(c->v);
+    free(c);
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* picks the next id from logits z[V] */
+static int32_t sample(float *z, int V, const ql_sample_opts *o, uint64_t step)
+{
+    if (o->temperature <= 0) {
+        int32_t best = 0;
+        for (int t = 1; t < V; t++) if (z[t] > z[best]) best = t;
+        return best;
+    }
+    for (int t = 0; t < V; t++) z[t] /= o->temperature;
+    float *sorted = malloc(sizeof(float) * (size_t)V);
+    float cut = -INFINITY;
+    if (sorted && (o->top_k > 0 || (o->top_p > 0 && o->top_p < 1))) {
+        memcpy(sorted, z, sizeof(float) * (size_t)V);
+        qsort(sorted, (size_t)V, sizeof(float), cmp_desc);
+        if (o->top_k > 0 && o->top_k < V) cut = sorted[o->top_k - 1];
+        if (o->top_p > 0 && o->top_p < 1) {
+            double se = 0, acc = 0;
+            for (int t = 0; t < V; t++) se += exp((double)sorted[t] - sorted[0]);
+            for (int t = 0; t < V; t++) {
+                acc += exp((double)sorted[t] - sorted[0]) / se;
+                if (acc >= o->top_p) { if (sorted[t] > cut) cut = sorted[t]; break; }
+            }
+        }
+    }
+    free(sorted);
+    float mx = -INFINITY;
+    for (int t = 0; t < V; t++) if (z[t] >= cut && z[t] > mx) mx = z[t];
+    double se = 0;
+    for (int t = 0; t < V; t++) if (z[t] >= cut) se += exp((double)z[t] - mx);
+    double r = ql_rng_uniform(o->seed, 0x5a3e, step) * se, acc = 0;
+    int32_t last = 0;
+    for (int t = 0; t < V; t++) {
+        if (z[t] < cut) continue;
+        acc += exp((double)z[t] - mx);
+        last = t;
+        if (acc > r) return t;
+    }
+    return last;
+}
+
+ql_status ql_model_generate(ql_model *m, const int32_t *prompt, int n, const ql_sample_opts *o, int32_t *out, int *nout)
+{
+    *nout = 0;
+    if (n <= 0) return ql_fail(QL_EINVAL, "generate: the prompt is empty");
+    int total = n + o->max_new_tokens;
+    ql_kv_cache *cache = ql_kv_cache_new(m, total);
+    if (!cache) return QL_ENOMEM;
+    int V = m->cfg.vocab;
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)n * 3);
+    float *logits = malloc(sizeof(float) * (size_t)n * V);
+    ql_status s = pos && logits ? QL_OK : ql_fail(QL_ENOMEM, "out of host memory");
+    int32_t *lo = pos + n, *hi = lo + n;
+    if (s == QL_OK) {
+        for (int i = 0; i < n; i++) {
+            pos[i] = i;
+            lo[i] = 0;
+            hi[i] = i + 1;
+        }
+        ql_batch b = { n, prompt, pos, lo, hi };
+        s = ql_model_logits(m, &b, cache, logits);
+    }
+    float *z = logits + (int64_t)(n - 1) * V;
+    for (int step = 0; s == QL_OK && step < o->max_new_tokens; step++) {
+        int32_t id = sample(z, V, o, (uint64_t)step);
+        out[(*nout)++] = id;
+        int stop = 0;
+        if (o->nstop < 0) { for (int e = 0; e < m->cfg.n_eos; e++) stop |= id == m->cfg.eos_ids[e]; }
+        else for (int e = 0; e < o->nstop; e++) stop |= id == o->stop[e];
+        if (o->on_token && o->on_token(o->ud, id)) stop = 1;
+        if (stop || step + 1 == o->max_new_tokens) break;
+        int32_t p = n + step, l = 0, h = p + 1;
+        ql_batch b = { 1, &id, &p, &l, &h };
+        s = ql_model_logits(m, &b, cache, logits);
+        z = logits;
+    }
+    free(pos);
+    free(logits);
+    ql_kv_cache_free(cache);
+    return s;
+}

@@ -1,0 +1,1155 @@
+/*
+ * pdf_md.c — PDF structured text (pdf.c) to Markdown.
+ *
+ * Pipeline, per document:
+ *   1. load every page's lines (pdf.c);
+ *   2. furniture: lines in the top/bottom bands whose digit-normalised text
+ *      repeats on many pages (running heads, "Page N"), and lone page numbers
+ *      at a page's edge, are dropped (repetition, not fixed margins);
+ *   3. reading order: a page whose lines leave a vertical gutter free is read
+ *      as two columns, band by band (full-width lines separate bands);
+ *   4. rows: lines on one baseline within a column join into a row of spans;
+ *      wide gaps split a row into cells;
+ *   5. classes: code (all monospace), list items (bullet glyph, drawn dot, or
+ *      number marker), table runs (>=2 aligned cells on consecutive rows),
+ *      footnotes (small rows led by a raised mark), heading candidates (larger
+ *      than body text, or bold and short); heading levels come from the
+ *      outline when it matches, else from the rank of the heading styles;
+ *   6. blocks: paragraphs reflowed across lines, columns and pages with
+ *      de-hyphenation; code blocks with indentation; lists with nesting; GFM
+ *      tables; footnotes at the end.
+ * Units are PDF points. Nothing here touches MuPDF directly.
+ */
+#include "pdf.h"
+#include "platform.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void ql_pdf_md_opts_default(ql_pdf_md_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->use_outline = 1;
+    o->inline_styles = 1;
+}
+
+/* ---------------------------------------------------------------- strings */
+typedef struct { char *p; size_t n, cap; int oom; } str;
+
+static void s_grow(str *s, size_t add)
+{
+    if (s->oom) return;
+    if (s->n + add + 1 > s->cap) {
+        size_t cap = s->cap ? s->cap : 256;
+        while (cap < s->n + add + 1) cap *= 2;
+        char *q = realloc(s->p, cap);
+        if (!q) { s->oom = 1; return; }
+        s->p = q; s->cap = cap;
+    }
+}
+static void s_addn(str *s, const char *t, size_t n)
+{
+    s_grow(s, n);
+    if (s->oom) return;
+    memcpy(s->p + s->n, t, n); s->n += n; s->p[s->n] = 0;
+}
+static void s_add(str *s, const char *t) { s_addn(s, t, strlen(t)); }
+static void s_addc(str *s, char c) { s_addn(s, &c, 1); }
+static void s_printf(str *s, const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap; va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n > 0) s_addn(s, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+static char s_last(const str *s) { return s->n ? s->p[s->n - 1] : 0; }
+
+/* UTF-8 decode one code point at *p (advances). Invalid bytes give U+FFFD. */
+static int u8_next(const char **p)
+{
+    const unsigned char *s = (const unsigned char *)*p;
+    int c = s[0], n = 0;
+    if (c < 0x80) { *p += 1; return c; }
+    if ((c & 0xE0) == 0xC0) { c &= 0x1F; n = 1; }
+    else if ((c & 0xF0) == 0xE0) { c &= 0x0F; n = 2; }
+    else if ((c & 0xF8) == 0xF0) { c &= 0x07; n = 3; }
+    else { *p += 1; return 0xFFFD; }
+    for (int i = 1; i <= n; i++) {
+        if ((s[i] & 0xC0) != 0x80) { *p += i; return 0xFFFD; }
+        c = (c << 6) | (s[i] & 0x3F);
+    }
+    *p += n + 1;
+    return c;
+}
+
+static int is_lower_start(const char *t)
+{
+    const char *p = t;
+    int c = u8_next(&p);
+    if (c < 0x80) return islower(c);
+    return (c >= 0xDF && c <= 0xFF && c != 0xF7) || (c >= 0x430 && c <= 0x44F);
+}
+
+/* lowercase alphanumerics only, digits replaced by '#' when digits_hash */
+static void norm_key(const char *t, char *out, size_t size, int digits_hash)
+{
+    size_t k = 0;
+    for (const char *p = t; *p && k + 5 < size;) {
+        const char *q = p;
+        int c = u8_next(&p);
+        if (c < 0x80) {
+            if (isdigit(c)) { if (digits_hash) { if (k == 0 || out[k - 1] != '#') out[k++] = '#'; } else out[k++] = (char)c; }
+            else if (isalpha(c)) out[k++] = (char)tolower(c);
+        } else {
+            while (q < p && k + 1 < size) out[k++] = *q++;
+        }
+    }
+    out[k] = 0;
+}
+
+/* ---------------------------------------------------------------- rows */
+enum { R_TEXT, R_HEAD, R_CODE, R_LIST, R_TABLE, R_FOOT, R_SKIP };
+
+typedef struct row {
+    int page, col;             /* col: index of the column band on the page */
+    float x0, x1, y0, y1, base, size;
+    float colx0, colx1;        /* bounds of the column the row is in */
+    unsigned all, any;         /* AND / OR of span flags (spaces excluded) */
+    int ncells;
+    int nspans;
+    const ql_pdf_span **spans;
+    int kind, level;
+    int marker_len;            /* bytes of the list marker at the start of text */
+    float marker_x;            /* x of the list marker */
+    int ordered;
+    int dot;                   /* a drawn bullet precedes the row */
+    int newcol;                /* first row of a column or page */
+    char *text;                /* plain text, spans joined */
+} row;
+
+typedef struct {
+    row *v; int n, cap;
+} rowvec;
+
+static int row_push(rowvec *rv, row *r)
+{
+    if (rv->n == rv->cap) {
+        int cap = rv->cap ? rv->cap * 2 : 256;
+        void *p = realloc(rv->v, (size_t)cap * sizeof *rv->v);
+        if (!p) return -1;
+        rv->v = p; rv->cap = cap;
+    }
+    rv->v[rv->n++] = *r;
+    return 0;
+}
+
+static int is_pagenum_text(const char *t)
+{
+    /* "12", "- 12 -", "Page 12", "12 of 30", "xii", "12/30" */
+    char buf[64];
+    size_t n = strlen(t);
+    if (n == 0 || n > 40) return 0;
+    size_t k = 0;
+    for (const char *p = t; *p && k + 1 < sizeof buf; p++)
+        if (*p != ' ' && *p != '-' && *p != '|' && *p != '.' && *p != '[' && *p != ']') buf[k++] = (char)tolower((unsigned char)*p);
+    buf[k] = 0;
+    const char *s = buf;
+    if (strncmp(s, "page", 4) == 0) s += 4;
+    if (strncmp(s, "seite", 5) == 0) s += 5;
+    int digits = 0;
+    while (isdigit((unsigned char)*s)) { s++; digits++; }
+    if (digits) {
+        if (*s == 0) return 1;
+        if (strncmp(s, "of", 2) == 0) s += 2; else if (*s == '/') s++; else return 0;
+        while (isdigit((unsigned char)*s)) s++;
+        return *s == 0;
+    }
+    if (*s == 0) return 0;
+    for (; *s; s++) if (!strchr("ivxlc", *s)) return 0;
+    return 1;
+}
+
+static char *line_text(const ql_pdf_line *l)
+{
+    str s = {0};
+    for (int i = 0; i < l->nspans; i++) {
+        if (i) s_addc(&s, ' ');
+        s_add(&s, l->spans[i].text);
+    }
+    if (!s.p) return strdup("");
+    return s.p;
+}
+
+/* Marks furniture lines: *furn[p][i] = 1. Returns lines marked. */
+static int find_furniture(ql_pdf_page **pages, int np, unsigned char **furn)
+{
+    typedef struct { char key[96]; int band; int pages; int last_page; } cand;
+    int ncand = 0, capc = 0; cand *cs = NULL;
+    int marked = 0;
+    enum { K = 3 };
+    /* candidates: up to K lines nearest the top and the bottom of each page */
+    for (int p = 0; p < np; p++) {
+        ql_pdf_page *pg = pages[p];
+        for (int band = 0; band < 2; band++) {
+            /* pick the K extreme distinct lines */
+            int idx[K]; int ni = 0;
+            for (int i = 0; i < pg->nlines; i++) {
+                float y = band == 0 ? pg->lines[i].y0 : -pg->lines[i].y1;
+                int j = ni;
+                while (j > 0) {
+                    int o = idx[j - 1];
+                    float yo = band == 0 ? pg->lines[o].y0 : -pg->lines[o].y1;
+                    if (yo <= y) break;
+                    j--;
+                }
+                if (j >= K) continue;
+                if (ni < K) ni++;
+                for (int m = ni - 1; m > j; m--) idx[m] = idx[m - 1];
+                idx[j] = i;
+            }
+            for (int m = 0; m < ni; m++) {
+                ql_pdf_line *l = &pg->lines[idx[m]];
+                char *t = line_text(l);
+                if (!t) continue;
+                /* lone page number at the very edge of the page */
+                if (m == 0 && is_pagenum_text(t) && !furn[p][idx[m]]) { furn[p][idx[m]] = 1; marked++; }
+                char key[96];
+                norm_key(t, key, sizeof key, 1);
+                free(t);
+                if (strlen(key) < 2) continue;
+                int c;
+                for (c = 0; c < ncand; c++)
+                    if (cs[c].band == band && strcmp(cs[c].key, key) == 0) break;
+                if (c == ncand) {
+                    if (ncand == capc) {
+                        int cap = capc ? capc * 2 : 64;
+                        void *q = realloc(cs, (size_t)cap * sizeof *cs);
+                        if (!q) continue;
+                        cs = q; capc = cap;
+                    }
+                    memset(&cs[ncand], 0, sizeof cs[ncand]);
+                    snprintf(cs[ncand].key, sizeof cs[ncand].key, "%s", key);
+                    cs[ncand].band = band; cs[ncand].last_page = -1;
+                    ncand++;
+                }
+                if (cs[c].last_page != p) { cs[c].pages++; cs[c].last_page = p; }
+            }
+        }
+    }
+    int need = np >= 4 ? (np + 1) / 2 : 2;
+    if (np >= 2) {
+        for (int p = 0; p < np; p++) {
+            ql_pdf_page *pg = pages[p];
+            for (int i = 0; i < pg->nlines; i++) {
+                if (furn[p][i]) continue;
+                ql_pdf_line *l = &pg->lines[i];
+                /* only lines in the outer 15% of the page can be running heads */
+                if (l->y0 > pg->height * 0.15f && l->y1 < pg->height * 0.85f) continue;
+                int band = l->y0 <= pg->height * 0.15f ? 0 : 1;
+                char *t = line_text(l);
+                if (!t) continue;
+                char key[96];
+                norm_key(t, key, sizeof key, 1);
+                free(t);
+                for (int c = 0; c < ncand; c++)
+                    if (cs[c].band == band && cs[c].pages >= need && strcmp(cs[c].key, key) == 0) {
+                        furn[p][i] = 1; marked++; break;
+                    }
+            }
+        }
+    }
+    free(cs);
+    return marked;
+}
+
+typedef struct { int line; int col; } ordered_line;
+
+static int cmp_line_y(const void *a, const void *b, void *ctx)
+{
+    const ql_pdf_page *pg = ctx;
+    const ql_pdf_line *x = &pg->lines[*(const int *)a], *y = &pg->lines[*(const int *)b];
+    if (fabsf(x->baseline - y->baseline) > 0.5f * fminf(x->y1 - x->y0, y->y1 - y->y0) * 0.6f)
+        return x->baseline < y->baseline ? -1 : 1;
+    return x->x0 < y->x0 ? -1 : x->x0 > y->x0;
+}
+
+/* qsort with a context, via a static thread-local pointer */
+static _Thread_local void *sort_ctx;
+static int cmp_line_y_q(const void *a, const void *b) { return cmp_line_y(a, b, sort_ctx); }
+
+static void sort_lines(const ql_pdf_page *pg, int *idx, int n)
+{
+    sort_ctx = (void *)pg;
+    qsort(idx, (size_t)n, sizeof *idx, cmp_line_y_q);
+}
+
+/* Finds a vertical gutter; returns its x or -1 when the page is one column. */
+static float find_gutter(const ql_pdf_page *pg, const int *idx, int n)
+{
+    if (n < 8) return -1;
+    float minx = 1e9f, maxx = -1e9f;
+    for (int i = 0; i < n; i++) {
+        const ql_pdf_line *l = &pg->lines[idx[i]];
+        if (l->x0 < minx) minx = l->x0;
+        if (l->x1 > maxx) maxx = l->x1;
+    }
+    float w = maxx - minx;
+    if (w < 100) return -1;
+    float best = -1; int bestcross = n + 1;
+    for (float x = minx + 0.3f * w; x <= minx + 0.7f * w; x += 1.0f) {
+        int cross = 0;
+        for (int i = 0; i < n; i++) {
+            const ql_pdf_line *l = &pg->lines[idx[i]];
+            if (l->x0 < x - 2 && l->x1 > x + 2) cross++;
+        }
+        if (cross < bestcross) { bestcross = cross; best = x; }
+    }
+    if (best < 0) return -1;
+    int left = 0, right = 0;
+    float ly0 = 1e9f, ly1 = -1e9f, ry0 = 1e9f, ry1 = -1e9f;
+    for (int i = 0; i < n; i++) {
+        const ql_pdf_line *l = &pg->lines[idx[i]];
+        if (l->x1 <= best + 2) { left++; ly0 = fminf(ly0, l->y0); ly1 = fmaxf(ly1, l->y1); }
+        else if (l->x0 >= best - 2) { right++; ry0 = fminf(ry0, l->y0); ry1 = fmaxf(ry1, l->y1); }
+    }
+    if (bestcross > 0.15f * n || left < 4 || right < 4) return -1;
+    /* the two sides must stand side by side, not one above the other */
+    float ov = fminf(ly1, ry1) - fmaxf(ly0, ry0);
+    if (ov < 0.3f * fminf(ly1 - ly0, ry1 - ry0)) return -1;
+    /* both sides must hold real text: wide lines, not a narrow table column */
+    float lw = 0, rw = 0;
+    for (int i = 0; i < n; i++) {
+        const ql_pdf_line *l = &pg->lines[idx[i]];
+        if (l->x1 <= best + 2) lw = fmaxf(lw, l->x1 - l->x0);
+        else if (l->x0 >= best - 2) rw = fmaxf(rw, l->x1 - l->x0);
+    }
+    if (lw < 0.3f * w || rw < 0.3f * w) return -1;
+    return best;
+}
+
+static const char *bullets[] = {"\xE2\x80\xA2", "\xE2\x97\xA6", "\xE2\x96\xAA", "\xE2\x96\xAB", "\xE2\x80\xA3",
+                                "\xE2\x81\x83", "\xE2\x97\x8F", "\xE2\x97\x8B", "\xE2\x96\xA0", "\xE2\x96\xA1",
+                                "\xE2\x96\xBA", "\xE2\x80\x93", "\xE2\x80\x94", "\xC2\xB7", "\xEF\x82\xB7",
+                                "\xE2\x9E\xA2", "\xE2\x9C\x93", "-", "*", "+", "o", NULL};
+
+/* Length in bytes of a list marker (with its space) at the start of t, 0 if none. */
+static int list_marker(const char *t, int separate_span, int *ordered)
+{
+    *ordered = 0;
+    for (int i = 0; bullets[i]; i++) {
+        size_t n = strlen(bullets[i]);
+        if (strncmp(t, bullets[i], n) == 0) {
+            if (t[n] == ' ') {
+                if ((n == 1 || !strcmp(bullets[i], "\xE2\x80\x93") || !strcmp(bullets[i], "\xE2\x80\x94")) && !separate_span &&
+                    bullets[i][0] != '-' && bullets[i][0] != '*') continue;
+                if (bullets[i][0] == 'o' && !separate_span) continue;
+                return (int)n + 1;
+            }
+            if (t[n] == 0 && separate_span) return (int)n;
+        }
+    }
+    const char *p = t;
+    int paren = 0;
+    if (*p == '(') { paren = 1; p++; }
+    const char *q = p;
+    while (isdigit((unsigned char)*q) && q - p < 3) q++;
+    if (q == p) {
+        /* a single letter or a short roman numeral */
+        while (*q && strchr("ivx", *q) && q - p < 4) q++;
+        if (q == p && isalpha((unsigned char)*q) && !isalpha((unsigned char)q[1])) q++;
+        if (q == p) return 0;
+        if (!paren && *q != ')' && *q != '.') return 0;
+        if (*q == '.' && q - p == 1 && isupper((unsigned char)*p)) return 0;   /* "A. Smith" */
+    }
+    if (paren) { if (*q != ')') return 0; q++; }
+    else if (*q == '.' || *q == ')') q++;
+    else return 0;
+    if (*q != ' ') return 0;
+    /* "1.2 Title" is a section number, not a list */
+    if (isdigit((unsigned char)q[1]) && q[-1] == '.') return 0;
+    *ordered = 1;
+    return (int)(q - t) + 1;
+}
+
+/* Builds rows for one page in reading order; appends to rv. */
+static int page_rows(ql_pdf_page *pg, const unsigned char *furn, rowvec *rv, int *ncols_seen)
+{
+    int n = 0;
+    int *idx = malloc((size_t)(pg->nlines ? pg->nlines : 1) * sizeof *idx);
+    int *ord = malloc((size_t)(pg->nlines ? pg->nlines : 1) * sizeof *ord);
+    int *colof = malloc((size_t)(pg->nlines ? pg->nlines : 1) * sizeof *colof);
+    if (!idx || !ord || !colof) { free(idx); free(ord); free(colof); return -1; }
+    for (int i = 0; i < pg->nlines; i++) if (!furn[i]) idx[n++] = i;
+    sort_lines(pg, idx, n);
+    float gut = find_gutter(pg, idx, n);
+    int no = 0;
+    float fminx = 1e9f, fmaxx = -1e9f;
+    for (int i = 0; i < n; i++) { fminx = fminf(fminx, pg->lines[idx[i]].x0); fmaxx = fmaxf(fmaxx, pg->lines[idx[i]].x1); }
+    float colb[64][2]; int ncol = 0;
+    if (gut < 0) {
+        for (int i = 0; i < n; i++) { ord[no] = idx[i]; colof[no++] = 0; }
+        colb[0][0] = fminx; colb[0][1] = fmaxx; ncol = 1;
+    } else {
+        /* bands separated by lines that cross the gutter */
+        int i = 0;
+        while (i < n) {
+            const ql_pdf_line *l = &pg->lines[idx[i]];
+            if (l->x0 < gut - 2 && l->x1 > gut + 2) {
+                if (ncol < 63) { colb[ncol][0] = fminx; colb[ncol][1] = fmaxx; ncol++; }
+                ord[no] = idx[i]; colof[no++] = ncol - 1; i++;
+                /* further spanning lines join the same band */
+                while (i < n && pg->lines[idx[i]].x0 < gut - 2 && pg->lines[idx[i]].x1 > gut + 2) {
+                    ord[no] = idx[i]; colof[no++] = ncol - 1; i++;
+                }
+                continue;
+            }
+            int j = i;
+            while (j < n && !(pg->lines[idx[j]].x0 < gut - 2 && pg->lines[idx[j]].x1 > gut + 2)) j++;
+            for (int side = 0; side < 2; side++) {
+                if (ncol < 63) { colb[ncol][0] = side ? gut : fminx; colb[ncol][1] = side ? fmaxx : gut; ncol++; }
+                for (int k = i; k < j; k++) {
+                    const ql_pdf_line *m = &pg->lines[idx[k]];
+                    int right = m->x0 >= gut - 2;
+                    if (right == side) { ord[no] = idx[k]; colof[no++] = ncol - 1; }
+                }
+            }
+            i = j;
+        }
+    }
+    if (ncol > 1) (*ncols_seen)++;
+    /* tighten column bounds to their lines */
+    for (int c = 0; c < ncol; c++) { colb[c][0] = 1e9f; colb[c][1] = -1e9f; }
+    for (int i = 0; i < no; i++) {
+        const ql_pdf_line *l = &pg->lines[ord[i]];
+        colb[colof[i]][0] = fminf(colb[colof[i]][0], l->x0);
+        colb[colof[i]][1] = fmaxf(colb[colof[i]][1], l->x1);
+    }
+    /* rows */
+    int prevcol = -1;
+    for (int i = 0; i < no;) {
+        int j = i + 1;
+        const ql_pdf_line *a = &pg->lines[ord[i]];
+        float h = a->y1 - a->y0;
+        while (j < no && colof[j] == colof[i]) {
+            const ql_pdf_line *b = &pg->lines[ord[j]];
+            float hb = b->y1 - b->y0;
+            if (fabsf(b->baseline - a->baseline) > 0.3f * fminf(h, hb)) break;
+            j++;
+        }
+        row r; memset(&r, 0, sizeof r);
+        r.page = pg->number; r.col = colof[i];
+        r.colx0 = colb[colof[i]][0]; r.colx1 = colb[colof[i]][1];
+        int ns = 0;
+        for (int k = i; k < j; k++) ns += pg->lines[ord[k]].nspans;
+        r.spans = malloc((size_t)ns * sizeof *r.spans);
+        if (!r.spans) { free(idx); free(ord); free(colof); return -1; }
+        /* lines in x order */
+        for (int k = i + 1; k < j; k++) {
+            int t = ord[k], m = k;
+            while (m > i && pg->lines[ord[m - 1]].x0 > pg->lines[t].x0) { ord[m] = ord[m - 1]; m--; }
+            ord[m] = t;
+        }
+        r.x0 = 1e9f; r.x1 = -1e9f; r.y0 = 1e9f; r.y1 = -1e9f;
+        r.all = ~0u; r.any = 0;
+        size_t best = 0;
+        str text = {0};
+        float lastx1 = -1e9f;
+        for (int k = i; k < j; k++) {
+            const ql_pdf_line *l = &pg->lines[ord[k]];
+            for (int s = 0; s < l->nspans; s++) {
+                const ql_pdf_span *sp = &l->spans[s];
+                r.spans[r.nspans++] = sp;
+                r.x0 = fminf(r.x0, sp->x0); r.x1 = fmaxf(r.x1, sp->x1);
+                if (!(sp->flags & QL_PDF_SUPER)) { r.y0 = fminf(r.y0, sp->y0); r.y1 = fmaxf(r.y1, sp->y1); }
+                size_t len = strlen(sp->text);
+                if (!(sp->flags & QL_PDF_SUPER)) {
+                    r.all &= sp->flags; r.any |= sp->flags;
+                    if (len > best) { best = len; r.size = sp->size; }
+                }
+                int gap = (sp->flags & QL_PDF_GAP) || (lastx1 > -1e8f && sp->x0 - lastx1 > 0.9f * sp->size);
+                if (r.nspans == 1 || gap) r.ncells++;
+                if (text.n && (sp->x0 - lastx1 > 0.12f * sp->size || gap) && s_last(&text) != ' ')
+                    s_addc(&text, ' ');
+                s_add(&text, sp->text);
+                lastx1 = sp->x1;
+            }
+        }
+        if (r.y0 > r.y1) { r.y0 = a->y0; r.y1 = a->y1; }
+        if (r.all == ~0u) r.all = 0;
+        if (r.size == 0) r.size = r.spans[0]->size;
+        r.base = a->baseline;
+        r.text = text.p ? text.p : strdup("");
+        r.newcol = colof[i] != prevcol;
+        prevcol = colof[i];
+        if (text.oom || !r.text || row_push(rv, &r)) { free(r.spans); free(r.text); free(idx); free(ord); free(colof); return -1; }
+        i = j;
+    }
+    free(idx); free(ord); free(colof);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- classify */
+static float weighted_mode(const float *v, const float *w, int n)
+{
+    float best = 0, bw = -1;
+    for (int i = 0; i < n; i++) {
+        float acc = 0;
+        for (int j = 0; j < n; j++) if (fabsf(v[j] - v[i]) < 0.3f) acc += w[j];
+        if (acc > bw) { bw = acc; best = v[i]; }
+    }
+    return best;
+}
+
+typedef struct { float size; int bold; int level; int count; } hstyle;
+
+static int hstyle_cmp(const void *a, const void *b)
+{
+    const hstyle *x = a, *y = b;
+    if (fabsf(x->size - y->size) > 0.25f) return x->size > y->size ? -1 : 1;
+    return y->bold - x->bold;
+}
+
+static int text_ends_sentence(const char *t)
+{
+    size_t n = strlen(t);
+    while (n && t[n - 1] == ' ') n--;
+    if (!n) return 0;
+    char c = t[n - 1];
+    return c == '.' || c == '!' || c == '?' || c == ':' || c == ';';
+}
+
+/* ---------------------------------------------------------------- emit */
+typedef struct {
+    str out;
+    str foot;             /* footnote definitions */
+    int page_markers;
+    int inline_styles;
+    int last_page_marked;
+} emitter;
+
+static void emit_span_text(str *s, const ql_pdf_span *sp, int styles, unsigned row_all)
+{
+    if (sp->flags & QL_PDF_SUPER) {
+        const char *t = sp->text;
+        int digits = 1;
+        for (const char *p = t; *p; p++) if (!isalnum((unsigned char)*p) && *p != '*') digits = 0;
+        if (digits) { s_add(s, "[^"); s_add(s, t); s_add(s, "]"); return; }
+    }
+    unsigned f = styles ? sp->flags & ~row_all : 0;
+    const char *open = "", *close = "";
+    if (f & QL_PDF_MONO) { open = "`"; close = "`"; }
+    else if ((f & QL_PDF_BOLD) && (f & QL_PDF_ITALIC)) { open = "***"; close = "***"; }
+    else if (f & QL_PDF_BOLD) { open = "**"; close = "**"; }
+    else if (f & QL_PDF_ITALIC) { open = "*"; close = "*"; }
+    s_add(s, open); s_add(s, sp->text); s_add(s, close);
+}
+
+/* Row text with inline styles, starting after skip bytes of the first span. */
+static void row_rich_text(str *s, const row *r, int styles, int skip)
+{
+    float lastx1 = -1e9f;
+    for (int i = 0; i < r->nspans; i++) {
+        const ql_pdf_span *sp = r->spans[i];
+        if (i == 0 && skip > 0) {
+            if ((size_t)skip >= strlen(sp->text)) { lastx1 = sp->x1; skip -= (int)strlen(sp->text) + 1; continue; }
+            ql_pdf_span tmp = *sp; tmp.text = sp->text + skip;
+            while (*tmp.text == ' ') tmp.text++;
+            emit_span_text(s, &tmp, styles, r->all);
+            lastx1 = sp->x1; skip = 0;
+            continue;
+        }
+        if (skip > 0 && i == 1) {
+            const char *t = sp->text + (skip > 0 ? skip : 0);
+            if ((size_t)skip > strlen(sp->text)) t = sp->text + strlen(sp->text);
+            while (*t == ' ') t++;
+            ql_pdf_span tmp = *sp; tmp.text = t;
+            if (*t) emit_span_text(s, &tmp, styles, r->all);
+            lastx1 = sp->x1; skip = 0;
+            continue;
+        }
+        if (s->n && s_last(s) != ' ' && (sp->x0 - lastx1 > 0.12f * sp->size || (sp->flags & QL_PDF_GAP)) &&
+            !(sp->flags & QL_PDF_SUPER))
+            s_addc(s, ' ');
+        emit_span_text(s, sp, styles, r->all);
+        lastx1 = sp->x1;
+    }
+}
+
+/* Appends row text to a paragraph, joining hyphenated words. */
+static void para_join(str *para, const char *add)
+{
+    if (para->n) {
+        size_t n = para->n;
+        int hyph = n >= 2 && para->p[n - 1] == '-' && isalpha((unsigned char)para->p[n - 2]) && is_lower_start(add);
+        if (hyph) { para->n--; para->p[para->n] = 0; }
+        else if (s_last(para) != ' ') s_addc(para, ' ');
+    }
+    s_add(para, add);
+}
+
+static void md_escape_line_start(str *s, size_t start)
+{
+    /* a paragraph that starts like Markdown syntax gets a backslash */
+    if (start >= s->n) return;
+    char c = s->p[start];
+    int ord_;
+    if (c == '#' || ((c == '-' || c == '+' || c == '*' || c == '>') && start + 1 < s->n && s->p[start + 1] == ' ') ||
+        list_marker(s->p + start, 0, &ord_) > 0) {
+        if (list_marker(s->p + start, 0, &ord_) > 0 && ord_) {
+            /* "1. text" paragraph: escape the dot */
+            char *dot = s->p + start;
+            while (*dot && *dot != '.' && *dot != ')') dot++;
+            if (*dot) {
+                size_t at = (size_t)(dot - s->p);
+                s_grow(s, 1);
+                if (s->oom) return;
+                memmove(s->p + at + 1, s->p + at, s->n - at + 1);
+                s->p[at] = '\\'; s->n++;
+            }
+            return;
+        }
+        s_grow(s, 1);
+        if (s->oom) return;
+        memmove(s->p + start + 1, s->p + start, s->n - start + 1);
+        s->p[start] = '\\'; s->n++;
+    }
+}
+
+static void emit_block_sep(emitter *e)
+{
+    if (e->out.n == 0) return;
+    if (e->out.n >= 2 && e->out.p[e->out.n - 1] == '\n' && e->out.p[e->out.n - 2] == '\n') return;
+    if (s_last(&e->out) == '\n') s_addc(&e->out, '\n');
+    else s_add(&e->out, "\n\n");
+}
+
+static void emit_page_marker(emitter *e, int page)
+{
+    if (!e->page_markers || page <= e->last_page_marked) return;
+    for (int p = e->last_page_marked + 1; p <= page; p++) {
+        emit_block_sep(e);
+        s_printf(&e->out, "<!-- page %d -->\n\n", p + 1);
+    }
+    e->last_page_marked = page;
+}
+
+/* GFM table from rows [a, b) */
+static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
+{
+    /* columns: merge overlapping cell intervals over all rows */
+    float cx[32][2]; int nc = 0;
+    for (int i = a; i < b; i++) {
+        row *r = &rows[i];
+        float c0 = 0, c1 = 0; int open = 0; float lastx1 = -1e9f;
+        for (int s = 0; s <= r->nspans; s++) {
+            const ql_pdf_span *sp = s < r->nspans ? r->spans[s] : NULL;
+            int gap = !sp || s == 0 || (sp->flags & QL_PDF_GAP) || sp->x0 - lastx1 > 0.9f * sp->size;
+            if (gap && open) {
+                int k, merged = 0;
+                for (k = 0; k < nc; k++)
+                    if (c0 < cx[k][1] + 1 && c1 > cx[k][0] - 1) {
+                        cx[k][0] = fminf(cx[k][0], c0); cx[k][1] = fmaxf(cx[k][1], c1); merged = 1; break;
+                    }
+                if (!merged && nc < 32) { cx[nc][0] = c0; cx[nc][1] = c1; nc++; }
+                open = 0;
+            }
+            if (!sp) break;
+            if (!open) { c0 = sp->x0; open = 1; }
+            c1 = sp->x1; lastx1 = sp->x1;
+        }
+    }
+    /* merging may make intervals overlap: merge again, then sort by x */
+    for (int pass = 0; pass < 4; pass++)
+        for (int i = 0; i < nc; i++)
+            for (int j = i + 1; j < nc; j++)
+                if (cx[i][0] < cx[j][1] && cx[i][1] > cx[j][0]) {
+                    cx[i][0] = fminf(cx[i][0], cx[j][0]); cx[i][1] = fmaxf(cx[i][1], cx[j][1]);
+                    cx[j][0] = cx[nc - 1][0]; cx[j][1] = cx[nc - 1][1]; nc--; j--;
+                }
+    for (int i = 1; i < nc; i++)
+        for (int j = i; j > 0 && cx[j][0] < cx[j - 1][0]; j--) {
+            float t0 = cx[j][0], t1 = cx[j][1];
+            cx[j][0] = cx[j - 1][0]; cx[j][1] = cx[j - 1][1]; cx[j - 1][0] = t0; cx[j - 1][1] = t1;
+        }
+    /* wrapped cells: when some row gaps are clearly larger than the smallest,
+       the small gaps join lines of one table row */
+    int nbig = 0, nsmall = 0;
+    float gmin = pitch;
+    for (int i = a + 1; i < b; i++) {
+        float g = rows[i].base - rows[i - 1].base;
+        if (g > 1.1f * pitch) nbig++; else nsmall++;
+    }
+    int grouped = nbig >= 1 && nsmall >= 1 && 2 * nbig >= nsmall;
+    emit_block_sep(e);
+    str cells[32]; memset(cells, 0, sizeof cells);
+    int first = 1;
+    for (int i = a; i < b; i++) {
+        row *r = &rows[i];
+        for (int s = 0; s < r->nspans; s++) {
+            const ql_pdf_span *sp = r->spans[s];
+            float mid = 0.5f * (sp->x0 + sp->x1);
+            int k = 0;
+            for (int c = 0; c < nc; c++) if (mid >= cx[c][0] - 1 && mid <= cx[c][1] + 1) { k = c; break; }
+            if (cells[k].n) s_addc(&cells[k], ' ');
+            for (const char *p = sp->text; *p; p++) {
+                if (*p == '|') s_addc(&cells[k], '\\');
+                s_addc(&cells[k], *p);
+            }
+        }
+        /* the next row continues this one: it is in the same group (grouping
+           by gaps), or, when rows are evenly spaced, its first column is empty */
+        if (i + 1 < b && nc > 1) {
+            const row *nx = &rows[i + 1];
+            float g = nx->base - r->base;
+            if (grouped ? g <= gmin * 1.1f
+                        : (0.5f * (nx->spans[0]->x0 + nx->spans[0]->x1) > cx[0][1] + 1 && g < 1.6f * r->size))
+                continue;
+        }
+        s_addc(&e->out, '|');
+        for (int c = 0; c < nc; c++) {
+            s_addc(&e->out, ' ');
+            if (cells[c].p) s_add(&e->out, cells[c].p);
+            s_add(&e->out, " |");
+            free(cells[c].p);
+            memset(&cells[c], 0, sizeof cells[c]);
+        }
+        s_addc(&e->out, '\n');
+        if (first) {
+            first = 0;
+            s_addc(&e->out, '|');
+            for (int c = 0; c < nc; c++) s_add(&e->out, " --- |");
+            s_addc(&e->out, '\n');
+        }
+    }
+    s_addc(&e->out, '\n');
+}
+
+/* ---------------------------------------------------------------- main */
+ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
+                             char **md, size_t *len, ql_pdf_md_stats *stats)
+{
+    double t0 = ql_now();
+    ql_pdf_md_opts opts;
+    if (opts_in) opts = *opts_in; else ql_pdf_md_opts_default(&opts);
+    *md = NULL; if (len) *len = 0;
+    ql_pdf *pdf = NULL;
+    QL_TRY(ql_pdf_open(&pdf, path, opts.password));
+    int np = ql_pdf_page_count(pdf);
+    ql_pdf_page **pages = calloc((size_t)np, sizeof *pages);
+    unsigned char **furn = calloc((size_t)np, sizeof *furn);
+    rowvec rv = {0};
+    ql_pdf_outline_item *ol = NULL; int nol = 0;
+    emitter e; memset(&e, 0, sizeof e);
+    e.page_markers = opts.page_markers; e.inline_styles = opts.inline_styles; e.last_page_marked = -1;
+    ql_status st = QL_OK;
+    int loaded = 0, bad_pages = 0;
+    long chars = 0; int images = 0;
+    if (!pages || !furn) { st = ql_fail(QL_ENOMEM, "%s: out of memory", path); goto done; }
+    for (int p = 0; p < np; p++) {
+        if (ql_pdf_page_load(pdf, p, &pages[p]) != QL_OK) { bad_pages++; continue; }
+        loaded++;
+        chars += pages[p]->nchars; images += pages[p]->nimages;
+        furn[p] = calloc((size_t)pages[p]->nlines + 1, 1);
+        if (!furn[p]) { st = ql_fail(QL_ENOMEM, "%s: out of memory", path); goto done; }
+    }
+    if (loaded == 0) { st = ql_fail(QL_EFORMAT, "%s: corrupt PDF: none of its %d pages could be read (%s)", path, np, ql_last_error()); goto done; }
+    if (chars < 16) {
+        st = ql_fail(QL_EUNSUPPORTED, "%s: no text layer (%d page%s%s): a scanned PDF needs OCR first (e.g. ocrmypdf)",
+                     path, np, np == 1 ? "" : "s", images ? " of images" : "");
+        goto done;
+    }
+    /* pages that failed to load are skipped: give them empty stand-ins */
+    int nfurn = 0;
+    {
+        ql_pdf_page **live = malloc((size_t)np * sizeof *live);
+        unsigned char **lfurn = malloc((size_t)np * sizeof *lfurn);
+        int nl = 0;
+        if (!live || !lfurn) { free(live); free(lfurn); st = ql_fail(QL_ENOMEM, "%s: out of memory", path); goto done; }
+        for (int p = 0; p < np; p++) if (pages[p]) { live[nl] = pages[p]; lfurn[nl] = furn[p]; nl++; }
+        if (!opts.keep_furniture) nfurn = find_furniture(live, nl, lfurn);
+        int ncols = 0;
+        for (int i = 0; i < nl && st == QL_OK; i++)
+            if (page_rows(live[i], lfurn[i], &rv, &ncols)) st = ql_fail(QL_ENOMEM, "%s: out of memory", path);
+        free(live); free(lfurn);
+        if (st) goto done;
+    }
+    if (opts.use_outline && ql_pdf_outline(pdf, &ol, &nol) != QL_OK) { ol = NULL; nol = 0; }
+
+    row *R = rv.v; int nr = rv.n;
+    /* body size and line pitch */
+    float body = 10, pitch = 12;
+    {
+        float *v = malloc((size_t)(nr + 1) * sizeof *v), *w = malloc((size_t)(nr + 1) * sizeof *w);
+        if (!v || !w) { free(v); free(w); st = ql_fail(QL_ENOMEM, "%s: out of memory", path); goto done; }
+        int k = 0;
+        for (int i = 0; i < nr; i++) { v[k] = roundf(R[i].size * 2) / 2; w[k] = (float)strlen(R[i].text); k++; }
+        /* sampling keeps this O(n) for big documents */
+        int step = k > 400 ? k / 400 : 1, m = 0;
+        for (int i = 0; i < k; i += step) { v[m] = v[i]; w[m] = w[i]; m++; }
+        if (m) body = weighted_mode(v, w, m);
+        m = 0;
+        for (int i = 1; i < nr; i++) {
+            if (R[i].page != R[i - 1].page || R[i].col != R[i - 1].col) continue;
+            if (fabsf(R[i].size - body) > 0.6f || fabsf(R[i - 1].size - body) > 0.6f) continue;
+            float d = R[i].base - R[i - 1].base;
+            if (d > 0.5f * body && d < 3 * body) { v[m] = roundf(d * 2) / 2; w[m] = 1; m++; }
+        }
+        int step2 = m > 400 ? m / 400 : 1, m2 = 0;
+        for (int i = 0; i < m; i += step2) { v[m2] = v[i]; w[m2] = 1; m2++; }
+        if (m2) pitch = weighted_mode(v, w, m2); else pitch = body * 1.2f;
+        free(v); free(w);
+    }
+
+    /* classify rows */
+    hstyle hs[64]; int nhs = 0;
+    for (int i = 0; i < nr; i++) {
+        row *r = &R[i];
+        r->kind = R_TEXT;
+        size_t tl = strlen(r->text);
+        int sep = r->nspans > 1 && (r->spans[1]->x0 - r->spans[0]->x1 > 0.25f * r->size ||
+                                    r->spans[0]->flags != r->spans[1]->flags);
+        int ord;
+        int ml = list_marker(r->text, sep && strlen(r->spans[0]->text) <= 4, &ord);
+        if ((r->all & QL_PDF_MONO) && !(ml && sep && !(r->spans[0]->flags & QL_PDF_MONO))) { r->kind = R_CODE; continue; }
+        if (ml) {
+            r->kind = R_LIST; r->marker_len = ml; r->ordered = ord; r->marker_x = r->x0;
+            continue;
+        }
+        /* footnote text: smaller than body, led by a raised mark, low on the page */
+        if (r->size < body * 0.92f && r->nspans > 1 && (r->spans[0]->flags & QL_PDF_SUPER)) { r->kind = R_FOOT; continue; }
+        if (r->ncells >= 2) { r->kind = R_TABLE; continue; }
+        int big = r->size >= body * 1.12f;
+        int boldshort = (r->all & QL_PDF_BOLD) && r->size >= body * 0.95f && tl < 120 && !text_ends_sentence(r->text);
+        if ((big && tl < 200) || boldshort) {
+            r->kind = R_HEAD;
+            float sz = roundf(r->size * 2) / 2;
+            int bold = (r->all & QL_PDF_BOLD) != 0, k;
+            for (k = 0; k < nhs; k++) if (fabsf(hs[k].size - sz) < 0.3f && hs[k].bold == bold) break;
+            if (k == nhs && nhs < 64) { hs[nhs].size = sz; hs[nhs].bold = bold; hs[nhs].level = 0; hs[nhs].count = 0; nhs++; }
+            if (k < nhs) hs[k].count++;
+        }
+    }
+    /* drawn bullets */
+    for (int i = 0; i < nr; i++) {
+        row *r = &R[i];
+        if (r->kind != R_TEXT && r->kind != R_TABLE) continue;
+        ql_pdf_page *pg = pages[r->page];
+        if (!pg) continue;
+        for (int k = 0; k < pg->nrules; k++) {
+            ql_pdf_rule *d = &pg->rules[k];
+            if (d->kind != QL_PDF_DOT) continue;
+            float cy = 0.5f * (d->y0 + d->y1);
+            if (cy > r->y0 && cy < r->y1 && d->x1 <= r->x0 + 1 && r->x0 - d->x1 < 2.5f * r->size) {
+                r->kind = R_LIST; r->dot = 1; r->marker_x = d->x0; r->marker_len = 0; break;
+            }
+        }
+    }
+    /* table runs: >=2 multi-cell rows in one column, with the wrapped lines of
+       their cells (single-cell rows right of the first column); else text */
+    for (int i = 0; i < nr;) {
+        if (R[i].kind != R_TABLE) { i++; continue; }
+        int j = i + 1, multi = 1;
+        float tx0 = R[i].x0, tx1 = R[i].x1;
+        while (j < nr && R[j].page == R[i].page && R[j].col == R[i].col) {
+            float g = R[j].base - R[j - 1].base;
+            if (R[j].kind == R_TABLE && g < 3.5f * pitch) {
+                multi++; tx0 = fminf(tx0, R[j].x0); tx1 = fmaxf(tx1, R[j].x1); j++; continue;
+            }
+            if ((R[j].kind == R_TEXT || R[j].kind == R_HEAD) && g < 1.5f * pitch &&
+                ((R[j].x0 > tx0 + 2 * R[j].size && R[j].x1 <= tx1 + 5) || R[j].x1 - R[j].x0 < 0.4f * (tx1 - tx0))) {
+                R[j].level = -1 - R[j].kind;   /* remember the class in case this is no table */
+                R[j].kind = R_TABLE; j++; continue;
+            }
+            break;
+        }
+        if (multi < 2) {
+            for (int k = i + 1; k < j; k++) if (R[k].level < 0) { R[k].kind = -1 - R[k].level; R[k].level = 0; }
+            /* a lone multi-cell row: treat like a normal row */
+            row *r = &R[i];
+            r->kind = R_TEXT;
+            if (r->size >= body * 1.12f || ((r->all & QL_PDF_BOLD) && strlen(r->text) < 120)) r->kind = R_HEAD;
+            if (r->kind == R_HEAD) {
+                float sz = roundf(r->size * 2) / 2; int bold = (r->all & QL_PDF_BOLD) != 0, k;
+                for (k = 0; k < nhs; k++) if (fabsf(hs[k].size - sz) < 0.3f && hs[k].bold == bold) break;
+                if (k == nhs && nhs < 64) { hs[nhs].size = sz; hs[nhs].bold = bold; hs[nhs].count = 0; nhs++; }
+                if (k < nhs) hs[k].count++;
+            }
+        } else {
+            for (int k = i; k < j; k++) R[k].level = 0;
+        }
+        i = j;
+    }
+    /* heading levels: outline first */
+    int use_ol = 0;
+    if (nol > 0) {
+        int matched = 0;
+        char a[256], b[256];
+        int *olhit = calloc((size_t)nol, sizeof *olhit);
+        for (int i = 0; i < nr; i++) {
+            row *r = &R[i];
+            if (r->kind == R_CODE || r->kind == R_TABLE) continue;
+            norm_key(r->text, a, sizeof a, 0);
+            if (!a[0]) continue;
+            for (int k = 0; k < nol; k++) {
+                if (olhit && olhit[k]) continue;
+                if (ol[k].page >= 0 && abs(ol[k].page - r->page) > 1) continue;
+                norm_key(ol[k].title, b, sizeof b, 0);
+                size_t la = strlen(a), lb = strlen(b);
+                if (!lb) continue;
+                int eq = la == lb ? strcmp(a, b) == 0 : (la > lb && strcmp(a + la - lb, b) == 0 && la - lb <= 6);
+                if (!eq) continue;
+                /* the row must look like a heading: bigger, or bold, or set apart */
+                if (r->kind != R_HEAD && !(r->all & QL_PDF_BOLD) && r->size < body * 1.05f) continue;
+                r->kind = R_HEAD; r->level = ol[k].level < 6 ? ol[k].level : 6;
+                if (olhit) olhit[k] = 1;
+                matched++;
+                break;
+            }
+        }
+        free(olhit);
+        use_ol = matched * 2 >= nol || matched >= 3;
+        if (use_ol) {
+            /* styles seen on outline headings map to levels; other candidates with
+               those styles (deeper than the outline) keep them, the rest are text */
+            for (int k = 0; k < nhs; k++) hs[k].level = 0;
+            for (int i = 0; i < nr; i++) {
+                row *r = &R[i];
+                if (r->kind != R_HEAD || !r->level) continue;
+                float sz = roundf(r->size * 2) / 2; int bold = (r->all & QL_PDF_BOLD) != 0;
+                for (int k = 0; k < nhs; k++)
+                    if (fabsf(hs[k].size - sz) < 0.3f && hs[k].bold == bold && (!hs[k].level || r->level > hs[k].level))
+                        hs[k].level = r->level;
+            }
+            for (int i = 0; i < nr; i++) {
+                row *r = &R[i];
+                if (r->kind != R_HEAD || r->level) continue;
+                r->kind = R_TEXT;
+            }
+        } else {
+            for (int i = 0; i < nr; i++) R[i].level = 0;
+        }
+    }
+    if (!use_ol) {
+        qsort(hs, (size_t)nhs, sizeof *hs, hstyle_cmp);
+        for (int k = 0; k < nhs; k++) hs[k].level = k + 1 < 6 ? k + 1 : 6;
+        for (int i = 0; i < nr; i++) {
+            row *r = &R[i];
+            if (r->kind != R_HEAD) continue;
+            float sz = roundf(r->size * 2) / 2; int bold = (r->all & QL_PDF_BOLD) != 0;
+            r->level = 6;
+            for (int k = 0; k < nhs; k++) if (fabsf(hs[k].size - sz) < 0.3f && hs[k].bold == bold) { r->level = hs[k].level; break; }
+        }
+    }
+    /* ---- blocks ---- */
+    int headings = 0;
+    str para = {0}; int para_open = 0;
+    int in_list = 0; float list_x[8]; int list_depth = 0; int prev_was_list = 0;
+    #define FLUSH_PARA() do { if (para_open) { emit_block_sep(&e); size_t st0 = e.out.n; s_add(&e.out, para.p ? para.p : ""); \
+        md_escape_line_start(&e.out, st0); s_addc(&e.out, '\n'); para.n = 0; if (para.p) para.p[0] = 0; para_open = 0; } } while (0)
+    for (int i = 0; i < nr;) {
+        row *r = &R[i];
+        row *prev = i > 0 ? &R[i - 1] : NULL;
+        int same_flow = prev && prev->page == r->page && prev->col == r->col;
+        float gap = same_flow ? r->base - prev->base : 0;
+        if (r->kind != R_TEXT || !para_open) emit_page_marker(&e, r->page);
+        if (r->kind != R_LIST && r->kind != R_FOOT) prev_was_list = 0;
+        switch (r->kind) {
+        case R_HEAD: {
+            FLUSH_PARA(); in_list = 0;
+            str h = {0};
+            s_add(&h, r->text);
+            int j = i + 1;
+            /* a heading wrapped over two rows */
+            while (j < nr && R[j].kind == R_HEAD && R[j].level == r->level && R[j].page == r->page &&
+                   R[j].col == r->col && R[j].base - R[j - 1].base < 1.6f * r->size && j - i < 3) {
+                s_addc(&h, ' '); s_add(&h, R[j].text); j++;
+            }
+            emit_block_sep(&e);
+            for (int k = 0; k < r->level; k++) s_addc(&e.out, '#');
+            s_addc(&e.out, ' ');
+            s_add(&e.out, h.p ? h.p : "");
+            s_addc(&e.out, '\n');
+            free(h.p);
+            headings++;
+            i = j;
+            continue;
+        }
+        case R_CODE: {
+            FLUSH_PARA(); in_list = 0;
+            int j = i + 1;
+            while (j < nr && R[j].kind == R_CODE &&
+                   (R[j].page != R[j - 1].page || R[j].col != R[j - 1].col || R[j].base - R[j - 1].base < 2.6f * R[j].size)) j++;
+            float minx = 1e9f, cw = 0;
+            for (int k = i; k < j; k++) {
+                minx = fminf(minx, R[k].x0);
+                size_t n = strlen(R[k].text);
+                if (n >= 4 && cw == 0) cw = (R[k].x1 - R[k].x0) / (float)n;
+            }
+            if (cw <= 0) cw = 0.6f * r->size;
+            emit_block_sep(&e);
+            s_add(&e.out, "```\n");
+            for (int k = i; k < j; k++) {
+                /* page change inside a code block: restart the indentation origin */
+                float mx = minx;
+                int ind = (int)lroundf((R[k].x0 - mx) / cw);
+                if (ind < 0) ind = 0;
+                if (ind > 60) ind = 60;
+                for (int s = 0; s < ind; s++) s_addc(&e.out, ' ');
+                /* keep runs of spaces inside code: rebuild from spans by x */
+                float cx = R[k].x0;
+                for (int s = 0; s < R[k].nspans; s++) {
+                    const ql_pdf_span *sp = R[k].spans[s];
+                    if (s > 0) {
+                        int sp_n = (int)lroundf((sp->x0 - cx) / cw);
+                        if (sp_n < 1) sp_n = 1;
+                        if (sp_n > 40) sp_n = 40;
+                        for (int q = 0; q < sp_n; q++) s_addc(&e.out, ' ');
+                    }
+                    s_add(&e.out, sp->text);
+                    cx = sp->x1;
+                }
+                s_addc(&e.out, '\n');
+            }
+            s_add(&e.out, "```\n");
+            i = j;
+            continue;
+        }
+        case R_TABLE: {
+            FLUSH_PARA(); in_list = 0;
+            int j = i + 1;
+            while (j < nr && R[j].kind == R_TABLE && R[j].page == r->page && R[j].col == r->col) j++;
+            emit_table(&e, R, i, j, pitch);
+            i = j;
+            continue;
+        }
+        case R_FOOT: {
+            str f = {0};
+            row_rich_text(&f, r, 0, 0);
+            /* "[^1]text" -> "[^1]: text" */
+            char *close = f.p ? strchr(f.p, ']') : NULL;
+            int j = i + 1;
+            while (j < nr && R[j].kind == R_TEXT && R[j].page == r->page && R[j].col == r->col &&
+                   fabsf(R[j].size - r->size) < 0.5f && R[j].base - R[j - 1].base < 1.6f * r->size) {
+                para_join(&f, R[j].text); j++;
+            }
+            if (close && f.p[0] == '[') {
+                s_addn(&e.foot, f.p, (size_t)(close - f.p) + 1);
+                s_add(&e.foot, ": ");
+                const char *rest = close + 1;
+                while (*rest == ' ') rest++;
+                s_add(&e.foot, rest);
+                s_addc(&e.foot, '\n');
+            } else if (f.p) { s_add(&e.foot, f.p); s_addc(&e.foot, '\n'); }
+            free(f.p);
+            i = j;
+            continue;
+        }
+        case R_LIST: {
+            FLUSH_PARA();
+            /* nesting by marker x */
+            float mx = r->marker_x;
+            if (!in_list) { list_depth = 0; list_x[0] = mx; in_list = 1; }
+            else {
+                int d = list_depth;
+                while (d > 0 && mx < list_x[d] - 3) d--;
+                if (mx > list_x[d] + 3) { if (d < 7) { d++; list_x[d] = mx; } }
+                else list_x[d] = fminf(list_x[d], mx);
+                list_depth = d;
+            }
+            str item = {0};
+            row_rich_text(&item, r, e.inline_styles, r->marker_len);
+            int j = i + 1;
+            float textx = r->x0;
+            if (!r->dot && r->nspans > 1 && r->marker_len >= (int)strlen(r->spans[0]->text)) textx = r->spans[1]->x0;
+            /* continuation rows: same flow, close below, indented past the marker */
+            while (j < nr && R[j].kind == R_TEXT &&
+                   ((R[j].page == R[j - 1].page && R[j].col == R[j - 1].col && R[j].base - R[j - 1].base < pitch * 1.25f &&
+                     R[j].x0 > mx + 2) ||
+                    ((R[j].page != R[j - 1].page || R[j].col != R[j - 1].col) && is_lower_start(R[j].text)))) {
+                str t = {0};
+                row_rich_text(&t, &R[j], e.inline_styles, 0);
+                para_join(&item, t.p ? t.p : "");
+                free(t.p);
+                j++;
+            }
+            (void)textx;
+            if (!prev_was_list) emit_block_sep(&e);
+            else if (e.out.n && s_last(&e.out) != '\n') s_addc(&e.out, '\n');
+            for (int d = 0; d < list_depth; d++) s_add(&e.out, r->ordered ? "   " : "  ");
+            if (r->ordered) {
+                /* keep the number */
+                const char *t = r->text; char num[16]; int k = 0;
+                while (*t && *t != ' ' && k < 15) num[k++] = *t++;
+                num[k] = 0;
+                if (num[0] == '(') { memmove(num, num + 1, strlen(num)); }
+                size_t nl = strlen(num);
+                if (nl && num[nl - 1] == ')') num[nl - 1] = '.';
+                s_add(&e.out, num); s_addc(&e.out, ' ');
+            } else s_add(&e.out, "- ");
+            s_add(&e.out, item.p ? item.p : "");
+            s_addc(&e.out, '\n');
+            free(item.p);
+            prev_was_list = 1;
+            i = j;
+            continue;
+        }
+        default: break;
+        }
+        /* text row */
+        int newpara = !para_open;
+        if (para_open && prev) {
+            if (prev->kind != R_TEXT) newpara = 1;
+            else if (same_flow) {
+                if (gap > pitch * 1.28f + 0.5f || gap < 0) newpara = 1;
+                else if (fabsf(r->size - prev->size) > 0.8f) newpara = 1;
+                else if (r->x0 > prev->x0 + 0.8f * r->size && r->x0 - r->colx0 > 0.8f * r->size &&
+                         r->x0 - r->colx0 < 4 * r->size && i + 1 < nr && fabsf(R[i + 1].x0 - prev->x0) < 2) newpara = 1;
+                else if (text_ends_sentence(prev->text) && prev->x1 < prev->colx0 + 0.7f * (prev->colx1 - prev->colx0)) newpara = 1;
+            } else {
+                /* new column or page: continue when the last row ran to the right
+                   edge without ending a sentence, or the next starts lowercase */
+                int full = prev->x1 > prev->colx1 - 0.12f * (prev->colx1 - prev->colx0);
+                newpara = !((full && !text_ends_sentence(prev->text)) || is_lower_start(r->text));
+            }
+        }
+        if (newpara) { FLUSH_PARA(); in_list = 0; emit_page_marker(&e, r->page); }
+        str t = {0};
+        row_rich_text(&t, r, e.inline_styles, 0);
+        para_join(&para, t.p ? t.p : "");
+        free(t.p);
+        para_open = 1;
+        i++;
+    }
+    FLUSH_PARA();
+    #undef FLUSH_PARA
+    free(para.p);
+    if (e.foot.n) {
+        emit_block_sep(&e);
+        s_add(&e.out, e.foot.p);
+    }
+    if (e.out.oom || e.foot.oom || para.oom) { st = ql_fail(QL_ENOMEM, "%s: out of memory building Markdown", path); goto done; }
+    if (!e.out.p) s_add(&e.out, "");
+    *md = e.out.p; e.out.p = NULL;
+    if (len) *len = *md ? strlen(*md) : 0;
+    if (stats) {
+        stats->pages = np; stats->chars = (int)(chars > 0x7fffffff ? 0x7fffffff : chars);
+        stats->headings = headings; stats->furniture_lines = nfurn;
+        stats->seconds = ql_now() - t0;
+    }
+    (void)bad_pages;
+done:
+    free(e.out.p); free(e.foot.p);
+    for (int i = 0; i < rv.n; i++) { free(rv.v[i].spans); free(rv.v[i].text); }
+    free(rv.v);
+    ql_pdf_outline_free(ol, nol);
+    if (pages) for (int p = 0; p < np; p++) ql_pdf_page_free(pages[p]);
+    if (furn) for (int p = 0; p < np; p++) free(furn[p]);
+    free(pages); free(furn);
+    ql_pdf_close(pdf);
+    return st;
+}

@@ -1,0 +1,102 @@
+/*
+ * tokenizer.h — Hugging Face tokenizer.json-compatible tokenizer.
+ *
+ * Loads a tokenizer.json (and tokenizer_config.json next to it when present)
+ * and encodes text to exactly the ids the HF `tokenizers` library produces.
+ * Supported: BPE models (byte-level like GPT-2 / Llama 3 / Qwen, and
+ * SentencePiece-style with byte_fallback like Mistral), both merges formats,
+ * ignore_merges, fuse_unk; normalizers NFC/NFD/NFKC/NFKD, Lowercase, Prepend,
+ * Replace (string patterns), Sequence; pre-tokenizers Split (the GPT-2,
+ * Llama 3 and Qwen2 regexes by hand-written matchers, other regexes through
+ * PCRE2), ByteLevel, Metaspace, Sequence; added tokens with lstrip, rstrip,
+ * single_word, normalized; post-processors TemplateProcessing, ByteLevel,
+ * Bert/Roberta, Sequence; decoders ByteLevel, Metaspace, Replace,
+ * ByteFallback, Fuse, Strip, Sequence.
+ *
+ * A loaded tokenizer is immutable: every function below may be called from
+ * many threads at once. Ids are int32. Text is UTF-8; invalid bytes in input
+ * are tokenized as lone bytes rather than rejected.
+ */
+#ifndef QL_TOKENIZER_H
+#define QL_TOKENIZER_H
+
+#include "ql.h"
+
+typedef struct ql_tokenizer ql_tokenizer;
+
+/* A growable id array; zero-initialise, free with ql_tok_ids_free. */
+typedef struct ql_tok_ids {
+    int32_t *ids;
+    size_t n, cap;
+} ql_tok_ids;
+void ql_tok_ids_free(ql_tok_ids *v);
+
+/* path: a directory holding tokenizer.json (and optionally
+   tokenizer_config.json), or the path of a tokenizer.json itself. */
+ql_status ql_tokenizer_load(const char *path, ql_tokenizer **out);
+/* From memory. config_json may be NULL. name labels error messages. */
+ql_status ql_tokenizer_from_json(const char *json, size_t len, const char *config_json, size_t config_len,
+                                 const char *name, ql_tokenizer **out);
+void ql_tokenizer_free(ql_tokenizer *tok);
+
+/* Appends the ids of text to out (out->n grows). add_special: run the
+   post-processor (e.g. prepend <|begin_of_text|> / <s>), as HF's
+   add_special_tokens=True. */
+ql_status ql_tokenizer_encode(const ql_tokenizer *tok, const char *text, size_t len, int add_special,
+                              ql_tok_ids *out);
+/* Number of ids encode would produce. */
+ql_status ql_tokenizer_count(const ql_tokenizer *tok, const char *text, size_t len, int add_special,
+                             size_t *count);
+/* Encodes n texts on ql_num_threads() threads; outs[i] must be zeroed or reusable. */
+ql_status ql_tokenizer_encode_batch(const ql_tokenizer *tok, const char *const *texts, const size_t *lens,
+                                    size_t n, int add_special, ql_tok_ids *outs);
+
+/* Decodes ids to a malloc'd NUL-terminated string (*out_len bytes), as HF
+   decode(): the decoder chain, then invalid UTF-8 replaced by U+FFFD.
+   skip_special drops special added tokens. */
+ql_status ql_tokenizer_decode(const ql_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
+                              char **out, size_t *out_len);
+
+int32_t ql_tokenizer_vocab_size(const ql_tokenizer *tok);         /* max id + 1 */
+int32_t ql_tokenizer_token_to_id(const ql_tokenizer *tok, const char *s, size_t len); /* -1 if none */
+const char *ql_tokenizer_id_to_token(const ql_tokenizer *tok, int32_t id, size_t *len); /* NULL if none */
+int ql_tokenizer_is_special(const ql_tokenizer *tok, int32_t id);
+
+/* From tokenizer_config.json (NULL / -1 when absent). */
+const char *ql_tokenizer_bos_token(const ql_tokenizer *tok);
+const char *ql_tokenizer_eos_token(const ql_tokenizer *tok);
+const char *ql_tokenizer_pad_token(const ql_tokenizer *tok);
+int32_t ql_tokenizer_bos_id(const ql_tokenizer *tok);
+int32_t ql_tokenizer_eos_id(const ql_tokenizer *tok);
+int32_t ql_tokenizer_pad_id(const ql_tokenizer *tok);
+const char *ql_tokenizer_chat_template(const ql_tokenizer *tok);  /* the raw Jinja text */
+
+/* Chat templates, by exact per-family formatters (not a Jinja interpreter):
+   the family is recognised from the chat_template text. */
+typedef enum ql_chat_family {
+    QL_CHAT_NONE = 0,   /* no template, or one we do not recognise */
+    QL_CHAT_CHATML,     /* Qwen2 / Qwen2.5 */
+    QL_CHAT_QWEN3,
+    QL_CHAT_LLAMA3
+} ql_chat_family;
+ql_chat_family ql_tokenizer_chat_family(const ql_tokenizer *tok);
+
+typedef struct ql_chat_msg {
+    const char *role;      /* "system", "user", "assistant" (others are passed through) */
+    const char *content;   /* UTF-8, NUL-terminated */
+    const char *reasoning; /* Qwen3 assistant reasoning_content, or NULL */
+    /* tool_calls are not supported: messages are text only */
+} ql_chat_msg;
+
+typedef struct ql_chat_opts {
+    int add_generation_prompt;
+    int enable_thinking;   /* Qwen3 only: 0 adds the empty <think></think> block after the
+                              generation prompt, as the template's enable_thinking=false */
+} ql_chat_opts;
+
+/* Renders messages as the model's chat template does in HF transformers;
+   malloc'd string in *out. */
+ql_status ql_tokenizer_apply_chat(const ql_tokenizer *tok, const ql_chat_msg *msgs, size_t n,
+                                  const ql_chat_opts *opts, char **out, size_t *out_len);
+
+#endif

@@ -1,0 +1,299 @@
+/*
+ * l_tokenizer.c — qlora.tokenizer: HF tokenizer.json tokenizers from Lua.
+ *   qlora.tokenizer.load(dir_or_json) -> tok | nil, message
+ *       a directory with tokenizer.json (+ tokenizer_config.json), the path of a
+ *       tokenizer.json, or the JSON text itself (a string starting with '{')
+ *   tok:encode(text [, {add_special = true}]) -> {ids}     ids as HF tokenizers gives them
+ *   tok:count(text [, {add_special = true}]) -> n
+ *   tok:encode_batch({texts} [, {add_special = true}]) -> {{ids}, ...}   on all threads
+ *   tok:decode(ids [, {skip_special = false}]) -> string
+ *   tok:apply_chat_template(messages [, {add_generation_prompt = false,
+ *       enable_thinking = true, tokenize = false}]) -> string | {ids}
+ *       messages = {{role = "user", content = "...", reasoning_content = nil}, ...}
+ *       rendered by exact per-family formatters (ChatML/Qwen2.5, Qwen3, Llama 3)
+ *   tok:token_to_id(s) -> id | nil;  tok:id_to_token(id) -> string | nil
+ *   tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id, tok.bos_token, tok.eos_token,
+ *   tok.pad_token, tok.chat_template, tok.chat_family ("chatml", "qwen3", "llama3" or nil)
+ *   tok:close()  (also __gc / __close)
+ * Ids are the model's ids (0-based), not Lua indices.
+ */
+#include "qlora.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "tokenizer.h"
+
+int luaopen_qlora_tokenizer(lua_State *L);
+
+#define TOK_MT "qlora.Tokenizer"
+
+typedef struct { ql_tokenizer *t; } tok_box;
+
+static ql_tokenizer *check_tok(lua_State *L, int idx)
+{
+    tok_box *b = luaL_checkudata(L, idx, TOK_MT);
+    if (!b->t) luaL_error(L, "tokenizer: used after close()");
+    return b->t;
+}
+
+static int opt_bool(lua_State *L, int idx, const char *key, int dflt)
+{
+    if (!lua_istable(L, idx)) return dflt;
+    lua_getfield(L, idx, key);
+    int v = lua_isnil(L, -1) ? dflt : lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static void push_ids(lua_State *L, const ql_tok_ids *v)
+{
+    lua_createtable(L, (int)v->n, 0);
+    for (size_t i = 0; i < v->n; i++) {
+        lua_pushinteger(L, v->ids[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+}
+
+static int l_load(lua_State *L)
+{
+    size_t len;
+    const char *arg = luaL_checklstring(L, 1, &len);
+    ql_tokenizer *t = NULL;
+    ql_status s;
+    size_t i = 0;
+    while (i < len && (arg[i] == ' ' || arg[i] == '\n' || arg[i] == '\t' || arg[i] == '\r')) i++;
+    if (i < len && arg[i] == '{') s = ql_tokenizer_from_json(arg, len, NULL, 0, "tokenizer.json (string)", &t);
+    else s = ql_tokenizer_load(arg, &t);
+    if (s != QL_OK) return ql_lua_fail(L);
+    tok_box *b = lua_newuserdatauv(L, sizeof *b, 0);
+    b->t = t;
+    luaL_setmetatable(L, TOK_MT);
+    return 1;
+}
+
+static int l_encode(lua_State *L)
+{
+    ql_tokenizer *t = check_tok(L, 1);
+    size_t len;
+    const char *s = luaL_checklstring(L, 2, &len);
+    ql_tok_ids v = { 0 };
+    if (ql_tokenizer_encode(t, s, len, opt_bool(L, 3, "add_special", 1), &v) != QL_OK) {
+        ql_tok_ids_free(&v);
+        return ql_lua_error(L);
+    }
+    push_ids(L, &v);
+    ql_tok_ids_free(&v);
+    return 1;
+}
+
+static int l_count(lua_State *L)
+{
+    ql_tokenizer *t = check_tok(L, 1);
+    size_t len, n = 0;
+    const char *s = luaL_checklstring(L, 2, &len);
+    if (ql_tokenizer_count(t, s, len, opt_bool(L, 3, "add_special", 1), &n) != QL_OK) return ql_lua_error(L);
+    lua_pushinteger(L, (lua_Integer)n);
+    return 1;
+}
+
+static int l_encode_batch(lua_State *L)
+{
+    ql_tokenizer *t = check_tok(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    size_t n = (size_t)luaL_len(L, 2);
+    int add = opt_bool(L, 3, "add_special", 1);
+    /* the strings stay referenced by the argument table while we encode */
+    const char **texts = malloc((n + 1) * sizeof *texts);
+    size_t *lens = malloc((n + 1) * sizeof *lens);
+    ql_tok_ids *outs = calloc(n + 1, sizeof *outs);
+    if (!texts || !lens || !outs) { free(texts); free(lens); free(outs); return luaL_error(L, "encode_batch: out of memory"); }
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, (lua_Integer)i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            free(texts); free(lens); free(outs);
+            return luaL_error(L, "encode_batch: item %d is a %s, expected a string", (int)i + 1, luaL_typename(L, -1));
+        }
+        texts[i] = lua_tolstring(L, -1, &lens[i]);
+        lua_pop(L, 1);
+    }
+    ql_status s = ql_tokenizer_encode_batch(t, texts, lens, n, add, outs);
+    free(texts); free(lens);
+    if (s != QL_OK) {
+        for (size_t i = 0; i < n; i++) ql_tok_ids_free(&outs[i]);
+        free(outs);
+        return ql_lua_error(L);
+    }
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        push_ids(L, &outs[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+        ql_tok_ids_free(&outs[i]);
+    }
+    free(outs);
+    return 1;
+}
+
+static int l_decode(lua_State *L)
+{
+    ql_tokenizer *t = check_tok(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    size_t n = (size_t)luaL_len(L, 2);
+    int32_t *ids = malloc((n + 1) * sizeof *ids);
+    if (!ids) return luaL_error(L, "decode: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, (lua_Integer)i + 1);
+        int ok;
+        lua_Integer v = lua_tointegerx(L, -1, &ok);
+        lua_pop(L, 1);
+        if (!ok || v < INT32_MIN || v > INT32_MAX) {
+            free(ids);
+            return luaL_error(L, "decode: item %d is not an integer token id", (int)i + 1);
+        }
+        ids[i] = (int32_t)v;
+    }
+    char *out = NULL;
+    size_t olen = 0;
+    ql_status s = ql_tokenizer_decode(t, ids, n, opt_bool(L, 3, "skip_special", 0), &out, &olen);
+    free(ids);
+    if (s != QL_OK) return ql_lua_error(L);
+    lua_pushlstring(L, out, olen);
+    free(out);
+    return 1;
+}
+
+static const char *field_str(lua_State *L, int idx, const char *key)
+{
+    lua_getfield(L, idx, key);
+    const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    lua_pop(L, 1); /* the string stays alive: it is referenced by the message table */
+    return s;
+}
+
+static int l_apply_chat(lua_State *L)
+{
+    ql_tokenizer *t = check_tok(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    size_t n = (size_t)luaL_len(L, 2);
+    ql_chat_msg *msgs = calloc(n + 1, sizeof *msgs);
+    if (!msgs) return luaL_error(L, "apply_chat_template: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, (lua_Integer)i + 1);
+        if (!lua_istable(L, -1)) { free(msgs); return luaL_error(L, "apply_chat_template: message %d is not a table", (int)i + 1); }
+        int m = lua_gettop(L);
+        msgs[i].role = field_str(L, m, "role");
+        msgs[i].content = field_str(L, m, "content");
+        msgs[i].reasoning = field_str(L, m, "reasoning_content");
+        lua_pop(L, 1); /* the message table stays referenced by the argument */
+        if (!msgs[i].role) { free(msgs); return luaL_error(L, "apply_chat_template: message %d has no string 'role'", (int)i + 1); }
+        if (!msgs[i].content) msgs[i].content = "";
+    }
+    ql_chat_opts o = { 0 };
+    o.add_generation_prompt = opt_bool(L, 3, "add_generation_prompt", 0);
+    o.enable_thinking = opt_bool(L, 3, "enable_thinking", 1);
+    int tokenize = opt_bool(L, 3, "tokenize", 0);
+    char *out = NULL;
+    size_t olen = 0;
+    ql_status s = ql_tokenizer_apply_chat(t, msgs, n, &o, &out, &olen);
+    free(msgs);
+    if (s != QL_OK) return ql_lua_error(L);
+    if (tokenize) {
+        ql_tok_ids v = { 0 };
+        s = ql_tokenizer_encode(t, out, olen, 0, &v);
+        free(out);
+        if (s != QL_OK) { ql_tok_ids_free(&v); return ql_lua_error(L); }
+        push_ids(L, &v);
+        ql_tok_ids_free(&v);
+        return 1;
+    }
+    lua_pushlstring(L, out, olen);
+    free(out);
+    return 1;
+}
+
+static int l_token_to_id(lua_State *L)
+{
+    ql_tokenizer *t = check_tok(L, 1);
+    size_t len;
+    const char *s = luaL_checklstring(L, 2, &len);
+    int32_t id = ql_tokenizer_token_to_id(t, s, len);
+    if (id < 0) lua_pushnil(L); else lua_pushinteger(L, id);
+    return 1;
+}
+
+static int l_id_to_token(lua_State *L)
+{
+    ql_tokenizer *t = check_tok(L, 1);
+    lua_Integer id = luaL_checkinteger(L, 2);
+    size_t len;
+    const char *s = (id >= 0 && id <= INT32_MAX) ? ql_tokenizer_id_to_token(t, (int32_t)id, &len) : NULL;
+    if (s) lua_pushlstring(L, s, len); else lua_pushnil(L);
+    return 1;
+}
+
+static int l_close(lua_State *L)
+{
+    tok_box *b = luaL_checkudata(L, 1, TOK_MT);
+    ql_tokenizer_free(b->t);
+    b->t = NULL;
+    return 0;
+}
+
+static void push_opt_id(lua_State *L, int32_t id) { if (id < 0) lua_pushnil(L); else lua_pushinteger(L, id); }
+static void push_opt_str(lua_State *L, const char *s) { if (s) lua_pushstring(L, s); else lua_pushnil(L); }
+
+static const luaL_Reg methods[] = {
+    { "encode", l_encode },
+    { "count", l_count },
+    { "encode_batch", l_encode_batch },
+    { "decode", l_decode },
+    { "apply_chat_template", l_apply_chat },
+    { "token_to_id", l_token_to_id },
+    { "id_to_token", l_id_to_token },
+    { "close", l_close },
+    { NULL, NULL }
+};
+
+static int l_index(lua_State *L)
+{
+    const char *k = luaL_checkstring(L, 2);
+    for (const luaL_Reg *r = methods; r->name; r++)
+        if (!strcmp(k, r->name)) { lua_pushcfunction(L, r->func); return 1; }
+    ql_tokenizer *t = check_tok(L, 1);
+    if (!strcmp(k, "vocab_size")) lua_pushinteger(L, ql_tokenizer_vocab_size(t));
+    else if (!strcmp(k, "bos_id")) push_opt_id(L, ql_tokenizer_bos_id(t));
+    else if (!strcmp(k, "eos_id")) push_opt_id(L, ql_tokenizer_eos_id(t));
+    else if (!strcmp(k, "pad_id")) push_opt_id(L, ql_tokenizer_pad_id(t));
+    else if (!strcmp(k, "bos_token")) push_opt_str(L, ql_tokenizer_bos_token(t));
+    else if (!strcmp(k, "eos_token")) push_opt_str(L, ql_tokenizer_eos_token(t));
+    else if (!strcmp(k, "pad_token")) push_opt_str(L, ql_tokenizer_pad_token(t));
+    else if (!strcmp(k, "chat_template")) push_opt_str(L, ql_tokenizer_chat_template(t));
+    else if (!strcmp(k, "chat_family")) {
+        static const char *names[] = { NULL, "chatml", "qwen3", "llama3" };
+        push_opt_str(L, names[ql_tokenizer_chat_family(t)]);
+    } else lua_pushnil(L);
+    return 1;
+}
+
+static int l_tostring(lua_State *L)
+{
+    tok_box *b = luaL_checkudata(L, 1, TOK_MT);
+    if (!b->t) lua_pushstring(L, "qlora.Tokenizer (closed)");
+    else lua_pushfstring(L, "qlora.Tokenizer (%d ids)", (int)ql_tokenizer_vocab_size(b->t));
+    return 1;
+}
+
+int luaopen_qlora_tokenizer(lua_State *L)
+{
+    if (luaL_newmetatable(L, TOK_MT)) {
+        lua_pushcfunction(L, l_index); lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_close); lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, l_close); lua_setfield(L, -2, "__close");
+        lua_pushcfunction(L, l_tostring); lua_setfield(L, -2, "__tostring");
+    }
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushcfunction(L, l_load);
+    lua_setfield(L, -2, "load");
+    return 1;
+}

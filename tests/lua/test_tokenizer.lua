@@ -1,0 +1,71 @@
+-- qlora.tokenizer from Lua: ids and decode against HF tokenizers
+-- (tests/gen/gen_tokenizer.py -> cases.lua), chat templates against
+-- transformers (tests/gen/gen_tokenizer_chat.py -> chat.lua).
+local T = ...
+local tokenizer = qlora.tokenizer
+local names = { "qwen2.5", "qwen3", "llama3.1", "mistral-7b", "gpt2" }
+local cases = dofile(T.fixture("tokenizers/cases.lua"))
+local chat = dofile(T.fixture("tokenizers/chat.lua"))
+
+local cache = {}
+local function load(name)
+  if not cache[name] then cache[name] = assert(tokenizer.load(T.fixture("tokenizers/" .. name))) end
+  return cache[name]
+end
+
+T.test("encode and decode match HF tokenizers", function()
+  for _, name in ipairs(names) do
+    local tok = load(name)
+    for i, c in ipairs(cases[name]) do
+      T.eq(tok:encode(c.text, { add_special = false }), c.ids, name .. " case " .. i)
+      T.eq(tok:encode(c.text), c.ids_special, name .. " case " .. i .. " with special tokens")
+      T.eq(tok:count(c.text, { add_special = false }), #c.ids, name .. " count " .. i)
+      T.eq(tok:decode(c.ids), c.decoded, name .. " decode " .. i)
+    end
+  end
+end)
+
+T.test("encode_batch equals encode", function()
+  local tok = load("qwen2.5")
+  local texts = {}
+  for i, c in ipairs(cases["qwen2.5"]) do texts[i] = c.text end
+  local got = tok:encode_batch(texts, { add_special = false })
+  T.eq(#got, #texts)
+  for i, c in ipairs(cases["qwen2.5"]) do T.eq(got[i], c.ids, "batch item " .. i) end
+end)
+
+T.test("chat templates match transformers", function()
+  for _, c in ipairs(chat.cases) do
+    local tok = load(c.tokenizer)
+    local s = tok:apply_chat_template(chat.conversations[c.conv], {
+      add_generation_prompt = c.add_generation_prompt, enable_thinking = c.enable_thinking })
+    T.eq(s, c.expected, c.tokenizer .. " conversation " .. c.conv)
+  end
+  local ids = load("qwen2.5"):apply_chat_template({ { role = "user", content = "hi" } }, { tokenize = true })
+  T.eq(ids[1], 151644)
+end)
+
+T.test("special tokens and config", function()
+  local tok = load("qwen2.5")
+  T.eq(tok.eos_token, "<|im_end|>")
+  T.eq(tok.eos_id, 151645)
+  T.eq(tok:token_to_id("<|im_start|>"), 151644)
+  T.eq(tok:id_to_token(151644), "<|im_start|>")
+  T.eq(tok:decode({ 151644, 872, 198, 6023, 151645 }, { skip_special = true }), "user\nhi")
+  T.eq(tok.chat_family, "chatml")
+  T.eq(load("llama3.1").bos_id, 128000)
+end)
+
+T.test("errors", function()
+  local tok, err = tokenizer.load("/nonexistent/dir")
+  T.eq(tok, nil)
+  T.truthy(err:find("tokenizer.json"), err)
+  tok, err = tokenizer.load('{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}}')
+  T.eq(tok, nil)
+  T.truthy(err:find("merges%[0%]"), err)
+  local t2 = assert(tokenizer.load(T.fixture("tokenizers/gpt2")))
+  T.eq(t2:encode("hello world"), { 31373, 995 })
+  t2:close()
+  T.raises(function() t2:encode("x") end, "after close")
+  T.raises(function() load("gpt2"):apply_chat_template({ { role = "user", content = "x" } }) end, "chat_template")
+end)
