@@ -1,0 +1,674 @@
+/*
+ * backend_cuda.cu — the CUDA backend table (ql_cuda_backend, backend.h):
+ * memory, host transfers, and the elementwise ops (fill, arange, rand, copy
+ * and casts, unary, binary). Reductions and softmax live in reduce_cuda.cu,
+ * matmul in matmul_cublaslt.cu, the device probe in device_cuda.cu.
+ *
+ * Contract (backend.h): tensor.c has validated shapes, dtypes and devices.
+ * Every op makes the tensor's device current, works on the legacy default
+ * stream and checks every CUDA call and launch; failures come back as
+ * QL_EDEVICE / QL_ENOMEM with the CUDA error string, never an abort.
+ * Results must equal the CPU reference bit for bit for fill, arange, rand and
+ * copies, and within float rounding for math (f32 arithmetic, no fast-math).
+ * Memory accounting is tensor.c's job, not ours.
+ *
+ * Kernels: one thread per element in a grid-stride loop with 64-bit indices;
+ * a contiguous fast path, else the merged strided index of common.cuh.
+ */
+#include "common.cuh"
+#include "rng_cuda.cuh"
+
+#define QL_ILP 4   /* elements in flight per thread in the contiguous kernels */
+
+#include <mutex>
+#include <stdlib.h>
+#include <unordered_map>
+#include <vector>
+
+/* ---------------------------------------------------------------- devices */
+
+static std::once_flag g_count_once;
+static int g_ndev;                 /* usable devices, 0 on any error */
+static int g_sm[QL_MAX_GPUS];
+
+static void count_devices(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) { (void)cudaGetLastError(); n = 0; }
+    if (n > QL_MAX_GPUS) n = QL_MAX_GPUS;
+    for (int i = 0; i < n; i++) {
+        int sm = 0;
+        if (cudaDeviceGetAttribute(&sm, cudaDevAttrMultiProcessorCount, i) != cudaSuccess) {
+            (void)cudaGetLastError();
+            sm = 1;
+        }
+        g_sm[i] = sm > 0 ? sm : 1;
+    }
+    g_ndev = n;
+}
+
+static int cuda_device_count(void)
+{
+    std::call_once(g_count_once, count_devices);
+    return g_ndev;
+}
+
+int ql_cuda_sm_count(int dev)
+{
+    if (dev < 0 || dev >= cuda_device_count()) return 1;
+    return g_sm[dev];
+}
+
+ql_status ql_cuda_set_device(int dev)
+{
+    int n = cuda_device_count();
+    if (dev < 0 || dev >= n)
+        return ql_fail(QL_ENODEV, "cuda:%d does not exist: this machine has %d usable CUDA device%s "
+                       "(run `qlora doctor` to see why)", dev, n, n == 1 ? "" : "s");
+    QL_CU(cudaSetDevice(dev));
+    return QL_OK;
+}
+
+/* ---------------------------------------------------------------- memory */
+
+/*
+ * A caching allocator: freed blocks go to per-device lists keyed by a rounded
+ * size and are handed out again without cudaMalloc/cudaFree (each costs
+ * ~0.1 ms and synchronises). Safe because all our work runs in order on the
+ * legacy default stream: a kernel queued after the reuse runs after every
+ * kernel that used the block before. When cudaMalloc fails, the cache is
+ * emptied and the allocation tried once more. QL_CUDA_NO_CACHE=1 turns the
+ * cache off (for compute-sanitizer and leak hunting). Memory accounting stays
+ * tensor.c's: it counts the bytes asked for, not these rounded blocks.
+ */
+struct block_cache {
+    std::mutex mu;
+    std::unordered_map<size_t, std::vector<void *>> free_lists;  /* rounded size -> blocks */
+    std::unordered_map<void *, size_t> size_of;                  /* every live or cached block */
+    size_t cached;                                               /* bytes in free_lists */
+};
+/* never destroyed: tensors may be released during exit */
+static block_cache *const g_cache = new block_cache[QL_MAX_GPUS];
+
+static int cache_on(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("QL_CUDA_NO_CACHE");
+        v = !(e && e[0] == '1');
+    }
+    return v;
+}
+
+/* sizes round up to 4 steps per power of two (at most 25% slack), 512 bytes at least */
+static size_t round_size(size_t n)
+{
+    if (n <= 512) return 512;
+    size_t p = 512;
+    while (p * 2 <= n && p * 2 > p) p *= 2;
+    size_t q = p / 4;
+    return (n + q - 1) / q * q;
+}
+
+static void cache_flush(int dev)
+{
+    block_cache &c = g_cache[dev];
+    std::lock_guard<std::mutex> lock(c.mu);
+    for (auto &kv : c.free_lists)
+        for (void *p : kv.second) {
+            if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
+            c.size_of.erase(p);
+        }
+    c.free_lists.clear();
+    c.cached = 0;
+}
+
+static void *alloc_impl(int dev, size_t nbytes, const char *what)
+{
+    if (ql_cuda_set_device(dev) != QL_OK) return NULL;
+    int use_cache = cache_on();
+    size_t rs = use_cache ? round_size(nbytes) : (nbytes ? nbytes : 1);
+    if (use_cache) {
+        block_cache &c = g_cache[dev];
+        std::lock_guard<std::mutex> lock(c.mu);
+        auto it = c.free_lists.find(rs);
+        if (it != c.free_lists.end() && !it->second.empty()) {
+            void *p = it->second.back();
+            it->second.pop_back();
+            c.cached -= rs;
+            return p;
+        }
+    }
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, rs);
+    if (e == cudaErrorMemoryAllocation && use_cache) {
+        (void)cudaGetLastError();
+        cache_flush(dev);
+        e = cudaMalloc(&p, rs);
+    }
+    if (e == cudaSuccess) {
+        if (use_cache) {
+            block_cache &c = g_cache[dev];
+            std::lock_guard<std::mutex> lock(c.mu);
+            c.size_of[p] = rs;
+        }
+        return p;
+    }
+    (void)cudaGetLastError();
+    if (e == cudaErrorMemoryAllocation) {
+        size_t free_b = 0, total_b = 0;
+        if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) (void)cudaGetLastError();
+        ql_fail(QL_ENOMEM, "CUDA out of memory on cuda:%d: %s asked for %.3f GiB (%zu bytes) but only "
+                "%.3f GiB of %.3f GiB are free. Use a smaller batch size or seq_len, or turn on "
+                "gradient checkpointing.", dev, what, nbytes / 1073741824.0, nbytes,
+                free_b / 1073741824.0, total_b / 1073741824.0);
+    } else {
+        ql_fail(QL_EDEVICE, "CUDA: cudaMalloc of %zu bytes on cuda:%d failed: %s (%s)", nbytes, dev,
+                cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    return NULL;
+}
+
+static void *cuda_alloc(int dev, size_t nbytes) { return alloc_impl(dev, nbytes, "a tensor"); }
+
+static void cuda_free(int dev, void *p)
+{
+    if (!p || dev < 0 || dev >= QL_MAX_GPUS) return;
+    if (cache_on()) {
+        block_cache &c = g_cache[dev];
+        std::lock_guard<std::mutex> lock(c.mu);
+        auto it = c.size_of.find(p);
+        if (it != c.size_of.end()) {
+            c.free_lists[it->second].push_back(p);
+            c.cached += it->second;
+            return;
+        }
+    }
+    if (ql_cuda_set_device(dev) != QL_OK) return;
+    if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
+}
+
+void *ql_cuda_tmp_alloc(int dev, size_t nbytes) { return alloc_impl(dev, nbytes, "a temporary buffer"); }
+void ql_cuda_tmp_free(int dev, void *p) { cuda_free(dev, p); }
+
+static ql_status cuda_to_host(int dev, void *dst, const void *src, size_t n)
+{
+    QL_TRY(ql_cuda_set_device(dev));
+    if (n) QL_CU(cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost));
+    return QL_OK;
+}
+
+static ql_status cuda_from_host(int dev, void *dst, const void *src, size_t n)
+{
+    QL_TRY(ql_cuda_set_device(dev));
+    if (n) QL_CU(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice));
+    return QL_OK;
+}
+
+static ql_status cuda_sync(int dev)
+{
+    QL_TRY(ql_cuda_set_device(dev));
+    QL_CU(cudaDeviceSynchronize());
+    return QL_OK;
+}
+
+/* free memory counts the blocks our cache holds: they are available to the next allocation */
+static ql_status cuda_mem_info(int dev, size_t *free_b, size_t *total_b)
+{
+    QL_TRY(ql_cuda_set_device(dev));
+    QL_CU(cudaMemGetInfo(free_b, total_b));
+    block_cache &c = g_cache[dev];
+    std::lock_guard<std::mutex> lock(c.mu);
+    *free_b += c.cached;
+    return QL_OK;
+}
+
+/* ---------------------------------------------------------------- fill */
+
+/* value -> element, as the CPU reference's fill: floats through (float)v,
+   integers through (int64_t)v then a wrapping C conversion */
+template <typename T> static inline T from_double(double v)
+{
+    if (ql_is_int<T>::value) return ql_from_i64<T>((int64_t)v);
+    return ql_from_f32<T>((float)v);
+}
+
+template <typename W, bool CONTIG>
+__global__ void k_fill(W *dst, W val, int64_t n, ql_idx ix)
+{
+    QL_GRID_LOOP(i, n) {
+        int64_t o = i;
+        if (!CONTIG) ql_idx_offsets<1>(ix, i, &o);
+        dst[o] = val;
+    }
+}
+
+/* fills by bit pattern: W is the unsigned word of the element's size */
+template <typename W> static ql_status fill_words(ql_tensor *dst, W val)
+{
+    int64_t n = ql_tensor_numel(dst);
+    if (n == 0) return QL_OK;
+    ql_idx ix;
+    const ql_tensor *ts[1] = { dst };
+    int contig = ql_idx_make(&ix, 1, ts);
+    W *p = ql_ptr<W>(dst);
+    if (contig) k_fill<W, true><<<ql_grid(n), 256>>>(p, val, n, ix);
+    else k_fill<W, false><<<ql_grid(n), 256>>>(p, val, n, ix);
+    QL_CU_LAUNCH("k_fill");
+    return QL_OK;
+}
+
+template <typename T> static ql_status fill_t(ql_tensor *dst, double value)
+{
+    T v = from_double<T>(value);
+    if (sizeof(T) == 1) { uint8_t w; memcpy(&w, &v, 1); return fill_words<uint8_t>(dst, w); }
+    if (sizeof(T) == 2) { uint16_t w; memcpy(&w, &v, 2); return fill_words<uint16_t>(dst, w); }
+    if (sizeof(T) == 4) { uint32_t w; memcpy(&w, &v, 4); return fill_words<uint32_t>(dst, w); }
+    uint64_t w; memcpy(&w, &v, 8); return fill_words<uint64_t>(dst, w);
+}
+
+static ql_status cuda_fill(ql_tensor *dst, double value)
+{
+    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
+    QL_SWITCH(dst->dtype, T, return fill_t<T>(dst, value));
+}
+
+/* ---------------------------------------------------------------- arange */
+
+/* as the CPU's arange: floats through (float)v, integers through (int64_t)v */
+template <typename T> __device__ __forceinline__ T dev_from_double(double v)
+{
+    if (ql_is_int<T>::value) return ql_from_i64<T>((int64_t)v);
+    return ql_from_f32<T>((float)v);
+}
+
+template <typename T>
+__global__ void k_arange(T *dst, int64_t n, double start, double step)
+{
+    /* explicit rounding: no fused multiply-add, same bits as the CPU's start + i * step */
+    QL_GRID_LOOP(i, n) dst[i] = dev_from_double<T>(__dadd_rn(start, __dmul_rn((double)i, step)));
+}
+
+template <typename T> static ql_status arange_t(ql_tensor *dst, double start, double step)
+{
+    int64_t n = ql_tensor_numel(dst);
+    if (n == 0) return QL_OK;
+    k_arange<T><<<ql_grid(n), 256>>>(ql_ptr<T>(dst), n, start, step);
+    QL_CU_LAUNCH("k_arange");
+    return QL_OK;
+}
+
+static ql_status cuda_arange(ql_tensor *dst, double start, double step)
+{
+    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
+    QL_SWITCH(dst->dtype, T, return arange_t<T>(dst, start, step));
+}
+
+/* ---------------------------------------------------------------- rand */
+
+template <typename T, bool NORMAL, bool CONTIG>
+__global__ void k_rand(T *dst, int64_t n, uint64_t seed, uint64_t stream, ql_idx ix)
+{
+    QL_GRID_LOOP(i, n) {
+        float v = NORMAL ? ql_rng_normal(seed, stream, (uint64_t)i) : ql_rng_uniform(seed, stream, (uint64_t)i);
+        int64_t o = i;
+        if (!CONTIG) ql_idx_offsets<1>(ix, i, &o);
+        dst[o] = ql_from_f32<T>(v);
+    }
+}
+
+template <typename T> static ql_status rand_t(ql_tensor *dst, int normal, uint64_t seed, uint64_t stream)
+{
+    int64_t n = ql_tensor_numel(dst);
+    if (n == 0) return QL_OK;
+    ql_idx ix;
+    const ql_tensor *ts[1] = { dst };
+    int contig = ql_idx_make(&ix, 1, ts);
+    T *p = ql_ptr<T>(dst);
+    unsigned g = ql_grid(n);
+    if (normal) {
+        if (contig) k_rand<T, true, true><<<g, 256>>>(p, n, seed, stream, ix);
+        else k_rand<T, true, false><<<g, 256>>>(p, n, seed, stream, ix);
+    } else {
+        if (contig) k_rand<T, false, true><<<g, 256>>>(p, n, seed, stream, ix);
+        else k_rand<T, false, false><<<g, 256>>>(p, n, seed, stream, ix);
+    }
+    QL_CU_LAUNCH("k_rand");
+    return QL_OK;
+}
+
+static ql_status cuda_rand(ql_tensor *dst, int normal, uint64_t seed, uint64_t stream)
+{
+    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
+    QL_SWITCH_FLOAT(dst->dtype, T, return rand_t<T>(dst, normal, seed, stream));
+}
+
+/* ---------------------------------------------------------------- copy / cast */
+
+template <typename D, typename S, bool CONTIG>
+__global__ void k_copy(D *dst, const S *src, int64_t n, ql_idx ix)
+{
+    QL_GRID_LOOP(i, n) {
+        int64_t o[2] = { i, i };
+        if (!CONTIG) ql_idx_offsets<2>(ix, i, o);
+        dst[o[0]] = ql_cvt<D>(src[o[1]]);
+    }
+}
+
+/* contiguous: QL_ILP elements per thread per step, all loads before the stores */
+template <typename D, typename S>
+__global__ void k_copy_c(D *dst, const S *src, int64_t n)
+{
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t base = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; base < n; base += stride * QL_ILP) {
+        S v[QL_ILP];
+#pragma unroll
+        for (int k = 0; k < QL_ILP; k++) { int64_t i = base + k * stride; if (i < n) v[k] = src[i]; }
+#pragma unroll
+        for (int k = 0; k < QL_ILP; k++) { int64_t i = base + k * stride; if (i < n) dst[i] = ql_cvt<D>(v[k]); }
+    }
+}
+
+template <typename D, typename S> static ql_status copy_t(ql_tensor *dst, const ql_tensor *src)
+{
+    int64_t n = ql_tensor_numel(dst);
+    if (n == 0) return QL_OK;
+    ql_idx ix;
+    const ql_tensor *ts[2] = { dst, src };
+    int contig = ql_idx_make(&ix, 2, ts);
+    if (contig && dst->dtype == src->dtype) {
+        QL_CU(cudaMemcpyAsync(ql_ptr<D>(dst), ql_ptr<S>(src), (size_t)n * sizeof(D), cudaMemcpyDeviceToDevice, 0));
+        return QL_OK;
+    }
+    if (contig) k_copy_c<D, S><<<ql_grid((n + QL_ILP - 1) / QL_ILP), 256>>>(ql_ptr<D>(dst), ql_ptr<S>(src), n);
+    else k_copy<D, S, false><<<ql_grid(n), 256>>>(ql_ptr<D>(dst), ql_ptr<S>(src), n, ix);
+    QL_CU_LAUNCH("k_copy");
+    return QL_OK;
+}
+
+ql_status ql_cuda_copy(ql_tensor *dst, const ql_tensor *src)
+{
+    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
+    if (ql_cuda_dev_of(src) != ql_cuda_dev_of(dst)) {
+        /* peer copy between two GPUs: only plain contiguous same-dtype data */
+        if (src->dtype != dst->dtype || !ql_tensor_is_contiguous(src) || !ql_tensor_is_contiguous(dst))
+            return ql_fail(QL_EUNSUPPORTED, "CUDA backend: a copy between cuda:%d and cuda:%d needs "
+                           "contiguous tensors of one dtype (make them contiguous first)",
+                           ql_cuda_dev_of(src), ql_cuda_dev_of(dst));
+        QL_CU(cudaMemcpyPeer(ql_tensor_data(dst), ql_cuda_dev_of(dst), ql_tensor_data(src),
+                             ql_cuda_dev_of(src), ql_tensor_nbytes(dst)));
+        return QL_OK;
+    }
+    QL_SWITCH(dst->dtype, D, QL_SWITCH(src->dtype, S, return copy_t<D, S>(dst, src)));
+}
+
+static ql_status cuda_copy(ql_tensor *dst, const ql_tensor *src) { return ql_cuda_copy(dst, src); }
+
+/* ---------------------------------------------------------------- unary */
+
+/* Same formulas as cpu_backend.c's unary_f, in f32 (CUDA's libm, not fast-math). */
+__device__ __forceinline__ float unary_f32(int op, float x)
+{
+    switch (op) {
+    case QL_NEG: return -x;
+    case QL_ABS: return fabsf(x);
+    case QL_EXP: return expf(x);
+    case QL_LOG: return logf(x);
+    case QL_SQRT: return sqrtf(x);
+    case QL_RSQRT: return 1.0f / sqrtf(x);
+    case QL_SIN: return sinf(x);
+    case QL_COS: return cosf(x);
+    case QL_TANH: return tanhf(x);
+    case QL_SIGMOID: return 1.0f / (1.0f + expf(-x));
+    case QL_SILU: return x / (1.0f + expf(-x));
+    case QL_RELU: return x > 0.0f ? x : 0.0f;
+    case QL_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case QL_SQUARE: return x * x;
+    case QL_RECIP: return 1.0f / x;
+    default: return NAN;
+    }
+}
+
+/* integer neg/abs/relu/square, wrapping like the reference */
+__device__ __forceinline__ int64_t unary_i64(int op, int64_t x)
+{
+    uint64_t u = (uint64_t)x;
+    switch (op) {
+    case QL_NEG: return (int64_t)(0 - u);
+    case QL_ABS: return x < 0 ? (int64_t)(0 - u) : x;
+    case QL_RELU: return x > 0 ? x : 0;
+    default: return (int64_t)(u * u);
+    }
+}
+
+/* fast path: one float dtype in and out */
+template <typename T, bool CONTIG>
+__global__ void k_unary(int op, T *dst, const T *src, int64_t n, ql_idx ix)
+{
+    QL_GRID_LOOP(i, n) {
+        int64_t o[2] = { i, i };
+        if (!CONTIG) ql_idx_offsets<2>(ix, i, o);
+        dst[o[0]] = ql_from_f32<T>(unary_f32(op, ql_to_f32(src[o[1]])));
+    }
+}
+
+/* any dtypes (integers, int -> f32), element access by run-time dtype */
+__global__ void k_unary_dyn(int op, void *dst, int dd, const void *src, int ds, int64_t n, ql_idx ix)
+{
+    QL_GRID_LOOP(i, n) {
+        int64_t o[2];
+        ql_idx_offsets<2>(ix, i, o);
+        if (ql_dt_float(dd)) ql_stf(dst, dd, o[0], unary_f32(op, ql_ldf(src, ds, o[1])));
+        else ql_sti(dst, dd, o[0], unary_i64(op, ql_ldi(src, ds, o[1])));
+    }
+}
+
+template <typename T>
+__global__ void k_unary_c(int op, T *dst, const T *src, int64_t n)
+{
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t base = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; base < n; base += stride * QL_ILP) {
+        float x[QL_ILP];
+#pragma unroll
+        for (int k = 0; k < QL_ILP; k++) { int64_t i = base + k * stride; if (i < n) x[k] = ql_to_f32(src[i]); }
+#pragma unroll
+        for (int k = 0; k < QL_ILP; k++) {
+            int64_t i = base + k * stride;
+            if (i < n) dst[i] = ql_from_f32<T>(unary_f32(op, x[k]));
+        }
+    }
+}
+
+template <typename T> static ql_status unary_t(int op, ql_tensor *dst, const ql_tensor *src, int64_t n,
+                                               const ql_idx &ix, int contig)
+{
+    if (contig) k_unary_c<T><<<ql_grid((n + QL_ILP - 1) / QL_ILP), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(src), n);
+    else k_unary<T, false><<<ql_grid(n), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(src), n, ix);
+    QL_CU_LAUNCH("k_unary");
+    return QL_OK;
+}
+
+/* byte pointer to element 0 */
+static inline void *ql_bytes(const ql_tensor *t)
+{
+    return (char *)t->storage->data + ql_dtype_bytes(t->dtype, t->offset);
+}
+
+static ql_status cuda_unary(ql_unary_op op, ql_tensor *dst, const ql_tensor *src)
+{
+    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
+    int64_t n = ql_tensor_numel(dst);
+    if (n == 0) return QL_OK;
+    ql_idx ix;
+    const ql_tensor *ts[2] = { dst, src };
+    int contig = ql_idx_make(&ix, 2, ts);
+    if (dst->dtype == src->dtype && (dst->dtype == QL_F32 || dst->dtype == QL_BF16 || dst->dtype == QL_F16)) {
+        QL_SWITCH_FLOAT(dst->dtype, T, return unary_t<T>((int)op, dst, src, n, ix, contig));
+    }
+    k_unary_dyn<<<ql_grid(n), 256>>>((int)op, ql_bytes(dst), dst->dtype, ql_bytes(src), src->dtype, n, ix);
+    QL_CU_LAUNCH("k_unary_dyn");
+    return QL_OK;
+}
+
+/* ---------------------------------------------------------------- binary */
+
+/* Same as cpu_backend.c's binary_f: f32 math; maximum/minimum give NaN if either is NaN. */
+__device__ __forceinline__ float binary_f32(int op, float a, float b)
+{
+    switch (op) {
+    case QL_ADD: return a + b;
+    case QL_SUB: return a - b;
+    case QL_MUL: return a * b;
+    case QL_DIV: return a / b;
+    case QL_POW: return powf(a, b);
+    case QL_MAXIMUM: return a != a || b != b ? NAN : a > b ? a : b;
+    case QL_MINIMUM: return a != a || b != b ? NAN : a < b ? a : b;
+    case QL_EQ: return a == b ? 1.0f : 0.0f;
+    case QL_NE: return a != b ? 1.0f : 0.0f;
+    case QL_LT: return a < b ? 1.0f : 0.0f;
+    case QL_LE: return a <= b ? 1.0f : 0.0f;
+    case QL_GT: return a > b ? 1.0f : 0.0f;
+    case QL_GE: return a >= b ? 1.0f : 0.0f;
+    default: return NAN;
+    }
+}
+
+/* integer math in int64, wrapping; pow by squaring (same result mod 2^64 as repeated products) */
+__device__ __forceinline__ int64_t binary_i64(int op, int64_t a, int64_t b)
+{
+    switch (op) {
+    case QL_ADD: return (int64_t)((uint64_t)a + (uint64_t)b);
+    case QL_SUB: return (int64_t)((uint64_t)a - (uint64_t)b);
+    case QL_MUL: return (int64_t)((uint64_t)a * (uint64_t)b);
+    case QL_POW: {
+        if (b < 0) return a == 1 ? 1 : 0;
+        uint64_t r = 1, x = (uint64_t)a;
+        for (uint64_t e = (uint64_t)b; e; e >>= 1) { if (e & 1) r *= x; x *= x; }
+        return (int64_t)r;
+    }
+    case QL_MAXIMUM: return a > b ? a : b;
+    case QL_MINIMUM: return a < b ? a : b;
+    case QL_EQ: return a == b;
+    case QL_NE: return a != b;
+    case QL_LT: return a < b;
+    case QL_LE: return a <= b;
+    case QL_GT: return a > b;
+    case QL_GE: return a >= b;
+    default: return 0;
+    }
+}
+
+/* fast path: one float dtype for a, b and dst */
+template <typename T, bool CONTIG>
+__global__ void k_binary(int op, T *dst, const T *a, const T *b, int64_t n, ql_idx ix)
+{
+    QL_GRID_LOOP(i, n) {
+        int64_t o[3] = { i, i, i };
+        if (!CONTIG) ql_idx_offsets<3>(ix, i, o);
+        dst[o[0]] = ql_from_f32<T>(binary_f32(op, ql_to_f32(a[o[1]]), ql_to_f32(b[o[2]])));
+    }
+}
+
+/* mixed dtypes (a bf16 tensor with an f32 scalar, comparisons into u8, integers) */
+__global__ void k_binary_dyn(int op, int fl, void *dst, int dd, const void *a, int da, const void *b, int db,
+                             int64_t n, ql_idx ix)
+{
+    QL_GRID_LOOP(i, n) {
+        int64_t o[3];
+        ql_idx_offsets<3>(ix, i, o);
+        if (fl) ql_stf(dst, dd, o[0], binary_f32(op, ql_ldf(a, da, o[1]), ql_ldf(b, db, o[2])));
+        else ql_sti(dst, dd, o[0], binary_i64(op, ql_ldi(a, da, o[1]), ql_ldi(b, db, o[2])));
+    }
+}
+
+template <typename T>
+__global__ void k_binary_c(int op, T *dst, const T *a, const T *b, int64_t n)
+{
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t base = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; base < n; base += stride * QL_ILP) {
+        float x[QL_ILP], y[QL_ILP];
+#pragma unroll
+        for (int k = 0; k < QL_ILP; k++) {
+            int64_t i = base + k * stride;
+            if (i < n) { x[k] = ql_to_f32(a[i]); y[k] = ql_to_f32(b[i]); }
+        }
+#pragma unroll
+        for (int k = 0; k < QL_ILP; k++) {
+            int64_t i = base + k * stride;
+            if (i < n) dst[i] = ql_from_f32<T>(binary_f32(op, x[k], y[k]));
+        }
+    }
+}
+
+template <typename T> static ql_status binary_t(int op, ql_tensor *dst, const ql_tensor *a, const ql_tensor *b,
+                                                int64_t n, const ql_idx &ix, int contig)
+{
+    if (contig) k_binary_c<T><<<ql_grid((n + QL_ILP - 1) / QL_ILP), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(a), ql_ptr<T>(b), n);
+    else k_binary<T, false><<<ql_grid(n), 256>>>(op, ql_ptr<T>(dst), ql_ptr<T>(a), ql_ptr<T>(b), n, ix);
+    QL_CU_LAUNCH("k_binary");
+    return QL_OK;
+}
+
+static int is_float_dt(ql_dtype t) { return t == QL_F32 || t == QL_BF16 || t == QL_F16; }
+
+static ql_status cuda_binary(ql_binary_op op, ql_tensor *dst, const ql_tensor *a, const ql_tensor *b)
+{
+    QL_TRY(ql_cuda_set_device(ql_cuda_dev_of(dst)));
+    int fl = is_float_dt(a->dtype) || is_float_dt(b->dtype) || op == QL_DIV;
+    if (op == QL_DIV && !is_float_dt(a->dtype) && !is_float_dt(b->dtype) && !is_float_dt(dst->dtype))
+        return ql_fail(QL_EINVAL, "integer division: convert to a float dtype first");
+    int64_t n = ql_tensor_numel(dst);
+    if (n == 0) return QL_OK;
+    ql_idx ix;
+    const ql_tensor *ts[3] = { dst, a, b };
+    int contig = ql_idx_make(&ix, 3, ts);
+    if (a->dtype == dst->dtype && b->dtype == dst->dtype && is_float_dt(dst->dtype)) {
+        QL_SWITCH_FLOAT(dst->dtype, T, return binary_t<T>((int)op, dst, a, b, n, ix, contig));
+    }
+    k_binary_dyn<<<ql_grid(n), 256>>>((int)op, fl, ql_bytes(dst), dst->dtype, ql_bytes(a), a->dtype,
+                                      ql_bytes(b), b->dtype, n, ix);
+    QL_CU_LAUNCH("k_binary_dyn");
+    return QL_OK;
+}
+
+/* ---------------------------------------------------------------- NF4 */
+
+static ql_status cuda_nf4_dequantize(ql_tensor *dst, const ql_tensor *src)
+{
+    (void)dst; (void)src;
+    /* TODO(nf4): call the extern "C" dequantize launcher of kernels/nf4.cu on raw device pointers */
+    return ql_fail(QL_EUNSUPPORTED, "CUDA backend: NF4 dequantize is not wired yet (kernels/nf4.cu); "
+                   "dequantize on the CPU or move the tensor there first");
+}
+
+static ql_status cuda_nf4_quantize(ql_tensor *dst, const ql_tensor *src)
+{
+    (void)dst; (void)src;
+    /* TODO(nf4): call the extern "C" quantize launcher of kernels/nf4.cu on raw device pointers */
+    return ql_fail(QL_EUNSUPPORTED, "CUDA backend: NF4 quantize is not wired yet (kernels/nf4.cu); "
+                   "quantize on the CPU and move the result to the GPU");
+}
+
+/* ---------------------------------------------------------------- the table */
+
+extern "C" const ql_backend ql_cuda_backend = {
+    "cuda",
+    cuda_device_count,
+    cuda_alloc,
+    cuda_free,
+    cuda_to_host,
+    cuda_from_host,
+    cuda_sync,
+    cuda_mem_info,
+    cuda_fill,
+    cuda_arange,
+    cuda_rand,
+    cuda_copy,
+    cuda_unary,
+    cuda_binary,
+    ql_cuda_reduce,
+    ql_cuda_softmax,
+    ql_cuda_matmul,
+    cuda_nf4_dequantize,
+    cuda_nf4_quantize,
+};

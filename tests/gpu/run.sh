@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh — the one script for the GPU machine.
+#
+#   tests/gpu/run.sh build [DEST]   here (toolkit, no GPU): release build with CUDA
+#                                   on, then qltest, qlbench, qlora (when
+#                                   recipes/doctor.lua exists) and the Debian
+#                                   shared libraries they need, packed into
+#                                   DEST (default .carry/gpu, git-ignored) with
+#                                   a copy of this script.
+#                                   QL_GPU_NOBUILD=1 skips ./setup.sh (reuse bin/).
+#   bash .carry/gpu/run.sh device   there (the device tool's machine): unpacks,
+#                                   runs the CUDA tests, `qlora doctor`, the
+#                                   timing table and a PyTorch ceiling on the
+#                                   same card; logs under $OUT (or ./gpu-out).
+#
+# Libraries: everything `ldd` lists except glibc (libc, libm, libpthread, libdl,
+# librt, ld-linux), libstdc++/libgcc and CUDA's own (cuBLASLt comes from the
+# machine's CUDA toolkit through the binary's rpath /usr/local/cuda/lib64).
+# The bundle is xz-compressed (OpenBLAS alone is 35 MB) and unpacked with
+# Python's tarfile, which the device machine has.
+set -uo pipefail
+
+mode="${1:-}"
+here="$(cd "$(dirname "$0")" && pwd)"
+
+build() {
+  local root dest stage
+  root="$(cd "$here/../.." && pwd)"
+  dest="${1:-$root/.carry/gpu}"
+  cd "$root" || exit 1
+  if [ "${QL_GPU_NOBUILD:-0}" != 1 ]; then
+    ./setup.sh --cuda=on || { echo "run.sh: build failed"; exit 1; }
+  fi
+  for f in bin/qltest build/lib/release/libqlengine.a build/kernels/release/libqlkernels.a; do
+    [ -e "$f" ] || { echo "run.sh: $f missing: build first"; exit 1; }
+  done
+  # qlbench: linked exactly like qltest (its LDFLAGS from the generated makefile)
+  local ldflags
+  ldflags=$(sed -n '/ifeq ($(config),release)/,/endif/p' build/qltest.make | sed -n 's/^ *LDFLAGS *+= *//p')
+  gcc -std=c11 -O2 -Wall -Wextra -D_GNU_SOURCE -DQL_CUDA=1 -Iengine -Ibuild tests/gpu/bench.c $ldflags \
+      -o build/qlbench || { echo "run.sh: qlbench failed to build"; exit 1; }
+
+  stage="$(mktemp -d)"
+  mkdir -p "$stage/gpu/bin" "$stage/gpu/lib"
+  cp bin/qltest build/qlbench "$stage/gpu/bin/"
+  if [ -x bin/qlora ] && [ -f recipes/doctor.lua ]; then
+    cp bin/qlora "$stage/gpu/bin/"
+    cp -r recipes "$stage/gpu/"
+    [ -d lua/qlora ] && mkdir -p "$stage/gpu/lua" && cp -r lua/qlora "$stage/gpu/lua/"
+  fi
+  strip --strip-debug "$stage"/gpu/bin/* 2>/dev/null
+  local skip='^(linux-vdso|libc\.so|libm\.so|libpthread\.so|libdl\.so|librt\.so|ld-linux|libstdc\+\+\.so|libgcc_s\.so|libcu|libnv)'
+  for b in "$stage"/gpu/bin/*; do
+    ldd "$b" | awk '$3 ~ /^\// { print $1, $3 }' | while read -r name path; do
+      if echo "$name" | grep -qE "$skip"; then continue; fi
+      [ -e "$stage/gpu/lib/$name" ] || cp -L "$path" "$stage/gpu/lib/$name"
+    done
+  done
+  mkdir -p "$dest"
+  rm -f "$dest/bundle.tar.xz"
+  tar -C "$stage" -cf - gpu | xz -T2 -6 > "$dest/bundle.tar.xz"
+  cp "$here/run.sh" "$dest/run.sh"
+  rm -rf "$stage"
+  echo "run.sh: bundle $(du -h "$dest/bundle.tar.xz" | cut -f1) in $dest:"
+  tar -tJvf "$dest/bundle.tar.xz" | awk '{ printf "  %10s %s\n", $3, $6 }'
+}
+
+device() {
+  local out="${OUT:-$PWD/gpu-out}" work=/tmp/qlgpu
+  [ -d "$PWD/tests/fixtures" ] && export QL_FIXTURES="$PWD/tests/fixtures"
+  mkdir -p "$out" "$work"
+  python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$here/bundle.tar.xz" "$work" \
+    || { echo "run.sh: cannot unpack $here/bundle.tar.xz"; exit 1; }
+  local g="$work/gpu"
+  export LD_LIBRARY_PATH="$g/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  {
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1
+    command -v cuobjdump >/dev/null && cuobjdump --list-elf "$g/bin/qltest" 2>&1 | sed 's/^/elf: /' | head -20
+  } 2>&1 | tee "$out/env.log"
+
+  echo "== CUDA tests (qltest cuda)"
+  ( cd "$g" && timeout 300 ./bin/qltest cuda ) 2>&1 | tee "$out/qltest_cuda.log"
+  echo "== all C tests (qltest)"
+  ( cd "$g" && timeout 300 ./bin/qltest ) > "$out/qltest_all.log" 2>&1
+  tail -1 "$out/qltest_all.log"
+  if [ -x "$g/bin/qlora" ]; then
+    echo "== qlora doctor"
+    ( cd "$g" && timeout 60 ./bin/qlora doctor ) 2>&1 | tee "$out/doctor.log"
+  fi
+  echo "== timings (qlbench)"
+  ( cd "$g" && timeout 240 ./bin/qlbench ) 2>&1 | tee "$out/bench.log"
+
+  echo "== ceiling on this card (PyTorch)"
+  PYTHONUNBUFFERED=1 timeout 180 python3 - <<'EOF' 2>&1 | tee "$out/ceiling.log"
+import torch
+def med(fn, reps=9, inner=5):
+    for _ in range(3): fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(inner): fn()
+        e.record(); torch.cuda.synchronize()
+        ts.append(s.elapsed_time(e) / 1e3 / inner)
+    ts.sort(); return ts[len(ts) // 2]
+print("torch", torch.__version__, torch.cuda.get_device_name(0))
+for n in (4096, 8192):
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16); b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    t = med(lambda: a @ b)
+    print(f"ceiling matmul_bf16_{n} {2*n**3/t/1e12:.1f} TFLOP/s")
+x = torch.randn(1 << 28, device="cuda"); y = torch.empty_like(x)
+t = med(lambda: y.copy_(x), inner=3)
+print(f"ceiling copy_f32_contiguous {2*x.numel()*4/t/1e9:.0f} GB/s")
+EOF
+
+  echo "== summary"
+  {
+    grep -E '^probe: gpu' "$out/bench.log"
+    echo "cuda tests: $(grep -E '^[0-9]+ passed' "$out/qltest_cuda.log" | tail -1)"
+    echo "all C tests: $(grep -E '^[0-9]+ passed' "$out/qltest_all.log" | tail -1)"
+    printf '%-28s %14s %14s\n' measurement qlora ceiling
+    for m in matmul_bf16_4096 matmul_bf16_8192 copy_f32_contiguous; do
+      q=$(awk -v m="$m" '$1=="bench" && $2==m { print $3, $4 }' "$out/bench.log")
+      c=$(awk -v m="$m" '$1=="ceiling" && $2==m { print $3, $4 }' "$out/ceiling.log")
+      printf '%-28s %14s %14s\n' "$m" "${q:--}" "${c:--}"
+    done
+    awk '$1=="bench" && $2!~/^(matmul_bf16_4096|matmul_bf16_8192|copy_f32_contiguous)$/ { printf "%-28s %14s\n", $2, $3" "$4 }' "$out/bench.log"
+  } | tee "$out/summary.txt"
+}
+
+case "$mode" in
+  build) shift; build "$@" ;;
+  device) device ;;
+  *) echo "usage: tests/gpu/run.sh build [DEST] | run.sh device"; exit 2 ;;
+esac
