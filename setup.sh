@@ -32,4 +32,8 @@ builddir=build
 for a in "$@"; do case "$a" in --builddir=*) builddir="${a#--builddir=}";; esac; done
 premake4 --file=premake5.lua "$@" gmake >/dev/null
 jobs=$(nproc 2>/dev/null || echo 2)
+# the CUDA kernels first, in parallel (premake's prebuild step would run them on one job)
+if [ -f "$builddir/kernels.mk" ]; then
+  make -C "$builddir" -f kernels.mk -j"$jobs" config="${QL_CONFIG:-release}" >/dev/null
+fi
 make -C "$builddir" -j"$jobs" config="${QL_CONFIG:-release}"

@@ -13,6 +13,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define QL_VERSION "0.1.0"
 
 typedef enum ql_status {
@@ -48,6 +52,10 @@ const char *ql_status_name(ql_status s);
 /* Build facts, filled by the build system. */
 const char *ql_build_commit(void);
 const char *ql_build_options(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #define QL_TRY(expr) do { ql_status ql__s = (expr); if (ql__s != QL_OK) return ql__s; } while (0)
 

@@ -20,7 +20,7 @@
 #include "dtype.h"
 #include <math.h>
 
-#ifdef __CUDACC__
+#if defined(__CUDA_ARCH__)   /* the device pass: explicitly rounded, never fused */
 #define QL_DMUL(a, b) __dmul_rn((a), (b))
 #define QL_DADD(a, b) __dadd_rn((a), (b))
 #else

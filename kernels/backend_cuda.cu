@@ -16,7 +16,10 @@
  * a contiguous fast path, else the merged strided index of common.cuh.
  */
 #include "common.cuh"
-#include "rng_cuda.cuh"
+extern "C" {
+#include "rng.h"
+#include "nf4.h"
+}
 
 #define QL_ILP 4   /* elements in flight per thread in the contiguous kernels */
 
@@ -633,20 +636,69 @@ static ql_status cuda_binary(ql_binary_op op, ql_tensor *dst, const ql_tensor *a
 
 /* ---------------------------------------------------------------- NF4 */
 
+/* NF4 through the launchers of kernels/nf4.cu (same arithmetic as the CPU,
+   byte-identical). The double-quantized absmax is expanded to f32 first. */
 static ql_status cuda_nf4_dequantize(ql_tensor *dst, const ql_tensor *src)
 {
-    (void)dst; (void)src;
-    /* TODO(nf4): call the extern "C" dequantize launcher of kernels/nf4.cu on raw device pointers */
-    return ql_fail(QL_EUNSUPPORTED, "CUDA backend: NF4 dequantize is not wired yet (kernels/nf4.cu); "
-                   "dequantize on the CPU or move the tensor there first");
+    const ql_quant *q = src->quant;
+    int dev = ql_tensor_device(src).index;
+    QL_TRY(ql_cuda_set_device(dev));
+    int64_t n = ql_tensor_numel(src), nb = (n + q->blocksize - 1) / q->blocksize;
+    float *absmax = (float *)ql_tensor_data(q->absmax), *tmp = NULL;
+    ql_status s = QL_OK;
+    if (q->double_quant) {
+        tmp = (float *)alloc_impl(dev, sizeof(float) * (size_t)(nb ? nb : 1), "nf4 block scales");
+        if (!tmp) return QL_ENOMEM;
+        s = ql_cuda_nf4_absmax_dequant((const uint8_t *)ql_tensor_data(q->absmax), (const float *)ql_tensor_data(q->nested_absmax),
+                                       (const float *)ql_tensor_data(q->nested_code), q->nested_offset, nb, tmp, NULL);
+        absmax = tmp;
+    }
+    const uint8_t *packed = (const uint8_t *)ql_tensor_data(src);
+    if (s == QL_OK) {
+        if (dst->dtype == QL_F32) s = ql_cuda_nf4_dequantize_f32(packed, absmax, n, q->blocksize, (float *)ql_tensor_data(dst), NULL);
+        else if (dst->dtype == QL_BF16) s = ql_cuda_nf4_dequantize_bf16(packed, absmax, n, q->blocksize, (uint16_t *)ql_tensor_data(dst), NULL);
+        else {  /* f16: through an f32 copy */
+            ql_tensor *f = ql_tensor_new(QL_F32, dst->ndim, dst->shape, ql_tensor_device(dst));
+            if (!f) s = QL_ENOMEM;
+            else {
+                s = ql_cuda_nf4_dequantize_f32(packed, absmax, n, q->blocksize, (float *)ql_tensor_data(f), NULL);
+                if (s == QL_OK) s = ql_cuda_copy(dst, f);
+                ql_tensor_release(f);
+            }
+        }
+    }
+    if (tmp) cuda_free(dev, tmp);
+    return s;
 }
 
 static ql_status cuda_nf4_quantize(ql_tensor *dst, const ql_tensor *src)
 {
-    (void)dst; (void)src;
-    /* TODO(nf4): call the extern "C" quantize launcher of kernels/nf4.cu on raw device pointers */
-    return ql_fail(QL_EUNSUPPORTED, "CUDA backend: NF4 quantize is not wired yet (kernels/nf4.cu); "
-                   "quantize on the CPU and move the result to the GPU");
+    ql_quant *q = dst->quant;
+    int dev = ql_tensor_device(dst).index;
+    QL_TRY(ql_cuda_set_device(dev));
+    int64_t n = ql_tensor_numel(src), nb = (n + q->blocksize - 1) / q->blocksize;
+    const float *x = (const float *)ql_tensor_data(src);
+    uint8_t *packed = (uint8_t *)ql_tensor_data(dst);
+    if (!q->double_quant)
+        return ql_cuda_nf4_quantize(x, n, q->blocksize, packed, (float *)ql_tensor_data(q->absmax), NULL);
+    /* double quantization: absmax on the device, its mean on the host in torch's order */
+    float *absmax = (float *)alloc_impl(dev, sizeof(float) * (size_t)(nb ? nb : 1), "nf4 block scales");
+    float *host = (float *)malloc(sizeof(float) * (size_t)(nb ? nb : 1));
+    ql_status s = absmax && host ? QL_OK : ql_fail(QL_ENOMEM, "out of memory quantizing %lld values", (long long)n);
+    if (s == QL_OK) s = ql_cuda_nf4_quantize(x, n, q->blocksize, packed, absmax, NULL);
+    if (s == QL_OK) s = cuda_to_host(dev, host, absmax, sizeof(float) * (size_t)nb);
+    float code[256];
+    if (s == QL_OK) {
+        q->nested_offset = nb ? ql_nf4_torch_mean(host, nb) : 0.0f;
+        ql_nf4_dynamic_map(code);
+        s = cuda_from_host(dev, ql_tensor_data(q->nested_code), code, sizeof code);
+    }
+    if (s == QL_OK)
+        s = ql_cuda_nf4_quantize_nested(absmax, nb, q->nested_offset, (const float *)ql_tensor_data(q->nested_code),
+                                        (uint8_t *)ql_tensor_data(q->absmax), (float *)ql_tensor_data(q->nested_absmax), NULL);
+    if (absmax) cuda_free(dev, absmax);
+    free(host);
+    return s;
 }
 
 /* ---------------------------------------------------------------- the table */

@@ -589,4 +589,37 @@ QL_TEST(cuda_out_of_memory_message)
     drop_all();
 }
 
+
+/* NF4 on the GPU: the same bytes as the CPU quantizer (which equals bitsandbytes),
+   double quantization included, and the same dequantized values */
+QL_TEST(cuda_nf4_bytes_equal_cpu)
+{
+    if (!have_cuda()) return;
+    int64_t shapes[][2] = { { 64, 64 }, { 33, 47 }, { 150, 130 }, { 1, 1 } };
+    int blocksizes[] = { 32, 64, 256, 4096 };
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
+    for (size_t bi = 0; bi < sizeof blocksizes / sizeof blocksizes[0]; bi++) {
+        for (int dq = 0; dq <= 1; dq++) {
+            ql_tensor *x = KEEP(ql_tensor_rand(QL_F32, 2, shapes[k], 1, 11 + k, 0, ql_cpu()));
+            if (!x) continue;
+            ql_tensor *qc = KEEP(ql_tensor_quantize_nf4(x, blocksizes[bi], dq, ql_cpu()));
+            ql_tensor *qg = KEEP(ql_tensor_quantize_nf4(to_gpu(x), blocksizes[bi], dq, gpu()));
+            if (!qc || !qg) continue;
+            ql_tensor *back = KEEP(ql_tensor_to(qg, QL_NF4, ql_cpu()));   /* moves bytes and state */
+            if (!back) continue;
+            CHECK(memcmp(ql_tensor_data(qc), ql_tensor_data(back), ql_tensor_nbytes(qc)) == 0);
+            CHECK(memcmp(ql_tensor_data(qc->quant->absmax), ql_tensor_data(back->quant->absmax),
+                         ql_tensor_nbytes(qc->quant->absmax)) == 0);
+            if (dq) {
+                CHECK(memcmp(ql_tensor_data(qc->quant->nested_absmax), ql_tensor_data(back->quant->nested_absmax),
+                             ql_tensor_nbytes(qc->quant->nested_absmax)) == 0);
+                CHECK(qc->quant->nested_offset == back->quant->nested_offset);
+            }
+            SAME_BITS(KEEP(ql_tensor_to(qc, QL_F32, ql_cpu())), to_cpu(KEEP(ql_tensor_to(qg, QL_F32, gpu()))), "nf4 dequantized f32");
+            SAME_BITS(KEEP(ql_tensor_to(qc, QL_BF16, ql_cpu())), to_cpu(KEEP(ql_tensor_to(qg, QL_BF16, gpu()))), "nf4 dequantized bf16");
+        }
+        drop_all();
+    }
+}
+
 #endif /* QL_CUDA */
