@@ -29,8 +29,10 @@ static const luaL_Reg native[] = {
     { "device", luaopen_qlora_device },
     { "nf4", luaopen_qlora_nf4 },
     { "sys", luaopen_qlora_sys },
+#ifndef QL_NO_PDF   /* the GPU test bundle leaves MuPDF out to stay small */
     { "pdf", luaopen_qlora_pdf },
     { "text", luaopen_qlora_text },
+#endif
     { "model", luaopen_qlora_model },
     { "tokenizer", luaopen_qlora_tokenizer },
     { "lora", luaopen_qlora_lora },

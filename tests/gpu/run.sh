@@ -34,20 +34,28 @@ build() {
   for f in bin/qltest build/lib/release/libqlengine.a build/kernels/release/libqlkernels.a; do
     [ -e "$f" ] || { echo "run.sh: $f missing: build first"; exit 1; }
   done
-  # qlbench: linked exactly like qltest (its LDFLAGS from the generated makefile)
-  local ldflags
+  # The bundle's programs leave MuPDF out (it would not fit the device tool's 64 MiB with
+  # the repository): qltest without the PDF tests, qlora without qlora.pdf/qlora.text,
+  # and qlbench; all linked with qltest's LDFLAGS (static archives pull only what is used).
+  local ldflags cflags
   ldflags=$(sed -n '/ifeq ($(config),release)/,/endif/p' build/qltest.make | sed -n 's/^ *LDFLAGS *+= *//p')
-  gcc -std=c11 -O2 -Wall -Wextra -D_GNU_SOURCE -DQL_CUDA=1 -Iengine -Ibuild tests/gpu/bench.c $ldflags \
-      -o build/qlbench || { echo "run.sh: qlbench failed to build"; exit 1; }
+  cflags="-std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -DQL_CUDA=1 -Iengine -Ibuild $(pkg-config --cflags lua5.4)"
+  local tests=""
+  for f in tests/c/*.c; do case "$f" in *test_pdf*|*test_text*) ;; *) tests="$tests $f";; esac; done
+  gcc $cflags $tests $ldflags -o build/qltest_gpu || { echo "run.sh: qltest_gpu failed to build"; exit 1; }
+  local luasrc=""
+  for f in lua/*.c lua/host/*.c; do case "$f" in *l_pdf.c|*l_text.c) ;; *) luasrc="$luasrc $f";; esac; done
+  gcc $cflags -DQL_NO_PDF $luasrc $ldflags -Wl,-Bstatic -llua5.4 -Wl,-Bdynamic -Wl,-E -lreadline \
+      -o build/qlora_gpu || { echo "run.sh: qlora_gpu failed to build"; exit 1; }
+  gcc $cflags tests/gpu/bench.c $ldflags -o build/qlbench || { echo "run.sh: qlbench failed to build"; exit 1; }
 
   stage="$(mktemp -d)"
   mkdir -p "$stage/gpu/bin" "$stage/gpu/lib"
-  cp bin/qltest build/qlbench "$stage/gpu/bin/"
-  if [ -x bin/qlora ] && [ -f recipes/doctor.lua ]; then
-    cp bin/qlora "$stage/gpu/bin/"
-    cp -r recipes "$stage/gpu/"
-    [ -d lua/qlora ] && mkdir -p "$stage/gpu/lua" && cp -r lua/qlora "$stage/gpu/lua/"
-  fi
+  cp build/qltest_gpu "$stage/gpu/bin/qltest"
+  cp build/qlbench "$stage/gpu/bin/"
+  cp build/qlora_gpu "$stage/gpu/bin/qlora"
+  cp -r recipes "$stage/gpu/"
+  mkdir -p "$stage/gpu/lua" && cp -r lua/qlora "$stage/gpu/lua/"
   strip --strip-debug "$stage"/gpu/bin/* 2>/dev/null
   local skip='^(linux-vdso|libc\.so|libm\.so|libpthread\.so|libdl\.so|librt\.so|ld-linux|libstdc\+\+\.so|libgcc_s\.so|libcu|libnv)'
   for b in "$stage"/gpu/bin/*; do
