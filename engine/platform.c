@@ -233,6 +233,28 @@ void *ql_dlopen(const char *name) { return dlopen(name, RTLD_NOW | RTLD_LOCAL); 
 void *ql_dlsym(void *lib, const char *sym) { return dlsym(lib, sym); }
 const char *ql_dlerror(void) { const char *e = dlerror(); return e ? e : ""; }
 
+/* ---------------- Ctrl-C ---------------- */
+
+#include <signal.h>
+
+static volatile sig_atomic_t sig_trapped, sig_hit;
+
+static void trap_handler(int sig)
+{
+    (void)sig;
+    sig_hit = 1;
+    signal(SIGINT, trap_handler);
+}
+
+void ql_sigint_trap(int on)
+{
+    sig_trapped = on != 0;
+    if (on) signal(SIGINT, trap_handler);
+}
+int ql_sigint_trapped(void) { return sig_trapped; }
+void ql_sigint_note(void) { sig_hit = 1; }
+int ql_sigint_take(void) { int h = sig_hit; sig_hit = 0; return h; }
+
 /* ---------------- terminal and clock ---------------- */
 
 int ql_isatty(FILE *fp) { return isatty(fileno(fp)); }

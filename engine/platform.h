@@ -64,6 +64,14 @@ void *ql_dlopen(const char *name);
 void *ql_dlsym(void *lib, const char *sym);
 const char *ql_dlerror(void);
 
+/* ---- Ctrl-C ----
+   With the trap on, SIGINT only sets a flag (a training loop checks it, saves
+   a checkpoint and stops); off, Ctrl-C interrupts as usual. */
+void ql_sigint_trap(int on);
+int  ql_sigint_trapped(void);
+void ql_sigint_note(void);          /* called by a SIGINT handler while trapped */
+int  ql_sigint_take(void);          /* 1 when Ctrl-C was pressed since the last call */
+
 /* ---- terminal and clock ---- */
 int    ql_isatty(FILE *fp);
 int    ql_term_width(void);

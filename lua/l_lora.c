@@ -274,6 +274,16 @@ static int m_merge(lua_State *L)
     return 1;
 }
 
+/* the dropout stream position, saved and restored with checkpoints for exact resume */
+/* lo:set_dropout_step(step [, seed]) */
+static int m_set_dropout_step(lua_State *L)
+{
+    llora *u = check(L, 1);
+    u->l->dropout_step = (uint64_t)luaL_checkinteger(L, 2);
+    if (!lua_isnoneornil(L, 3)) u->l->seed = (uint64_t)luaL_checkinteger(L, 3);
+    return 0;
+}
+
 static int m_index(lua_State *L)
 {
     llora *u = check(L, 1);
@@ -283,6 +293,8 @@ static int m_index(lua_State *L)
     if (!strcmp(k, "dropout")) { lua_pushnumber(L, u->l->dropout); return 1; }
     if (!strcmp(k, "rslora")) { lua_pushboolean(L, u->l->rslora); return 1; }
     if (!strcmp(k, "model")) { lua_getiuservalue(L, 1, 1); return 1; }
+    if (!strcmp(k, "dropout_step")) { lua_pushinteger(L, (lua_Integer)u->l->dropout_step); return 1; }
+    if (!strcmp(k, "seed")) { lua_pushinteger(L, (lua_Integer)u->l->seed); return 1; }
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_getfield(L, -1, k);
     return 1;
@@ -293,7 +305,7 @@ static const luaL_Reg methods[] = {
     { "forward_backward", m_forward_backward }, { "loss", m_loss }, { "logits", m_logits },
     { "zero_grad", m_zero_grad }, { "grad_norm", m_grad_norm }, { "scale_grad", m_scale_grad },
     { "adamw", m_adamw }, { "params", m_params }, { "grads", m_grads }, { "merge", m_merge },
-    { "num_params", m_num_params }, { "release", m_release },
+    { "num_params", m_num_params }, { "release", m_release }, { "set_dropout_step", m_set_dropout_step },
     { NULL, NULL }
 };
 

@@ -67,6 +67,7 @@ static int m_config(lua_State *L)
 #define SETI(k, v) (lua_pushinteger(L, (v)), lua_setfield(L, -2, k))
 #define SETN(k, v) (lua_pushnumber(L, (v)), lua_setfield(L, -2, k))
     lua_pushstring(L, c->model_type); lua_setfield(L, -2, "model_type");
+    lua_pushstring(L, m->dir); lua_setfield(L, -2, "dir");
     SETI("vocab_size", c->vocab); SETI("hidden_size", c->hidden); SETI("intermediate_size", c->inter);
     SETI("num_hidden_layers", c->layers); SETI("num_attention_heads", c->heads);
     SETI("num_key_value_heads", c->kv_heads); SETI("head_dim", c->head_dim);

@@ -63,6 +63,34 @@ static int l_write_file(lua_State *L)
     return 1;
 }
 
+/* qlora.sys.trap_interrupt(true|false): Ctrl-C sets a flag instead of raising an error */
+static int l_trap_interrupt(lua_State *L) { ql_sigint_trap(lua_toboolean(L, 1)); return 0; }
+/* qlora.sys.interrupted() -> true once after each Ctrl-C while trapped */
+static int l_interrupted(lua_State *L) { lua_pushboolean(L, ql_sigint_take()); return 1; }
+/* qlora.sys.append_line(path, text): appends one line and flushes (metrics logs) */
+static int l_append_line(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    size_t n;
+    const char *s = luaL_checklstring(L, 2, &n);
+    FILE *f = fopen(path, "ab");
+    if (!f) { lua_pushnil(L); lua_pushfstring(L, "%s: cannot open for appending", path); return 2; }
+    fwrite(s, 1, n, f);
+    fputc('\n', f);
+    int bad = fclose(f) != 0;
+    if (bad) { lua_pushnil(L); lua_pushfstring(L, "%s: write failed (disk full?)", path); return 2; }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+/* qlora.sys.rename(from, to): atomic within a file system */
+static int l_rename(lua_State *L)
+{
+    const char *a = luaL_checkstring(L, 1), *b = luaL_checkstring(L, 2);
+    if (rename(a, b) != 0) { lua_pushnil(L); lua_pushfstring(L, "cannot rename %s to %s", a, b); return 2; }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static int l_build(lua_State *L)
 {
     lua_newtable(L);
@@ -83,7 +111,8 @@ static const luaL_Reg functions[] = {
     { "now", l_now }, { "threads", l_threads }, { "peak_rss", l_peak_rss }, { "isatty", l_isatty },
     { "term_width", l_term_width }, { "exists", l_exists }, { "is_dir", l_is_dir }, { "mtime", l_mtime },
     { "size", l_size }, { "mkdir", l_mkdir }, { "exe_dir", l_exe_dir }, { "write_file", l_write_file },
-    { "build", l_build },
+    { "build", l_build }, { "trap_interrupt", l_trap_interrupt }, { "interrupted", l_interrupted },
+    { "append_line", l_append_line }, { "rename", l_rename },
     { NULL, NULL }
 };
 

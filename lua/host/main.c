@@ -46,6 +46,11 @@ static void lstop(lua_State *L, lua_Debug *ar)
 
 static void on_sigint(int sig)
 {
+    if (ql_sigint_trapped()) {   /* a training loop asked to see Ctrl-C as a flag */
+        ql_sigint_note();
+        signal(sig, on_sigint);
+        return;
+    }
     signal(sig, SIG_DFL);  /* a second Ctrl-C kills */
     if (g_L) lua_sethook(g_L, lstop, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }

@@ -1,6 +1,28 @@
--- qlora.train — the training loop around qlora.lora's step: learning-rate
--- schedules, gradient clipping, (the trainer itself follows below).
+-- qlora.train — the training loop around qlora.lora's step.
+--
+-- Data: JSONL records in any of three shapes, tokenized with the model's tokenizer:
+--   {"text": ...}                                     every token is a target
+--   {"messages": [{"role": ..., "content": ...}]}     rendered with the chat template;
+--                                                     only assistant turns are targets
+--   {"instruction": ..., "input": ..., "output": ...} alpaca: only the output is a target
+-- Examples are packed into rows of seq_len tokens; documents in one row never
+-- see each other (positions restart, attention stops at the boundary).
+--
+--   local train = qlora.train
+--   local tr = train.new{model = m, tokenizer = tok, data = "data/chunks.jsonl", out = "runs/x",
+--                        lora = {r = 16, alpha = 32}, seq_len = 512, batch_size = 4, grad_accum = 1,
+--                        lr = 2e-4, warmup = 0.03, schedule = "cosine", epochs = 1, max_steps = nil,
+--                        weight_decay = 0, max_grad_norm = 1.0, seed = 0, eval_fraction = 0.05,
+--                        save_every = 100, eval_every = 50, checkpointing = false}
+--   tr:step()      -> {step, loss, lr, grad_norm, tokens, seconds}
+--   tr:evaluate()  -> mean loss on the held-out split
+--   tr:save(dir)   -> writes a checkpoint (adapter, optimizer state, trainer state)
+--   tr:fit()       -> the whole run: progress bar, metrics.jsonl, checkpoints, Ctrl-C, loss.svg
+--   train.new{..., resume = "runs/x/checkpoint-100"} continues a run exactly
 local M = {}
+local json, sys = qlora.json, qlora.sys
+
+-- ---------------------------------------------------------------- schedules and clipping
 
 -- multiplier of the base learning rate at optimizer step `step` (0-based), as
 -- transformers' get_{cosine,linear,constant}_schedule_with_warmup
@@ -21,6 +43,412 @@ function M.clip_grad_norm(lo, max_norm)
     if coef < 1 then lo:scale_grad(coef) end
   end
   return norm
+end
+
+-- ---------------------------------------------------------------- data
+
+-- reproducible permutation of 1..n for (seed, epoch): splitmix64 + Fisher-Yates,
+-- the same on every machine and Lua build
+local function splitmix(state)
+  state = state + 0x9E3779B97F4A7C15
+  local z = state
+  z = (z ~ (z >> 30)) * 0xBF58476D1CE4E5B9
+  z = (z ~ (z >> 27)) * 0x94D049BB133111EB
+  return state, z ~ (z >> 31)
+end
+function M.permutation(n, seed, epoch)
+  local p = {}
+  for i = 1, n do p[i] = i end
+  local s = (seed or 0) * 1000003 + (epoch or 0)
+  for i = n, 2, -1 do
+    local r
+    s, r = splitmix(s)
+    local j = (r >> 1) % i + 1
+    p[i], p[j] = p[j], p[i]
+  end
+  return p
+end
+
+function M.read_jsonl(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, path .. ": cannot open (" .. tostring(err) .. ")" end
+  local recs, n = {}, 0
+  for line in f:lines() do
+    n = n + 1
+    if line:find("%S") then
+      local v, e = json.decode(line, path .. ":" .. n)
+      if not v then f:close(); return nil, e end
+      if type(v) ~= "table" then f:close(); return nil, path .. ":" .. n .. ": a record must be a JSON object" end
+      recs[#recs + 1] = v
+    end
+  end
+  f:close()
+  if #recs == 0 then return nil, path .. ": no records (an empty file?)" end
+  return recs
+end
+
+local ALPACA = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+
+-- token ids and labels (-100 = not a target) of one record
+function M.encode_record(tok, rec)
+  local eos = tok.eos_id
+  if type(rec.text) == "string" then
+    local ids = tok:encode(rec.text)
+    if eos and ids[#ids] ~= eos then ids[#ids + 1] = eos end
+    return ids, { table.unpack(ids) }
+  end
+  local messages = rec.messages
+  if messages == nil and type(rec.instruction) == "string" and type(rec.output) == "string" then
+    local prompt = rec.instruction
+    if type(rec.input) == "string" and rec.input ~= "" then prompt = prompt .. "\n\n" .. rec.input end
+    if tok.chat_family then
+      messages = { { role = "user", content = prompt }, { role = "assistant", content = rec.output } }
+    else  -- no chat template: the Alpaca prompt
+      local p = tok:encode(ALPACA .. "### Instruction:\n" .. prompt .. "\n\n### Response:\n")
+      local o = tok:encode(rec.output, { add_special = false })
+      local ids, labels = {}, {}
+      for _, t in ipairs(p) do ids[#ids + 1] = t; labels[#labels + 1] = -100 end
+      for _, t in ipairs(o) do ids[#ids + 1] = t; labels[#labels + 1] = t end
+      if eos then ids[#ids + 1] = eos; labels[#labels + 1] = eos end
+      return ids, labels
+    end
+  end
+  if type(messages) == "table" then
+    if not tok.chat_family then return nil, "chat records need a tokenizer with a chat template" end
+    local ids = tok:apply_chat_template(messages, { tokenize = true })
+    local labels = {}
+    for i = 1, #ids do labels[i] = -100 end
+    -- each assistant turn: the tokens after the prompt that leads to it
+    for i, msg in ipairs(messages) do
+      if msg.role == "assistant" then
+        local before = tok:apply_chat_template({ table.unpack(messages, 1, i - 1) }, { tokenize = true, add_generation_prompt = true })
+        local through = tok:apply_chat_template({ table.unpack(messages, 1, i) }, { tokenize = true })
+        for k = 1, #before do
+          if before[k] ~= ids[k] then return nil, "the chat template does not render turns as prefixes; cannot mask prompts" end
+        end
+        for k = #before + 1, math.min(#through, #ids) do labels[k] = ids[k] end
+      end
+    end
+    return ids, labels
+  end
+  return nil, "unknown record: expected \"text\", \"messages\" or \"instruction\"/\"output\""
+end
+
+-- greedy packing, in the given order, into rows of seq_len; an example longer
+-- than seq_len is cut to seq_len. Returns rows {ids, labels, doc_lens} and the count cut.
+function M.pack(examples, order, seq_len, pad_id)
+  local rows, cut = {}, 0
+  local cur = { ids = {}, labels = {}, doc_lens = {} }
+  local function flush()
+    if #cur.ids == 0 then return end
+    for _ = #cur.ids + 1, seq_len do cur.ids[#cur.ids + 1] = pad_id; cur.labels[#cur.labels + 1] = -100 end
+    rows[#rows + 1] = cur
+    cur = { ids = {}, labels = {}, doc_lens = {} }
+  end
+  for _, i in ipairs(order) do
+    local ex = examples[i]
+    local n = #ex.ids
+    if n > seq_len then n = seq_len; cut = cut + 1 end
+    if #cur.ids + n > seq_len then flush() end
+    for k = 1, n do cur.ids[#cur.ids + 1] = ex.ids[k]; cur.labels[#cur.labels + 1] = ex.labels[k] end
+    cur.doc_lens[#cur.doc_lens + 1] = n
+  end
+  flush()
+  return rows, cut
+end
+
+-- targets in a row: label[i+1] ~= -100 with i+1 in the same document
+local function row_targets(row)
+  local t, start = 0, 0
+  for _, len in ipairs(row.doc_lens) do
+    for k = start + 2, start + len do if row.labels[k] ~= -100 then t = t + 1 end end
+    start = start + len
+  end
+  return t
+end
+
+-- ---------------------------------------------------------------- the trainer
+
+local Trainer = {}
+Trainer.__index = Trainer
+
+local function num(v, d) if v == nil then return d end return tonumber(v) end
+
+function M.new(cfg)
+  local self = setmetatable({ cfg = cfg }, Trainer)
+  assert(cfg.model, "train.new: model is required")
+  assert(cfg.tokenizer, "train.new: tokenizer is required")
+  self.model, self.tok = cfg.model, cfg.tokenizer
+  self.seq_len = num(cfg.seq_len, 512)
+  self.batch_size = num(cfg.batch_size, 4)
+  self.grad_accum = num(cfg.grad_accum, 1)
+  self.lr = num(cfg.lr, 2e-4)
+  self.seed = num(cfg.seed, 0)
+  self.out = cfg.out
+  -- data: records -> examples -> train / eval split (seeded)
+  local recs = cfg.records
+  if not recs then
+    local err
+    recs, err = M.read_jsonl(assert(cfg.data, "train.new: data (a JSONL file) or records is required"))
+    if not recs then error(err, 0) end
+  end
+  local examples, skipped = {}, 0
+  for i, r in ipairs(recs) do
+    local ids, labels = M.encode_record(self.tok, r)
+    if not ids then
+      skipped = skipped + 1
+      if skipped <= 3 then io.stderr:write(string.format("train: record %d skipped: %s\n", i, labels)) end
+    elseif #ids > 1 then
+      examples[#examples + 1] = { ids = ids, labels = labels }
+    end
+  end
+  if #examples == 0 then error("train: no usable records in the data", 0) end
+  local perm = M.permutation(#examples, self.seed, -1)
+  local n_eval = 0
+  local frac = num(cfg.eval_fraction, 0.05)
+  if frac > 0 and #examples >= 4 then n_eval = math.max(1, math.floor(#examples * frac + 0.5)) end
+  self.train_examples, self.eval_examples = {}, {}
+  for k, i in ipairs(perm) do
+    local dst = k <= n_eval and self.eval_examples or self.train_examples
+    dst[#dst + 1] = examples[i]
+  end
+  self.skipped = skipped
+  self.pad_id = self.tok.pad_id or self.tok.eos_id or 0
+  -- rows of epoch 0 tell the length of an epoch
+  local rows0, cut = M.pack(self.train_examples, M.permutation(#self.train_examples, self.seed, 0), self.seq_len, self.pad_id)
+  self.rows_per_epoch = #rows0
+  self.cut = cut
+  self.steps_per_epoch = math.max(1, math.ceil(#rows0 / (self.batch_size * self.grad_accum)))
+  self.max_steps = num(cfg.max_steps, nil) or math.ceil(num(cfg.epochs, 1) * self.steps_per_epoch)
+  local w = num(cfg.warmup, 0.03)
+  self.warmup = w < 1 and math.floor(w * self.max_steps + 0.5) or math.floor(w)
+  self.schedule_kind = cfg.schedule or "cosine"
+  -- adapter
+  local lopts = cfg.lora or {}
+  self.lora = cfg.adapter or qlora.lora.new(self.model, { r = num(lopts.r, 16), alpha = num(lopts.alpha, nil),
+    dropout = num(lopts.dropout, 0), rslora = lopts.rslora, targets = lopts.targets, layers = lopts.layers,
+    seed = self.seed })
+  self.state = { step = 0, epoch = 0, pos = 0, tokens = 0, losses = {}, eval = {} }
+  self.rows = rows0
+  if cfg.resume then self:load(cfg.resume) end
+  return self
+end
+
+function Trainer:_rows_for_epoch(epoch)
+  if epoch ~= self.rows_epoch then
+    self.rows = M.pack(self.train_examples, M.permutation(#self.train_examples, self.seed, epoch), self.seq_len, self.pad_id)
+    self.rows_epoch = epoch
+  end
+  return self.rows
+end
+
+-- the next micro-batch of rows (advances the data position, wrapping into the next epoch)
+function Trainer:_next_rows()
+  local st = self.state
+  local rows = self:_rows_for_epoch(st.epoch)
+  local out = {}
+  for _ = 1, self.batch_size do
+    if st.pos >= #rows then st.epoch = st.epoch + 1; st.pos = 0; rows = self:_rows_for_epoch(st.epoch) end
+    st.pos = st.pos + 1
+    out[#out + 1] = rows[st.pos]
+  end
+  return out
+end
+
+local function batch_of(rows)
+  local ids, labels, lens = {}, {}, {}
+  for i, r in ipairs(rows) do ids[i], labels[i], lens[i] = r.ids, r.labels, r.doc_lens end
+  return ids, labels, { doc_lens = lens }
+end
+
+-- one optimizer step over grad_accum micro-batches; the loss is normalised by the
+-- target tokens of the whole step (not per micro-batch)
+function Trainer:step()
+  local st, lo = self.state, self.lora
+  local t0 = sys.now()
+  local micro, denom = {}, 0
+  for k = 1, self.grad_accum do
+    micro[k] = self:_next_rows()
+    for _, r in ipairs(micro[k]) do denom = denom + row_targets(r) end
+  end
+  lo:zero_grad()
+  local sum, count, tokens = 0, 0, 0
+  for k = 1, self.grad_accum do
+    local ids, labels, opts = batch_of(micro[k])
+    opts.denom = math.max(1, denom)
+    opts.checkpointing = self.cfg.checkpointing and true or false
+    local s, c = lo:forward_backward(ids, labels, opts)
+    sum, count = sum + s, count + c
+    tokens = tokens + #ids * self.seq_len
+  end
+  local norm = M.clip_grad_norm(lo, num(self.cfg.max_grad_norm, 1.0))
+  local lr = self.lr * M.schedule(self.schedule_kind, st.step, self.warmup, self.max_steps)
+  st.step = st.step + 1
+  lo:adamw { lr = lr, beta1 = num(self.cfg.beta1, 0.9), beta2 = num(self.cfg.beta2, 0.999), eps = num(self.cfg.eps, 1e-8),
+             weight_decay = num(self.cfg.weight_decay, 0), step = st.step }
+  st.tokens = st.tokens + tokens
+  local info = { step = st.step, loss = count > 0 and sum / count or 0 / 0, lr = lr, grad_norm = norm,
+                 tokens = tokens, targets = count, seconds = sys.now() - t0, epoch = st.epoch }
+  st.losses[#st.losses + 1] = info.loss
+  return info
+end
+
+function Trainer:evaluate()
+  if #self.eval_examples == 0 then return nil end
+  local order = {}
+  for i = 1, #self.eval_examples do order[i] = i end
+  local rows = M.pack(self.eval_examples, order, self.seq_len, self.pad_id)
+  local sum, count = 0, 0
+  for i = 1, #rows, self.batch_size do
+    local ids, labels, opts = batch_of({ table.unpack(rows, i, math.min(#rows, i + self.batch_size - 1)) })
+    local _, s, c = self.lora:loss(ids, labels, opts)
+    sum, count = sum + s, count + c
+  end
+  local l = count > 0 and sum / count or 0 / 0
+  self.state.eval[#self.state.eval + 1] = { step = self.state.step, loss = l }
+  return l
+end
+
+-- a checkpoint: written into dir.tmp, then renamed, so a crash never leaves half of one
+function Trainer:save(dir)
+  local tmp = dir .. ".tmp"
+  os.execute("rm -rf '" .. tmp .. "'")
+  assert(sys.mkdir(tmp))
+  assert(self.lora:save(tmp, self.cfg.base_name or self.model:config().dir))
+  assert(self.lora:save_state(tmp .. "/optimizer.safetensors"))
+  local st = self.state
+  local state = { step = st.step, epoch = st.epoch, pos = st.pos, tokens = st.tokens, seed = self.seed,
+                  dropout_step = self.lora.dropout_step, lora_seed = self.lora.seed, losses = json.array(st.losses), eval = json.array(st.eval),
+                  max_steps = self.max_steps, warmup = self.warmup, lr = self.lr, schedule = self.schedule_kind,
+                  seq_len = self.seq_len, batch_size = self.batch_size, grad_accum = self.grad_accum }
+  assert(sys.write_file(tmp .. "/trainer_state.json", json.encode(state, { indent = 1 })))
+  os.execute("rm -rf '" .. dir .. "'")
+  assert(sys.rename(tmp, dir))
+  return dir
+end
+
+function Trainer:load(dir)
+  local f = assert(io.open(dir .. "/trainer_state.json", "rb"), dir .. ": no trainer_state.json (not a checkpoint?)")
+  local st = assert(json.decode(f:read("a"), dir .. "/trainer_state.json"))
+  f:close()
+  for _, k in ipairs({ "seq_len", "batch_size", "grad_accum", "seed" }) do
+    local mine = k == "seed" and self.seed or self[k]
+    if st[k] ~= mine then
+      error(string.format("%s: the checkpoint was made with %s=%s, this run has %s: resume with the same settings",
+                          dir, k, tostring(st[k]), tostring(mine)), 0)
+    end
+  end
+  local lo = assert(qlora.lora.load(self.model, dir))
+  assert(lo:load_state(dir .. "/optimizer.safetensors"))
+  lo:set_dropout_step(st.dropout_step or 0, st.lora_seed)
+  self.lora = lo
+  self.state = { step = st.step, epoch = st.epoch, pos = st.pos, tokens = st.tokens or 0,
+                 losses = st.losses or {}, eval = st.eval or {} }
+  self.max_steps, self.warmup, self.lr, self.schedule_kind = st.max_steps, st.warmup, st.lr, st.schedule
+  self.resumed_from = dir
+end
+
+-- ---------------------------------------------------------------- reporting
+
+local function fmt_time(s)
+  if s ~= s or s == math.huge then return "?" end
+  s = math.floor(s + 0.5)
+  if s >= 3600 then return string.format("%dh%02dm", s // 3600, (s % 3600) // 60) end
+  if s >= 60 then return string.format("%dm%02ds", s // 60, s % 60) end
+  return s .. "s"
+end
+
+-- loss curve as a small standalone SVG (training loss, and eval points)
+function M.plot_svg(losses, evals, path, title)
+  local W, H, L, R, T, B = 640, 360, 60, 20, 30, 40
+  local lo, hi = math.huge, -math.huge
+  for _, v in ipairs(losses) do if v == v then lo, hi = math.min(lo, v), math.max(hi, v) end end
+  for _, e in ipairs(evals or {}) do if e.loss == e.loss then lo, hi = math.min(lo, e.loss), math.max(hi, e.loss) end end
+  if lo == math.huge then lo, hi = 0, 1 end
+  if hi - lo < 1e-9 then hi = lo + 1 end
+  local n = math.max(2, #losses)
+  local function x(i) return L + (W - L - R) * (i - 1) / (n - 1) end
+  local function y(v) return T + (H - T - B) * (hi - v) / (hi - lo) end
+  local out = { string.format('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">', W, H),
+    string.format('<rect width="%d" height="%d" fill="white"/>', W, H),
+    string.format('<text x="%d" y="18" font-size="14">%s</text>', L, (title or "training loss"):gsub("[<&]", "")),
+    string.format('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>', L, H - B, W - R, H - B),
+    string.format('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>', L, T, L, H - B) }
+  for k = 0, 4 do
+    local v = lo + (hi - lo) * k / 4
+    out[#out + 1] = string.format('<text x="%d" y="%.1f" text-anchor="end">%.3g</text>', L - 6, y(v) + 4, v)
+  end
+  out[#out + 1] = string.format('<text x="%d" y="%d" text-anchor="middle">step (1..%d)</text>', (L + W - R) // 2, H - 10, #losses)
+  local pts = {}
+  for i, v in ipairs(losses) do if v == v then pts[#pts + 1] = string.format("%.1f,%.1f", x(i), y(v)) end end
+  out[#out + 1] = '<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="' .. table.concat(pts, " ") .. '"/>'
+  for _, e in ipairs(evals or {}) do
+    out[#out + 1] = string.format('<circle cx="%.1f" cy="%.1f" r="3" fill="#d62728"/>', x(math.max(1, e.step)), y(e.loss))
+  end
+  out[#out + 1] = '<text x="' .. (W - R - 150) .. '" y="18"><tspan fill="#1f77b4">— train</tspan> <tspan fill="#d62728">● eval</tspan></text>'
+  out[#out + 1] = "</svg>"
+  return sys.write_file(path, table.concat(out, "\n") .. "\n")
+end
+
+-- the whole run: steps until max_steps, checkpoints every save_every, eval every
+-- eval_every, metrics.jsonl, a progress line, Ctrl-C saves and stops, loss.svg at the end
+function Trainer:fit(opts)
+  opts = opts or {}
+  local st, out = self.state, self.out
+  assert(out, "fit: out (a folder) is required")
+  assert(sys.mkdir(out))
+  local metrics = out .. "/metrics.jsonl"
+  local save_every, eval_every = num(self.cfg.save_every, 0), num(self.cfg.eval_every, 0)
+  local tty = sys.isatty(1)
+  local t_start, tok_start = sys.now(), st.tokens
+  self.start_step = st.step
+  sys.trap_interrupt(true)
+  local stopped
+  local ok, err = pcall(function()
+    while st.step < self.max_steps do
+      local info = self:step()
+      local elapsed = sys.now() - t_start
+      local tps = (st.tokens - tok_start) / math.max(1e-9, elapsed)
+      local eta = (self.max_steps - st.step) * elapsed / math.max(1, st.step - (self.start_step or 0))
+      info.tokens_per_s = tps
+      if eval_every > 0 and st.step % eval_every == 0 then info.eval_loss = self:evaluate() end
+      assert(sys.append_line(metrics, json.encode(info)))
+      local line = string.format("step %d/%d  loss %.4f  lr %.2e  gnorm %.3f  %.0f tok/s  ETA %s%s", st.step,
+        self.max_steps, info.loss, info.lr, info.grad_norm, tps, fmt_time(eta),
+        info.eval_loss and string.format("  eval %.4f", info.eval_loss) or "")
+      if tty then
+        local width = math.max(10, sys.term_width() - #line - 4)
+        local done = math.floor(width * st.step / self.max_steps)
+        io.write("\r[" .. string.rep("#", done) .. string.rep(".", width - done) .. "] " .. line)
+        io.flush()
+      elseif st.step == 1 or st.step % math.max(1, self.max_steps // 20) == 0 or st.step == self.max_steps then
+        print(line)
+      end
+      if opts.on_step and opts.on_step(info) == false then stopped = "stopped by on_step"; break end
+      if save_every > 0 and st.step % save_every == 0 then self:save(out .. "/checkpoint-" .. st.step) end
+      if sys.interrupted() then stopped = "interrupted (Ctrl-C)"; break end
+    end
+  end)
+  sys.trap_interrupt(false)
+  if tty then io.write("\n") end
+  if not ok then error(err, 0) end
+  local final = self:save(out .. "/checkpoint-" .. st.step)
+  if not stopped then
+    self.lora:save(out .. "/adapter")
+    local ev = self:evaluate()
+    if ev then print(string.format("eval loss %.4f", ev)) end
+  else
+    print("train: " .. stopped .. "; saved " .. final .. " (resume with resume=" .. final .. ")")
+  end
+  M.plot_svg(st.losses, st.eval, out .. "/loss.svg", "training loss")
+  return { stopped = stopped, checkpoint = final, adapter = not stopped and out .. "/adapter" or nil, steps = st.step }
+end
+
+function Trainer:summary()
+  return string.format("%d training examples (%d held out, %d skipped, %d cut to seq_len %d) in %d rows per epoch; "
+    .. "%d steps of %d x %d rows; LoRA r=%d alpha=%g on %d parameters", #self.train_examples, #self.eval_examples,
+    self.skipped, self.cut, self.seq_len, self.rows_per_epoch, self.max_steps, self.grad_accum, self.batch_size,
+    self.lora.r, self.lora.alpha, self.lora:num_params())
 end
 
 return M

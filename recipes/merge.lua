@@ -1,0 +1,19 @@
+-- recipes/merge.lua — an adapter merged into its base model, as a new HF model folder.
+--
+--   qlora recipes/merge.lua model=path/to/Qwen2.5-7B adapter=runs/x/adapter out=models/qwen-docs
+--
+-- Merges into the original bf16/f16 weights of model= (never the NF4 copy used for
+-- training), streaming shard by shard. When model= is a 4-bit (bitsandbytes)
+-- checkpoint the weights are dequantized first and the note says what that costs.
+-- Writes safetensors shards (+ index), config.json and the tokenizer files.
+local base = args.model or error("model=path/to/base-model is required", 0)
+local adapter = args.adapter or error("adapter=path/to/adapter is required", 0)
+local out = args.out or error("out=path/for/the/merged/model is required", 0)
+local model, err = qlora.model.load(base, { quant = "none" })
+if not model then io.stderr:write("merge: " .. err .. "\n"); os.exit(2) end
+local lo, lerr = qlora.lora.load(model, adapter)
+if not lo then io.stderr:write("merge: " .. lerr .. "\n"); os.exit(2) end
+local t0 = qlora.sys.now()
+local note, merr = lo:merge(base, out)
+if not note then io.stderr:write("merge: " .. merr .. "\n"); os.exit(1) end
+print(string.format("merge: %s (%.1f s) -> %s", note, qlora.sys.now() - t0, out))
