@@ -7,21 +7,13 @@
 #include <stdio.h>
 #include <string.h>
 
-#if defined(__has_include)
-#if __has_include("ql_build.h")
-#include "ql_build.h"
-#endif
-#endif
-#ifndef QL_CUDA_ARCHS
-#define QL_CUDA_ARCHS ""
-#endif
 
 ql_status ql_device_probe(ql_device_report *r)
 {
     memset(r, 0, sizeof *r);
-    snprintf(r->archs, sizeof r->archs, "%s", QL_CUDA_ARCHS);
-    const char *last = strrchr(QL_CUDA_ARCHS, ',');
-    snprintf(r->ptx_arch, sizeof r->ptx_arch, "%s", last ? last + 1 : QL_CUDA_ARCHS);
+    snprintf(r->archs, sizeof r->archs, "%s", ql_build_cuda_archs());
+    const char *last = strrchr(ql_build_cuda_archs(), ',');
+    snprintf(r->ptx_arch, sizeof r->ptx_arch, "%s", last ? last + 1 : ql_build_cuda_archs());
 #ifdef QL_CUDA
     r->cuda_built = 1;
     return ql_cuda_probe(r);

@@ -68,3 +68,7 @@ const char *ql_status_name(ql_status s)
 #endif
 const char *ql_build_commit(void) { return QL_COMMIT; }
 const char *ql_build_options(void) { return QL_BUILD_OPTIONS; }
+#ifndef QL_CUDA_ARCHS
+#define QL_CUDA_ARCHS ""
+#endif
+const char *ql_build_cuda_archs(void) { return QL_CUDA_ARCHS; }

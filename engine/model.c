@@ -79,17 +79,23 @@ ql_status ql_linear_fwd(ql_model *m, const ql_linear *L, const float *x, int64_t
 
 /* ---------------------------------------------------------------- per-layer pieces */
 
-/* y = x * rsqrt(mean(x^2) + eps) * w, per row of H */
-void ql_rmsnorm(const float *x, const float *w, int64_t n, int H, double eps, float *y)
+/* y = x * rsqrt(mean(x^2) + eps) * w, per row of H; r (may be NULL) keeps each row's rsqrt */
+void ql_rmsnorm_r(const float *x, const float *w, int64_t n, int H, double eps, float *y, float *r)
 {
     for (int64_t i = 0; i < n; i++) {
         const float *xi = x + i * H;
         float *yi = y + i * H;
         float ss = 0;
         for (int j = 0; j < H; j++) ss += xi[j] * xi[j];
-        float r = 1.0f / sqrtf(ss / (float)H + (float)eps);
-        for (int j = 0; j < H; j++) yi[j] = w[j] * (xi[j] * r);
+        float ri = 1.0f / sqrtf(ss / (float)H + (float)eps);
+        if (r) r[i] = ri;
+        for (int j = 0; j < H; j++) yi[j] = w[j] * (xi[j] * ri);
     }
+}
+
+void ql_rmsnorm(const float *x, const float *w, int64_t n, int H, double eps, float *y)
+{
+    ql_rmsnorm_r(x, w, n, H, eps, y, NULL);
 }
 
 /* rotate-half RoPE on nh heads of each row of x [n, nh*hd] */

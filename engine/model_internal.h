@@ -16,6 +16,8 @@ ql_status ql_model_scratch(ql_model *m, int64_t n);
 ql_status ql_linear_fwd(ql_model *m, const ql_linear *L, const float *x, int64_t n, float *y);
 /* y = x * rsqrt(mean(x^2) + eps) * w per row of H */
 void ql_rmsnorm(const float *x, const float *w, int64_t n, int H, double eps, float *y);
+/* the same, also keeping each row's inverse rms in r[n] (the backward needs it) */
+void ql_rmsnorm_r(const float *x, const float *w, int64_t n, int H, double eps, float *y, float *r);
 /* rotate-half RoPE of nh heads per row at positions pos */
 void ql_rope(float *x, int64_t n, int nh, int hd, const int32_t *pos, const float *inv_freq);
 void ql_embed_rows(const ql_tensor *E, const int32_t *ids, int64_t n, int H, float *x);

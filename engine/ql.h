@@ -52,6 +52,7 @@ const char *ql_status_name(ql_status s);
 /* Build facts, filled by the build system. */
 const char *ql_build_commit(void);
 const char *ql_build_options(void);
+const char *ql_build_cuda_archs(void);   /* "75,80,...,120", "" for a CPU-only build */
 
 #ifdef __cplusplus
 }

@@ -60,20 +60,6 @@ static void acts_carve(acts *a, float *p, const ql_model *m, const ql_lora *l, i
 
 /* ---------------------------------------------------------------- pieces */
 
-/* as ql_rmsnorm, also keeping the inverse rms of each row */
-static void rmsnorm_r(const float *x, const float *w, int64_t n, int H, double eps, float *y, float *r)
-{
-    for (int64_t i = 0; i < n; i++) {
-        const float *xi = x + i * H;
-        float *yi = y + i * H;
-        float ss = 0;
-        for (int j = 0; j < H; j++) ss += xi[j] * xi[j];
-        float ri = 1.0f / sqrtf(ss / (float)H + (float)eps);
-        r[i] = ri;
-        for (int j = 0; j < H; j++) yi[j] = w[j] * (xi[j] * ri);
-    }
-}
-
 /* dx += d/dx of y = w * x * r(x), given dy */
 static void rmsnorm_bwd(const float *x, const float *w, const float *r, const float *dy, int64_t n, int H, float *dx)
 {
@@ -263,7 +249,7 @@ static ql_status layer_fwd(ql_model *m, ql_lora *l, int layer, const ql_batch *b
     dropctx dc = { l, train, layer };
     ql_lora_mod *mods[QL_NTARGETS];
     for (int t = 0; t < QL_NTARGETS; t++) mods[t] = ql_lora_at(l, layer, t);
-    rmsnorm_r(xin, ql_tensor_data(B->attn_norm), n, (int)H, c->eps, a->xn1, a->r1);
+    ql_rmsnorm_r(xin, ql_tensor_data(B->attn_norm), n, (int)H, c->eps, a->xn1, a->r1);
     QL_TRY(lin_fwd(m, &B->q, mods[QL_T_Q], QL_T_Q, &dc, a->xn1, n, a->q, a->xa[QL_T_Q], w->tmp));
     QL_TRY(lin_fwd(m, &B->k, mods[QL_T_K], QL_T_K, &dc, a->xn1, n, a->k, a->xa[QL_T_K], w->tmp));
     QL_TRY(lin_fwd(m, &B->v, mods[QL_T_V], QL_T_V, &dc, a->xn1, n, a->v, a->xa[QL_T_V], w->tmp));
@@ -273,7 +259,7 @@ static ql_status layer_fwd(ql_model *m, ql_lora *l, int layer, const ql_batch *b
     ql_parallel_for(n * c->heads, 16, ql_attn_range, &j);
     QL_TRY(lin_fwd(m, &B->o, mods[QL_T_O], QL_T_O, &dc, a->att, n, a->xmid, a->xa[QL_T_O], w->tmp));
     for (int64_t i = 0; i < n * H; i++) a->xmid[i] = xin[i] + a->xmid[i];
-    rmsnorm_r(a->xmid, ql_tensor_data(B->mlp_norm), n, (int)H, c->eps, a->xn2, a->r2);
+    ql_rmsnorm_r(a->xmid, ql_tensor_data(B->mlp_norm), n, (int)H, c->eps, a->xn2, a->r2);
     QL_TRY(lin_fwd(m, &B->gate, mods[QL_T_GATE], QL_T_GATE, &dc, a->xn2, n, a->g, a->xa[QL_T_GATE], w->tmp));
     QL_TRY(lin_fwd(m, &B->up, mods[QL_T_UP], QL_T_UP, &dc, a->xn2, n, a->u, a->xa[QL_T_UP], w->tmp));
     for (int64_t i = 0; i < n * NI; i++) a->hsw[i] = a->g[i] / (1.0f + expf(-a->g[i])) * a->u[i];
@@ -399,7 +385,7 @@ static ql_status loss_head(ql_model *m, const ql_batch *b, const int32_t *labels
     int64_t rows[CH];
     int32_t tgt[CH];
     ql_status s = xf && rr && xs && lg && (!dx || dxf) ? QL_OK : ql_fail(QL_ENOMEM, "out of host memory");
-    if (s == QL_OK) rmsnorm_r(x, ql_tensor_data(m->norm), n, (int)H, c->eps, xf, rr);
+    if (s == QL_OK) ql_rmsnorm_r(x, ql_tensor_data(m->norm), n, (int)H, c->eps, xf, rr);
     int k = 0;
     for (int64_t i = 0; s == QL_OK && i < n; i++) {
         if (i + 1 < n && b->lo[i + 1] <= i && labels[i + 1] != -100) {

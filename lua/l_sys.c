@@ -8,14 +8,6 @@
 
 #include "platform.h"
 
-#if defined(__has_include)
-#if __has_include("ql_build.h")
-#include "ql_build.h"
-#endif
-#endif
-#ifndef QL_CUDA_ARCHS
-#define QL_CUDA_ARCHS ""
-#endif
 
 static int l_now(lua_State *L) { lua_pushnumber(L, ql_now()); return 1; }
 static int l_threads(lua_State *L)
@@ -97,7 +89,7 @@ static int l_build(lua_State *L)
     lua_pushstring(L, QL_VERSION); lua_setfield(L, -2, "version");
     lua_pushstring(L, ql_build_commit()); lua_setfield(L, -2, "commit");
     lua_pushstring(L, ql_build_options()); lua_setfield(L, -2, "options");
-    lua_pushstring(L, QL_CUDA_ARCHS); lua_setfield(L, -2, "cuda_archs");
+    lua_pushstring(L, ql_build_cuda_archs()); lua_setfield(L, -2, "cuda_archs");
 #ifdef QL_CUDA
     lua_pushboolean(L, 1);
 #else

@@ -24,14 +24,6 @@
 #include "platform.h"
 #include "repl.h"
 
-#if defined(__has_include)
-#if __has_include("ql_build.h")
-#include "ql_build.h"
-#endif
-#endif
-#ifndef QL_CUDA_ARCHS
-#define QL_CUDA_ARCHS ""
-#endif
 
 /* ---------------------------------------------------------------- Ctrl-C */
 
@@ -156,7 +148,7 @@ static void print_version(void)
 {
     printf("qlora %s (commit %s)\n", QL_VERSION, ql_build_commit());
     printf("build: %s\n", ql_build_options());
-    printf("CUDA architectures: %s\n", *QL_CUDA_ARCHS ? QL_CUDA_ARCHS : "none (CPU-only build)");
+    printf("CUDA architectures: %s\n", *ql_build_cuda_archs() ? ql_build_cuda_archs() : "none (CPU-only build)");
     printf("%s\n", LUA_RELEASE);
 }
 
