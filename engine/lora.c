@@ -225,7 +225,7 @@ ql_status ql_lora_save_peft(const ql_lora *l, const char *dir, const char *base_
     }
     fprintf(fp, ",\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"modules_to_save\": null,\n"
                 "  \"init_lora_weights\": true,\n  \"rank_pattern\": {},\n  \"alpha_pattern\": {},\n"
-                "  \"use_dora\": false,\n  \"inference_mode\": true,\n  \"library\": \"qlora " QL_VERSION "\"\n}\n");
+                "  \"use_dora\": false,\n  \"inference_mode\": true\n}\n");
     return ql_atomic_commit(&af);
 }
 
