@@ -22,6 +22,20 @@
 /* ---------------------------------------------------------------- weights as f32 */
 
 /* rows [r0, r1) of a [out, in] weight as f32 into dst */
+typedef struct { const uint16_t *src; float *dst; } widen_job;
+static void widen_range(void *arg, int64_t b, int64_t e)
+{
+    const widen_job *w = arg;
+    uint32_t *d = (uint32_t *)w->dst;   /* bf16 -> f32 is a 16-bit shift: a loop the compiler vectorizes */
+    for (int64_t i = b; i < e; i++) d[i] = (uint32_t)w->src[i] << 16;
+}
+
+void ql_bf16_to_f32_n(const uint16_t *src, float *dst, int64_t n)
+{
+    widen_job w = { src, dst };
+    ql_parallel_for(n, 1 << 18, widen_range, &w);
+}
+
 ql_status ql_weight_rows_f32(const ql_tensor *w, int64_t r0, int64_t r1, int64_t in, float *dst)
 {
     int64_t n = (r1 - r0) * in;
@@ -33,7 +47,7 @@ ql_status ql_weight_rows_f32(const ql_tensor *w, int64_t r0, int64_t r1, int64_t
     const char *base = (const char *)ql_tensor_data(w);
     switch (w->dtype) {
     case QL_F32: memcpy(dst, base + r0 * in * 4, (size_t)n * 4); break;
-    case QL_BF16: { const uint16_t *p = (const uint16_t *)base + r0 * in; for (int64_t i = 0; i < n; i++) dst[i] = ql_bf16_to_f32(p[i]); break; }
+    case QL_BF16: ql_bf16_to_f32_n((const uint16_t *)base + r0 * in, dst, n); break;
     case QL_F16: { const uint16_t *p = (const uint16_t *)base + r0 * in; for (int64_t i = 0; i < n; i++) dst[i] = ql_f16_to_f32(p[i]); break; }
     default: return ql_fail(QL_EINVAL, "weights must be f32, bf16, f16 or nf4");
     }
@@ -155,6 +169,63 @@ void ql_attn_range(void *arg, int64_t b, int64_t e)
     free(p);
 }
 
+/* Attention of a batch. Runs of queries that form one causal document over the
+   batch's own keys (lo constant, hi = i + 1) go through BLAS, a (run x run) score
+   matrix per head with the upper triangle masked; everything else (the KV cache,
+   sliding windows) through the scalar ql_attn_range. Both compute softmax(q k^T /
+   sqrt(hd)) v over the same keys. */
+void ql_attention(ql_attn_job *j, int keys_are_batch)
+{
+    int64_t n = j->n;
+    int Q = j->heads * j->hd, KV = j->kv_heads * j->hd, g = j->heads / j->kv_heads, hd = j->hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    int64_t i = 0;
+    while (i < n) {
+        int64_t s = i, e = i;
+        if (keys_are_batch && j->lo[i] == i)
+            while (e < n && j->lo[e] == s && j->hi[e] == e + 1) e++;
+        int64_t len = e - s;
+        if (len < 16 || (j->window > 0 && len > j->window)) {
+            /* scalar: this query alone (or a short run) */
+            int64_t stop = len > 0 ? e : i + 1;
+            ql_attn_job sub = *j;
+            sub.q = j->q + s * Q;
+            sub.out = j->out + s * Q;
+            sub.lo = j->lo + s;
+            sub.hi = j->hi + s;
+            sub.n = stop - s;
+            ql_parallel_for(sub.n * j->heads, 16, ql_attn_range, &sub);
+            i = stop;
+            continue;
+        }
+        float *S = malloc(sizeof(float) * (size_t)(len * len));
+        if (!S) {   /* no room for the score matrix: the scalar path needs none */
+            ql_attn_job sub = *j;
+            sub.q = j->q + s * Q; sub.out = j->out + s * Q; sub.lo = j->lo + s; sub.hi = j->hi + s; sub.n = len;
+            ql_parallel_for(sub.n * j->heads, 16, ql_attn_range, &sub);
+            i = e;
+            continue;
+        }
+        for (int h = 0; h < j->heads; h++) {
+            int kh = h / g;
+            const float *Qh = j->q + s * Q + (int64_t)h * hd, *Kh = j->k + s * KV + (int64_t)kh * hd;
+            const float *Vh = j->v + s * KV + (int64_t)kh * hd;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)len, (int)len, hd, 1.0f, Qh, Q, Kh, KV, 0.0f, S, (int)len);
+            for (int64_t r = 0; r < len; r++) {
+                float *row = S + r * len, mx = -INFINITY, sum = 0;
+                for (int64_t c = 0; c <= r; c++) { row[c] *= scale; if (row[c] > mx) mx = row[c]; }
+                for (int64_t c = 0; c <= r; c++) { row[c] = expf(row[c] - mx); sum += row[c]; }
+                for (int64_t c = 0; c <= r; c++) row[c] /= sum;
+                for (int64_t c = r + 1; c < len; c++) row[c] = 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)len, hd, (int)len, 1.0f, S, (int)len, Vh, KV, 0.0f,
+                        j->out + s * Q + (int64_t)h * hd, Q);
+        }
+        free(S);
+        i = e;
+    }
+}
+
 void ql_embed_rows(const ql_tensor *E, const int32_t *ids, int64_t n, int H, float *x)
 {
     const char *base = ql_tensor_data(E);
@@ -209,7 +280,7 @@ ql_status ql_model_hidden(ql_model *m, const ql_batch *b, ql_kv_cache *cache, fl
             V = cache->v[l];
         }
         ql_attn_job j = { q, K, V, att, b->lo, b->hi, c->heads, c->kv_heads, hd, c->sliding_window, n };
-        ql_parallel_for(n * c->heads, 16, ql_attn_range, &j);
+        ql_attention(&j, cache == NULL);
         if ((s = ql_linear_fwd(m, &B->o, att, n, xn))) break;
         for (int64_t i = 0; i < n * H; i++) x[i] += xn[i];
         ql_rmsnorm(x, ql_tensor_data(B->mlp_norm), n, H, c->eps, xn);

@@ -31,5 +31,9 @@ typedef struct ql_attn_job {
 } ql_attn_job;
 /* ql_parallel_for body over n * heads (query, head) pairs */
 void ql_attn_range(void *arg, int64_t b, int64_t e);
+/* the whole batch: BLAS for causal documents over the batch's own keys, else ql_attn_range */
+void ql_attention(ql_attn_job *j, int keys_are_batch);
+/* n bf16 values widened to f32, on all threads */
+void ql_bf16_to_f32_n(const uint16_t *src, float *dst, int64_t n);
 
 #endif

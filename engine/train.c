@@ -256,7 +256,7 @@ static ql_status layer_fwd(ql_model *m, ql_lora *l, int layer, const ql_batch *b
     ql_rope(a->q, n, c->heads, c->head_dim, b->pos, m->inv_freq);
     ql_rope(a->k, n, c->kv_heads, c->head_dim, b->pos, m->inv_freq);
     ql_attn_job j = { a->q, a->k, a->v, a->att, b->lo, b->hi, c->heads, c->kv_heads, c->head_dim, c->sliding_window, n };
-    ql_parallel_for(n * c->heads, 16, ql_attn_range, &j);
+    ql_attention(&j, 1);
     QL_TRY(lin_fwd(m, &B->o, mods[QL_T_O], QL_T_O, &dc, a->att, n, a->xmid, a->xa[QL_T_O], w->tmp));
     for (int64_t i = 0; i < n * H; i++) a->xmid[i] = xin[i] + a->xmid[i];
     ql_rmsnorm_r(a->xmid, ql_tensor_data(B->mlp_norm), n, (int)H, c->eps, a->xn2, a->r2);
