@@ -12,7 +12,7 @@ golden.safetensors with transformers' results, computed in fp32 on the CPU:
   nf4         -> logits of transformers + bitsandbytes 4-bit (nf4, double quant,
                  fp32 compute) loaded from the same checkpoint
 
-    /opt/refenv/bin/python tests/gen/gen_models.py
+    /opt/refenv/bin/python tests/gen/gen_models.py [NAME ...]
 """
 import json
 import os
@@ -21,7 +21,7 @@ import shutil
 import torch
 import transformers
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "models")
 VOCAB = 512
@@ -38,6 +38,12 @@ configs = {
         rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+        bos_token_id=1, eos_token_id=2),
+    # Mistral with a sliding window shorter than the test sequences: token i sees i-5..i
+    "tiny-mistral": MistralConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, sliding_window=6,
         bos_token_id=1, eos_token_id=2),
 }
 
@@ -121,5 +127,8 @@ def golden(name, cfg):
     print(name, "written:", sorted(os.listdir(d)))
 
 
+import sys
 for name, cfg in configs.items():
+    if len(sys.argv) > 1 and name not in sys.argv[1:]:
+        continue
     golden(name, cfg)

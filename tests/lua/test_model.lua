@@ -1,14 +1,15 @@
 -- Models against transformers (tests/gen/gen_models.py): tiny random Qwen2
 -- (tied embeddings, qkv biases) and Llama (llama3 RoPE scaling, GQA 4:1) in
--- bf16; fp32 logits, loss, packed documents, greedy generation, and the NF4
--- path against transformers + bitsandbytes 4-bit on the same checkpoint.
+-- bf16, and Mistral with a sliding window (6) shorter than the sequences; fp32
+-- logits, loss, packed documents, greedy generation with the KV cache, and the
+-- NF4 path against transformers + bitsandbytes 4-bit on the same checkpoint.
 local T = ...
 local tensor, model = qlora.tensor, qlora.model
 
 -- max |a - r| / max |r|: the "max relative error" of the issue
 local function rel(a, r) return ((a - r):abs():max() / r:abs():max()):item() end
 
-for _, name in ipairs({ "tiny-qwen2", "tiny-llama" }) do
+for _, name in ipairs({ "tiny-qwen2", "tiny-llama", "tiny-mistral" }) do
   local dir = T.fixture("models/" .. name)
   local G
   local function golden() G = G or assert(tensor.load(dir .. "/golden.safetensors")); return G end
@@ -161,4 +162,22 @@ T.test("bad input: missing shard, missing tensor, dtype we do not take", functio
   bad["model.norm.weight"] = tensor.ones({ 64 }, { dtype = "i32" })
   assert(tensor.save(d .. "/model.safetensors", bad))
   expect_error(d, "I32")
+end)
+
+T.test("f32 and f16 checkpoints load and compute the same function", function()
+  local src = T.fixture("models/tiny-llama")
+  local g = assert(tensor.load(src .. "/golden.safetensors"))
+  local w = assert(tensor.load(src .. "/model.safetensors"))
+  for _, dt in ipairs({ "f32", "f16" }) do
+    local d = T.tmpdir()
+    os.execute(string.format("cp '%s'/config.json '%s'/", src, d))
+    local conv = {}
+    for k, t in pairs(w) do conv[k] = t:to(dt) end
+    assert(tensor.save(d .. "/model.safetensors", conv))
+    local m = assert(model.load(d))
+    -- bf16 -> f32 is exact; bf16 -> f16 is exact too except below f16's normal range (6e-5)
+    local e = rel(m:logits(g.ids:totable()), g.logits)
+    T.truthy(e <= (dt == "f32" and 1e-4 or 1e-3), dt .. ": max relative error " .. e)
+    os.execute("rm -rf '" .. d .. "'")
+  end
 end)
