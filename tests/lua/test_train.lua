@@ -113,3 +113,22 @@ T.test("a run killed with SIGKILL resumes to the same losses step for step", fun
   T.truthy(rc ~= 0 and out:find("batch_size"), out)
   os.execute("rm -rf '" .. dir .. "'")
 end)
+
+T.test("Ctrl-C during training saves a checkpoint and stops cleanly", function()
+  local dir = T.tmpdir()
+  tiny(dir .. "/m")
+  write_data(dir .. "/d.jsonl", 40)
+  local run = dir .. "/run"
+  local cmd = T.qlora .. " recipes/train.lua model=" .. dir .. "/m data=" .. dir .. "/d.jsonl out=" .. run ..
+              " seq_len=32 batch=2 steps=100000 lr=1e-3 r=4 save_every=0"
+  -- start, wait for the first step's metrics line, then send SIGINT
+  local _, rc = T.sh("(" .. cmd .. " > " .. dir .. "/log 2>&1 & p=$!; for i in $(seq 300); do " ..
+                     "[ -s " .. run .. "/metrics.jsonl ] && break; sleep 0.1; done; kill -INT $p; wait $p)")
+  local log = io.open(dir .. "/log"):read("a")
+  T.eq(rc, 0, log)
+  T.truthy(log:find("interrupted %(Ctrl%-C%)"), log)
+  local ckpt = log:match("saved (%S+checkpoint%-%d+)")
+  T.truthy(ckpt and io.open(ckpt .. "/trainer_state.json"), "a checkpoint was written: " .. log)
+  T.truthy(io.open(run .. "/loss.svg"), "the plot is written too")
+  os.execute("rm -rf '" .. dir .. "'")
+end)
