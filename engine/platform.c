@@ -40,16 +40,52 @@ int ql_num_threads(void)
 
 void ql_set_num_threads(int n) { ql_threads = n > 256 ? 256 : n; }
 
-typedef struct {
+/* A persistent pool: workers sleep on a condition variable between jobs, so a
+   parallel loop costs a wake-up rather than thread creation, and per-thread
+   caches (the tokenizer's) survive across calls. One loop runs at a time;
+   a loop started while another runs (from another thread) or from inside a
+   worker runs inline on its caller. */
+static struct {
+    pthread_mutex_t lock;           /* held by the thread whose loop runs */
+    pthread_mutex_t m;              /* guards the fields below */
+    pthread_cond_t wake, done;
+    int nworkers;
+    uint64_t generation;
     ql_task_fn fn;
     void *arg;
-    int64_t begin, end;
-} ql_job;
+    int64_t n, chunk, nchunks;
+    int64_t next;                   /* next chunk to take */
+    int64_t pending;                /* chunks not finished */
+} pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+           PTHREAD_COND_INITIALIZER, 0, 0, NULL, NULL, 0, 0, 0, 0, 0 };
+static _Thread_local int in_worker;
 
-static void *ql_job_run(void *p)
+/* takes and runs chunks of the current loop until none is left; called with pool.m held */
+static void run_chunks(void)
 {
-    ql_job *j = p;
-    j->fn(j->arg, j->begin, j->end);
+    while (pool.next < pool.nchunks) {
+        int64_t c = pool.next++;
+        ql_task_fn fn = pool.fn;
+        void *arg = pool.arg;
+        int64_t b = c * pool.chunk, e = b + pool.chunk < pool.n ? b + pool.chunk : pool.n;
+        pthread_mutex_unlock(&pool.m);
+        fn(arg, b, e);
+        pthread_mutex_lock(&pool.m);
+        if (--pool.pending == 0) pthread_cond_broadcast(&pool.done);
+    }
+}
+
+static void *worker_main(void *p)
+{
+    (void)p;
+    in_worker = 1;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&pool.m);
+    for (;;) {
+        while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.m);
+        seen = pool.generation;
+        run_chunks();
+    }
     return NULL;
 }
 
@@ -59,24 +95,34 @@ void ql_parallel_for(int64_t n, int64_t grain, ql_task_fn fn, void *arg)
     if (grain < 1) grain = 1;
     int64_t nt = ql_num_threads();
     if (nt > n / grain) nt = n / grain;
-    if (nt <= 1) { fn(arg, 0, n); return; }
-    ql_job jobs[256];
-    pthread_t tid[256];
-    int started[256] = {0};
-    int64_t chunk = (n + nt - 1) / nt;
-    for (int64_t t = 0; t < nt; t++) {
-        jobs[t].fn = fn; jobs[t].arg = arg;
-        jobs[t].begin = t * chunk;
-        jobs[t].end = (t + 1) * chunk < n ? (t + 1) * chunk : n;
+    if (nt <= 1 || in_worker || pthread_mutex_trylock(&pool.lock) != 0) { fn(arg, 0, n); return; }
+    pthread_mutex_lock(&pool.m);
+    while (pool.nworkers < nt - 1 && pool.nworkers < 255) {
+        pthread_t t;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        int ok = pthread_create(&t, &at, worker_main, NULL) == 0;
+        pthread_attr_destroy(&at);
+        if (!ok) break;
+        pool.nworkers++;
     }
-    /* thread 0's share runs on the caller */
-    for (int64_t t = 1; t < nt; t++)
-        started[t] = pthread_create(&tid[t], NULL, ql_job_run, &jobs[t]) == 0;
-    fn(arg, jobs[0].begin, jobs[0].end);
-    for (int64_t t = 1; t < nt; t++) {
-        if (started[t]) pthread_join(tid[t], NULL);
-        else fn(arg, jobs[t].begin, jobs[t].end); /* could not start: run here */
-    }
+    /* a few chunks per thread balance uneven work */
+    int64_t nchunks = nt * 4 < n / grain ? nt * 4 : n / grain;
+    if (nchunks < 1) nchunks = 1;
+    pool.fn = fn;
+    pool.arg = arg;
+    pool.n = n;
+    pool.chunk = (n + nchunks - 1) / nchunks;
+    pool.nchunks = (n + pool.chunk - 1) / pool.chunk;
+    pool.next = 0;
+    pool.pending = pool.nchunks;
+    pool.generation++;
+    pthread_cond_broadcast(&pool.wake);
+    run_chunks();                        /* the caller works too */
+    while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.m);
+    pthread_mutex_unlock(&pool.m);
+    pthread_mutex_unlock(&pool.lock);
 }
 
 struct ql_mutex { pthread_mutex_t m; };

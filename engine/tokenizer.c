@@ -484,12 +484,12 @@ typedef struct wc_ent { uint64_t h; uint8_t klen, nids; char key[WC_KEY]; int32_
 typedef struct word_cache { uint64_t serial; wc_ent e[WC_SLOTS]; } word_cache;
 static tss_t wc_key;
 static once_flag wc_once = ONCE_FLAG_INIT;
-static int wc_ok;
-static void wc_init(void) { wc_ok = tss_create(&wc_key, free) == thrd_success; }
+static _Atomic int wc_ok;   /* atomic: set once under call_once, read by every thread */
+static void wc_init(void) { atomic_store(&wc_ok, tss_create(&wc_key, free) == thrd_success); }
 static word_cache *wc_get(const ql_tokenizer *t)
 {
     call_once(&wc_once, wc_init);
-    if (!wc_ok) return NULL;
+    if (!atomic_load(&wc_ok)) return NULL;
     word_cache *w = tss_get(wc_key);
     if (!w) {
         w = calloc(1, sizeof *w);
