@@ -244,6 +244,8 @@ void ql_embed_rows(const ql_tensor *E, const int32_t *ids, int64_t n, int H, flo
 
 ql_status ql_model_hidden(ql_model *m, const ql_batch *b, ql_kv_cache *cache, float *out)
 {
+    if (m->device.type != QL_DEV_CPU)
+        return ql_fail(QL_EUNSUPPORTED, "hidden states are computed by the CPU reference; this model lives on the GPU");
     const ql_model_config *c = &m->cfg;
     int64_t n = b->n;
     int H = c->hidden, hd = c->head_dim, Q = c->heads * hd, KV = c->kv_heads * hd, NI = c->inter;
@@ -299,6 +301,7 @@ ql_status ql_model_hidden(ql_model *m, const ql_batch *b, ql_kv_cache *cache, fl
 
 ql_status ql_model_logits(ql_model *m, const ql_batch *b, ql_kv_cache *cache, float *logits)
 {
+    if (m->device.type != QL_DEV_CPU || m->graph) return ql_model_logits_dev(m, b, cache, logits);
     int H = m->cfg.hidden;
     float *h = malloc(sizeof(float) * (size_t)(b->n * H > 0 ? b->n * H : 1));
     if (!h) return ql_fail(QL_ENOMEM, "out of host memory");
@@ -331,8 +334,31 @@ void ql_batch_ranges(int rows, int T, const int32_t *doc_lens, const int *ndocs,
     }
 }
 
+/* the loss of a model on a GPU: logits computed there, cross-entropy here */
+static ql_status loss_from_logits(ql_model *m, const ql_batch *b, const int32_t *labels, double *sum, int64_t *count)
+{
+    int64_t n = b->n, V = m->cfg.vocab;
+    float *lg = malloc(sizeof(float) * (size_t)(n * V));
+    if (!lg) return ql_fail(QL_ENOMEM, "out of host memory for %lld x %lld logits", (long long)n, (long long)V);
+    ql_status s = ql_model_logits_dev(m, b, NULL, lg);
+    for (int64_t i = 0; s == QL_OK && i + 1 < n; i++) {
+        if (!(b->lo[i + 1] <= i && labels[i + 1] != -100)) continue;
+        if (labels[i + 1] < 0 || labels[i + 1] >= V) { s = ql_fail(QL_EINVAL, "label %d outside the vocabulary", labels[i + 1]); break; }
+        const float *z = lg + i * V;
+        float mx = -INFINITY;
+        for (int64_t t = 0; t < V; t++) if (z[t] > mx) mx = z[t];
+        double se = 0;
+        for (int64_t t = 0; t < V; t++) se += exp((double)z[t] - mx);
+        *sum += (log(se) + mx) - z[labels[i + 1]];
+        (*count)++;
+    }
+    free(lg);
+    return s;
+}
+
 ql_status ql_model_loss(ql_model *m, const ql_batch *b, const int32_t *labels, double *sum, int64_t *count)
 {
+    if (m->device.type != QL_DEV_CPU || m->graph) { *sum = 0; *count = 0; return loss_from_logits(m, b, labels, sum, count); }
     const ql_model_config *c = &m->cfg;
     int H = c->hidden, V = c->vocab;
     int64_t n = b->n;
@@ -381,6 +407,19 @@ ql_kv_cache *ql_kv_cache_new(const ql_model *m, int max_len)
     if (!c) { ql_fail(QL_ENOMEM, "out of memory"); return NULL; }
     c->layers = L;
     c->max_len = max_len;
+    if (m->device.type != QL_DEV_CPU || m->graph) {   /* the cache lives with the layers */
+        c->dk = calloc((size_t)L, sizeof(ql_tensor *));
+        c->dv = calloc((size_t)L, sizeof(ql_tensor *));
+        int64_t shape[2] = { max_len, KV };
+        int ok = c->dk && c->dv;
+        for (int l = 0; ok && l < L; l++) {
+            c->dk[l] = ql_tensor_new(QL_F32, 2, shape, m->device);
+            c->dv[l] = ql_tensor_new(QL_F32, 2, shape, m->device);
+            ok = c->dk[l] && c->dv[l];
+        }
+        if (!ok) { ql_kv_cache_free(c); ql_fail_context(QL_ENOMEM, "KV cache on the GPU: "); return NULL; }
+        return c;
+    }
     c->k = calloc((size_t)L, sizeof(float *));
     c->v = calloc((size_t)L, sizeof(float *));
     int ok = c->k && c->v;
@@ -403,7 +442,11 @@ void ql_kv_cache_free(ql_kv_cache *c)
     for (int l = 0; l < c->layers; l++) {
         if (c->k) free(c->k[l]);
         if (c->v) free(c->v[l]);
+        if (c->dk) ql_tensor_release(c->dk[l]);
+        if (c->dv) ql_tensor_release(c->dv[l]);
     }
+    free(c->dk);
+    free(c->dv);
     free(c->k);
     free(c->v);
     free(c);

@@ -65,12 +65,15 @@ typedef struct ql_model {
     float *inv_freq;             /* [head_dim / 2] */
     struct ql_st_file **shards;
     int nshards;
+    ql_device device;            /* where the layers and lm_head live; the embedding stays on the host */
+    int graph;                   /* compute with the device-generic forward even on the CPU (tests) */
 } ql_model;
 
 typedef struct ql_model_load_opts {
     int quant_nf4;               /* quantize linear weights to NF4 while loading */
     int blocksize;               /* NF4 blocksize (64) */
     int double_quant;            /* NF4 double quantization (1) */
+    ql_device device;            /* cpu (the reference) or cuda:N (the layers move there after loading) */
     /* progress: called after each layer (may be NULL) */
     void (*progress)(void *ud, int layer, int layers);
     void *progress_ud;
@@ -96,7 +99,8 @@ typedef struct ql_batch {
 /* KV cache for generation: keys/values of every layer for max_len positions. */
 typedef struct ql_kv_cache {
     int layers, max_len, len;
-    float **k, **v;              /* [layers][max_len * KV] */
+    float **k, **v;              /* [layers][max_len * KV] on the host (CPU models) */
+    struct ql_tensor **dk, **dv; /* [layers] of [max_len, KV] on the model's device (CUDA models) */
 } ql_kv_cache;
 
 ql_kv_cache *ql_kv_cache_new(const ql_model *m, int max_len);
@@ -117,6 +121,14 @@ ql_status ql_model_loss(ql_model *m, const ql_batch *b, const int32_t *labels, d
    lengths (doc_lens per row, summing to T; NULL = one document per row). */
 void ql_batch_ranges(int rows, int T, const int32_t *doc_lens, const int *ndocs,
                      int32_t *pos, int32_t *lo, int32_t *hi);
+
+/* ---------------- the same forward on any device (model_dev.c) ----------------
+   Written with the tensor ops of tensor.h, so it runs wherever they run (the CUDA
+   backend on a GPU); used for models loaded with device = cuda. It computes the
+   function of the CPU reference: logits [n, V] to the host. */
+ql_status ql_model_logits_dev(ql_model *m, const ql_batch *b, ql_kv_cache *cache, float *logits);
+/* moves layers, norms and lm_head of a loaded model to dev */
+ql_status ql_model_to_device(ql_model *m, ql_device dev);
 
 /* ---------------- generation ---------------- */
 typedef struct ql_sample_opts {

@@ -354,6 +354,7 @@ ql_model *ql_model_load(const char *dir, const ql_model_load_opts *opts)
         if (s == QL_OK && !m->lm_head.w) m->lm_head.w = ql_tensor_retain(m->embed);
     }
     ql_json_free(ld.index);
+    if (s == QL_OK && opts && opts->device.type != QL_DEV_CPU) s = ql_model_to_device(m, opts->device);
     if (s != QL_OK) { ql_model_free(m); return NULL; }
     return m;
 }

@@ -38,6 +38,10 @@ static llora *check(lua_State *L, int idx)
 /* pushes the adapter object; keeps the model alive through the user value */
 static int push(lua_State *L, int model_idx, ql_lora *l, ql_model *m)
 {
+    if (m->device.type != QL_DEV_CPU) {
+        ql_lora_free(l);
+        return luaL_error(L, "LoRA training runs on the CPU reference for now: load the model with device = \"cpu\"");
+    }
     if (!l) return ql_lua_fail(L);
     llora *u = lua_newuserdatauv(L, sizeof *u, 1);
     u->l = l;

@@ -1,6 +1,8 @@
 /*
  * l_model.c — qlora.model: Hugging Face checkpoints on the CPU reference.
- *   local m = qlora.model.load(dir [, {quant = "nf4" | "none", device = "cpu"}])  -> model | nil, msg
+ *   local m = qlora.model.load(dir [, {quant = "nf4" | "none", device = "cpu" | "cuda[:N]"}])  -> model | nil, msg
+ *       cpu: the fp32 reference forward; cuda: layers and lm_head move to the GPU and the
+ *       forward runs as tensor ops there (model_dev.c); graph = true runs that forward on the CPU
  *   m:config()                         -> table of config.json facts
  *   m:logits(ids [, {doc_lens = {...}}]) -> tensor [T, V] (ids: a Lua array or an integer tensor;
  *                                         a table of rows gives [B, T, V]; doc_lens packs documents)
@@ -31,7 +33,7 @@ ql_model *ql_lua_checkmodel(lua_State *L, int idx)
 static int l_load(lua_State *L)
 {
     const char *dir = luaL_checkstring(L, 1);
-    ql_model_load_opts o = { 0, 64, 1, NULL, NULL };
+    ql_model_load_opts o = { 0, 64, 1, { QL_DEV_CPU, 0 }, NULL, NULL };
     if (lua_istable(L, 2)) {
         lua_getfield(L, 2, "quant");
         const char *q = luaL_optstring(L, -1, "none");
@@ -39,8 +41,7 @@ static int l_load(lua_State *L)
         else if (strcmp(q, "none") != 0) return luaL_error(L, "quant must be \"nf4\" or \"none\", not \"%s\"", q);
         lua_getfield(L, 2, "device");
         const char *d = luaL_optstring(L, -1, "cpu");
-        if (strcmp(d, "cpu") != 0)
-            return luaL_error(L, "model forward on \"%s\" is not available yet: the CPU reference comes first; use device=\"cpu\"", d);
+        if (ql_device_parse(d, &o.device) != QL_OK) return ql_lua_error(L);
         lua_pop(L, 2);
     }
     lmodel *u = lua_newuserdatauv(L, sizeof *u, 0);
@@ -48,6 +49,11 @@ static int l_load(lua_State *L)
     luaL_setmetatable(L, MODEL_MT);
     u->m = ql_model_load(dir, &o);
     if (!u->m) return ql_lua_fail(L);
+    if (lua_istable(L, 2)) {   /* graph = true: the device-generic forward on the CPU, to test it */
+        lua_getfield(L, 2, "graph");
+        u->m->graph = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
     return 1;
 }
 
@@ -74,6 +80,9 @@ static int m_config(lua_State *L)
     SETN("rope_theta", c->rope_theta); SETN("rms_norm_eps", c->eps);
     lua_pushboolean(L, c->tie_embeddings); lua_setfield(L, -2, "tie_word_embeddings");
     lua_pushboolean(L, m->nf4); lua_setfield(L, -2, "nf4");
+    char devs[32];
+    ql_device_str(m->device, devs, sizeof devs);
+    lua_pushstring(L, devs); lua_setfield(L, -2, "device");
     SETI("bos_token_id", c->bos_id);
     lua_createtable(L, c->n_eos, 0);
     for (int i = 0; i < c->n_eos; i++) { lua_pushinteger(L, c->eos_ids[i]); lua_seti(L, -2, i + 1); }

@@ -181,3 +181,33 @@ T.test("f32 and f16 checkpoints load and compute the same function", function()
     os.execute("rm -rf '" .. d .. "'")
   end
 end)
+
+-- The device-generic forward (model_dev.c: the same function written with tensor ops)
+-- against transformers: on the CPU always (graph = true), on a GPU when there is one.
+local targets = { { name = "graph on the CPU", opts = { graph = true } } }
+if qlora.device.count() > 0 then targets[2] = { name = "CUDA", opts = { device = "cuda" } } end
+for _, tgt in ipairs(targets) do
+  for _, name in ipairs({ "tiny-qwen2", "tiny-llama", "tiny-mistral" }) do
+    T.test(name .. ": " .. tgt.name .. ": logits, packing, loss and greedy generation match transformers", function()
+      local dir = T.fixture("models/" .. name)
+      local g = assert(tensor.load(dir .. "/golden.safetensors"))
+      local m = assert(model.load(dir, tgt.opts))
+      local e = rel(m:logits(g.ids:totable()), g.logits)
+      T.truthy(e <= 1e-4, "logits: max relative error " .. e)
+      e = rel(m:logits(g["packed.ids"]:totable()[1], { doc_lens = g["packed.doc_lens"]:totable() }), g["packed.logits"][1])
+      T.truthy(e <= 1e-4, "packed: max relative error " .. e)
+      local loss = m:loss(g.ids:totable(), g.labels:totable())
+      T.near(loss, g.loss:item(), 1e-5 * loss)
+      T.eq(m:generate(g["greedy.prompt"]:totable()[1], { max_new_tokens = 32, stop = {} }), g["greedy.tokens"]:totable()[1])
+      local q = assert(model.load(dir, { quant = "nf4", graph = tgt.opts.graph, device = tgt.opts.device }))
+      e = rel(q:logits(g.ids:totable()), g["nf4.logits"])
+      T.truthy(e <= 1e-4, "nf4 logits: max relative error " .. e)
+    end)
+  end
+end
+
+T.test("a model on a device that does not exist is refused clearly", function()
+  local m, err = model.load(T.fixture("models/tiny-llama"), { device = "cuda:7" })
+  T.eq(m, nil)
+  T.truthy(err:find("cuda") or err:find("CUDA"), err)
+end)
