@@ -638,6 +638,53 @@ static void emit_page_marker(emitter *e, int page)
     e->last_page_marked = page;
 }
 
+/* Where line r of a table puts its text in column c (by span middles):
+   right end, and the width of the first word there; 0 when the cell is empty. */
+static int table_cell(const row *r, const float (*cx)[2], int nc, int c, float *x1, float *word)
+{
+    int found = 0;
+    for (int s = 0; s < r->nspans; s++) {
+        const ql_pdf_span *sp = r->spans[s];
+        float mid = 0.5f * (sp->x0 + sp->x1);
+        int k = 0;
+        for (int q = 0; q < nc; q++) if (mid >= cx[q][0] - 1 && mid <= cx[q][1] + 1) { k = q; break; }
+        if (k != c) continue;
+        if (!found) {
+            /* first word: its share of the span's characters, in proportion */
+            int all = 0, first = 0, inword = 1;
+            for (const char *p = sp->text; *p;) {
+                int ch = u8_next(&p);
+                all++;
+                if (ch == ' ') inword = 0;
+                if (inword) first++;
+            }
+            *word = all ? (sp->x1 - sp->x0) * (float)first / (float)all : 0;
+            *x1 = sp->x1;
+            found = 1;
+        } else *x1 = fmaxf(*x1, sp->x1);
+    }
+    return found;
+}
+
+/* Evenly spaced table lines: does line nx continue the cells of line r? It
+   does when in every column where nx has text, r has text too and the first
+   word of nx there would not have fitted after it in the column's width (so
+   the line broke because the column was full). A word that would have fitted,
+   or text under an empty cell, starts a new row. */
+static int table_line_wraps(const row *r, const row *nx, const float (*cx)[2], const float *cw, int nc)
+{
+    int tested = 0;
+    for (int c = 0; c < nc; c++) {
+        float bx1 = 0, bw = 0, ax1 = 0, aw = 0;
+        if (!table_cell(nx, cx, nc, c, &bx1, &bw)) continue;
+        if (!table_cell(r, cx, nc, c, &ax1, &aw)) return 0;
+        float space = 0.3f * r->size;
+        if (ax1 + space + bw <= cx[c][0] + cw[c]) return 0;
+        tested++;
+    }
+    return tested > 0;
+}
+
 /* GFM table from rows [a, b) */
 static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
 {
@@ -685,6 +732,19 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
         if (g > 1.1f * pitch) nbig++; else nsmall++;
     }
     int grouped = nbig >= 1 && nsmall >= 1 && 2 * nbig >= nsmall;
+    /* column widths for the fit test below: a column reaches to the next
+       column's start less the narrowest gap seen between columns (cells that
+       wrap fill their column); the last one to the right edge of the text column */
+    float cw[32];
+    {
+        float mingap = 1e9f;
+        for (int c = 0; c + 1 < nc; c++) mingap = fminf(mingap, cx[c + 1][0] - cx[c][1]);
+        if (mingap < 0) mingap = 0;
+        float right = cx[nc > 0 ? nc - 1 : 0][1];
+        for (int i = a; i < b; i++) right = fmaxf(right, rows[i].colx1);
+        for (int c = 0; c < nc; c++)
+            cw[c] = c + 1 < nc ? fmaxf(cx[c][1] - cx[c][0], cx[c + 1][0] - cx[c][0] - mingap) : right - cx[c][0];
+    }
     emit_block_sep(e);
     str cells[32]; memset(cells, 0, sizeof cells);
     int first = 1;
@@ -707,7 +767,8 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
             const row *nx = &rows[i + 1];
             float g = nx->base - r->base;
             if (grouped ? g <= gmin * 1.1f
-                        : (0.5f * (nx->spans[0]->x0 + nx->spans[0]->x1) > cx[0][1] + 1 && g < 1.6f * r->size))
+                        : g < 1.6f * r->size && (0.5f * (nx->spans[0]->x0 + nx->spans[0]->x1) > cx[0][1] + 1 ||
+                                                 table_line_wraps(r, nx, cx, cw, nc)))
                 continue;
         }
         s_addc(&e->out, '|');
