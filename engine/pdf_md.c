@@ -686,7 +686,45 @@ static int table_line_wraps(const row *r, const row *nx, const float (*cx)[2], c
 }
 
 /* GFM table from rows [a, b) */
-static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
+/* Horizontal rules that cross the table (segments at one height joined), and
+   for each pair of consecutive lines [i, i+1) whether one lies between them:
+   brk[i - a] = 1. Returns the number of such inner rules. */
+static int table_inner_rules(const ql_pdf_page *pg, const row *rows, int a, int b, unsigned char *brk)
+{
+    float tx0 = 1e9f, tx1 = -1e9f;
+    for (int i = a; i < b; i++) { tx0 = fminf(tx0, rows[i].x0); tx1 = fmaxf(tx1, rows[i].x1); }
+    int n = 0;
+    for (int i = a; i + 1 < b; i++) {
+        brk[i - a] = 0;
+        const row *r = &rows[i], *nx = &rows[i + 1];
+        float lo = r->base + 0.1f * r->size, hi = nx->base - 0.6f * nx->size;
+        if (!pg || hi <= lo) continue;
+        /* join the segments in the band by height, measure how much of the table they cover */
+        for (int k = 0; k < pg->nrules && !brk[i - a]; k++) {
+            const ql_pdf_rule *q = &pg->rules[k];
+            float y = 0.5f * (q->y0 + q->y1);
+            if (q->kind != QL_PDF_RULE_H || y <= lo || y >= hi) continue;
+            float cover = 0;
+            for (int m = 0; m < pg->nrules; m++) {
+                const ql_pdf_rule *u = &pg->rules[m];
+                if (u->kind != QL_PDF_RULE_H || fabsf(0.5f * (u->y0 + u->y1) - y) > 1) continue;
+                /* count each stretch of x once: only the part not covered by earlier segments */
+                float x0 = fmaxf(u->x0, tx0), x1 = fminf(u->x1, tx1);
+                for (int o = 0; o < m && x1 > x0; o++) {
+                    const ql_pdf_rule *v = &pg->rules[o];
+                    if (v->kind != QL_PDF_RULE_H || fabsf(0.5f * (v->y0 + v->y1) - y) > 1) continue;
+                    if (v->x0 <= x0 && v->x1 > x0) x0 = fminf(x1, v->x1);
+                    else if (v->x1 >= x1 && v->x0 < x1) x1 = fmaxf(x0, v->x0);
+                }
+                if (x1 > x0) cover += x1 - x0;
+            }
+            if (cover >= 0.8f * (tx1 - tx0)) { brk[i - a] = 1; n++; }
+        }
+    }
+    return n;
+}
+
+static void emit_table(emitter *e, row *rows, int a, int b, float pitch, const ql_pdf_page *pg)
 {
     /* columns: merge overlapping cell intervals over all rows */
     float cx[32][2]; int nc = 0;
@@ -725,13 +763,28 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
         }
     /* wrapped cells: when some row gaps are clearly larger than the smallest,
        the small gaps join lines of one table row */
+    /* rules between lines: always a row boundary. With two or more of them
+       (a ruled grid) they alone separate rows; with one, it closes the header,
+       whose lines (up to three) make one row. The gaps at rules say nothing
+       about wrapping, so the gap statistics below leave them out. */
+    unsigned char brkbuf[256], *brk = b - a <= 256 ? brkbuf : malloc((size_t)(b - a));
+    int ninner = 0, hdr_end = -1;
+    if (brk) {
+        ninner = table_inner_rules(pg, rows, a, b, brk);
+        if (ninner == 1) {
+            int h = 0;
+            while (!brk[h]) h++;
+            if (h <= 2) hdr_end = a + h;
+        }
+    }
     int nbig = 0, nsmall = 0;
     float gmin = pitch;
     for (int i = a + 1; i < b; i++) {
+        if (brk && brk[i - 1 - a]) continue;
         float g = rows[i].base - rows[i - 1].base;
         if (g > 1.1f * pitch) nbig++; else nsmall++;
     }
-    int grouped = nbig >= 1 && nsmall >= 1 && 2 * nbig >= nsmall;
+    int grouped = nsmall >= 1 && (nbig >= 2 || (nbig >= 1 && 2 * nbig >= nsmall));
     /* column widths for the fit test below: a column reaches to the next
        column's start less the narrowest gap seen between columns (cells that
        wrap fill their column); the last one to the right edge of the text column */
@@ -750,12 +803,18 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
     int first = 1;
     for (int i = a; i < b; i++) {
         row *r = &rows[i];
+        unsigned char seen[32] = {0};
         for (int s = 0; s < r->nspans; s++) {
             const ql_pdf_span *sp = r->spans[s];
             float mid = 0.5f * (sp->x0 + sp->x1);
             int k = 0;
             for (int c = 0; c < nc; c++) if (mid >= cx[c][0] - 1 && mid <= cx[c][1] + 1) { k = c; break; }
-            if (cells[k].n) s_addc(&cells[k], ' ');
+            /* a word hyphenated at the end of a cell's line joins up again */
+            if (!seen[k] && cells[k].n >= 2 && cells[k].p[cells[k].n - 1] == '-' &&
+                isalpha((unsigned char)cells[k].p[cells[k].n - 2]) && is_lower_start(sp->text)) {
+                cells[k].n--; cells[k].p[cells[k].n] = 0;
+            } else if (cells[k].n) s_addc(&cells[k], ' ');
+            seen[k] = 1;
             for (const char *p = sp->text; *p; p++) {
                 if (*p == '|') s_addc(&cells[k], '\\');
                 s_addc(&cells[k], *p);
@@ -763,7 +822,9 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
         }
         /* the next row continues this one: it is in the same group (grouping
            by gaps), or, when rows are evenly spaced, its first column is empty */
-        if (i + 1 < b && nc > 1) {
+        if (i + 1 < b && nc > 1 && brk && (brk[i - a] || ninner >= 2 || i < hdr_end)) {
+            if (!brk[i - a]) continue;
+        } else if (i + 1 < b && nc > 1) {
             const row *nx = &rows[i + 1];
             float g = nx->base - r->base;
             if (grouped ? g <= gmin * 1.1f
@@ -788,6 +849,7 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
         }
     }
     s_addc(&e->out, '\n');
+    if (brk != brkbuf) free(brk);
 }
 
 /* ---------------------------------------------------------------- main */
@@ -1084,7 +1146,7 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
             FLUSH_PARA(); in_list = 0;
             int j = i + 1;
             while (j < nr && R[j].kind == R_TABLE && R[j].page == r->page && R[j].col == r->col) j++;
-            emit_table(&e, R, i, j, pitch);
+            emit_table(&e, R, i, j, pitch, pages[r->page]);
             i = j;
             continue;
         }
