@@ -185,6 +185,17 @@ static char *line_text(const ql_pdf_line *l)
     return s.p;
 }
 
+/* No other line of the page on line i's baseline: a section number such as
+   "1" or "1.2.1" set apart from its title is not a lone page number. */
+static int line_alone(const ql_pdf_page *pg, int i)
+{
+    const ql_pdf_line *l = &pg->lines[i];
+    float tol = 0.3f * (l->y1 - l->y0);
+    for (int k = 0; k < pg->nlines; k++)
+        if (k != i && fabsf(pg->lines[k].baseline - l->baseline) < tol) return 0;
+    return 1;
+}
+
 /* Marks furniture lines: *furn[p][i] = 1. Returns lines marked. */
 static int find_furniture(ql_pdf_page **pages, int np, unsigned char **furn)
 {
@@ -217,7 +228,7 @@ static int find_furniture(ql_pdf_page **pages, int np, unsigned char **furn)
                 char *t = line_text(l);
                 if (!t) continue;
                 /* lone page number at the very edge of the page */
-                if (m == 0 && is_pagenum_text(t) && !furn[p][idx[m]]) { furn[p][idx[m]] = 1; marked++; }
+                if (m == 0 && is_pagenum_text(t) && !furn[p][idx[m]] && line_alone(pg, idx[m])) { furn[p][idx[m]] = 1; marked++; }
                 char key[96];
                 norm_key(t, key, sizeof key, 1);
                 free(t);
@@ -521,6 +532,26 @@ static int text_ends_sentence(const char *t)
     if (!n) return 0;
     char c = t[n - 1];
     return c == '.' || c == '!' || c == '?' || c == ':' || c == ';';
+}
+
+/* Depth of a section number leading t ("3 Title" 1, "3.1. Title" 2,
+   "3.1.2 Title" 3); 0 when t does not start with one followed by a word. */
+static int section_depth(const char *t)
+{
+    int d = 0;
+    const char *p = t;
+    for (;;) {
+        const char *q = p;
+        while (isdigit((unsigned char)*p) && p - q < 3) p++;
+        if (p == q || isdigit((unsigned char)*p)) return 0;
+        d++;
+        if (*p == '.' && isdigit((unsigned char)p[1])) { p++; continue; }
+        if (*p == '.') p++;
+        break;
+    }
+    if (*p != ' ') return 0;
+    while (*p == ' ') p++;
+    return isalpha((unsigned char)*p) || (unsigned char)*p >= 0x80 ? d : 0;
 }
 
 /* ---------------------------------------------------------------- emit */
@@ -1067,6 +1098,25 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
             r->level = 6;
             for (int k = 0; k < nhs; k++) if (fabsf(hs[k].size - sz) < 0.3f && hs[k].bold == bold) { r->level = hs[k].level; break; }
         }
+        /* hierarchical section numbers ("2", "2.1", "2.1.3") tell levels that
+           styles may not (groff ms sets every level past the first alike): when
+           numbered headings show two depths or more, depth counts from the
+           level the shallowest numbered headings got by style */
+        int nnum = 0, dmin = 99, dmax = 0, base = 6;
+        for (int i = 0; i < nr; i++) {
+            if (R[i].kind != R_HEAD) continue;
+            int d = section_depth(R[i].text);
+            if (!d) continue;
+            nnum++;
+            if (d < dmin) { dmin = d; base = R[i].level; }
+            else if (d == dmin && R[i].level < base) base = R[i].level;
+            if (d > dmax) dmax = d;
+        }
+        if (nnum >= 3 && dmax > dmin)
+            for (int i = 0; i < nr; i++) {
+                int d = R[i].kind == R_HEAD ? section_depth(R[i].text) : 0;
+                if (d) R[i].level = base + d - dmin < 6 ? base + d - dmin : 6;
+            }
     }
     /* ---- blocks ---- */
     int headings = 0;
