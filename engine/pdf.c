@@ -261,7 +261,14 @@ static void rules_stroke_path(fz_context *ctx, fz_device *dev, const fz_path *pa
 {
     (void)cs; (void)color; (void)cp;
     if (alpha <= 0.05f) return;
-    rules_classify((rule_device *)dev, fz_bound_path(ctx, path, ss, ctm), 1);
+    /* a straight stroked line: its stroked bound counts the miter limit (a 0.8pt
+       rule gets 16pt tall); take the line and half the line width instead */
+    fz_rect r = fz_bound_path(ctx, path, NULL, ctm);
+    if (ss && (r.x1 - r.x0 < 0.01f || r.y1 - r.y0 < 0.01f)) {
+        float hw = 0.5f * ss->linewidth * fz_matrix_expansion(ctm);
+        r.x0 -= hw; r.y0 -= hw; r.x1 += hw; r.y1 += hw;
+    } else r = fz_bound_path(ctx, path, ss, ctm);
+    rules_classify((rule_device *)dev, r, 1);
 }
 
 static void rules_fill_image(fz_context *ctx, fz_device *dev, fz_image *img, fz_matrix ctm,

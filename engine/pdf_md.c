@@ -185,6 +185,17 @@ static char *line_text(const ql_pdf_line *l)
     return s.p;
 }
 
+/* No other line of the page on line i's baseline: a section number such as
+   "1" or "1.2.1" set apart from its title is not a lone page number. */
+static int line_alone(const ql_pdf_page *pg, int i)
+{
+    const ql_pdf_line *l = &pg->lines[i];
+    float tol = 0.3f * (l->y1 - l->y0);
+    for (int k = 0; k < pg->nlines; k++)
+        if (k != i && fabsf(pg->lines[k].baseline - l->baseline) < tol) return 0;
+    return 1;
+}
+
 /* Marks furniture lines: *furn[p][i] = 1. Returns lines marked. */
 static int find_furniture(ql_pdf_page **pages, int np, unsigned char **furn)
 {
@@ -217,7 +228,7 @@ static int find_furniture(ql_pdf_page **pages, int np, unsigned char **furn)
                 char *t = line_text(l);
                 if (!t) continue;
                 /* lone page number at the very edge of the page */
-                if (m == 0 && is_pagenum_text(t) && !furn[p][idx[m]]) { furn[p][idx[m]] = 1; marked++; }
+                if (m == 0 && is_pagenum_text(t) && !furn[p][idx[m]] && line_alone(pg, idx[m])) { furn[p][idx[m]] = 1; marked++; }
                 char key[96];
                 norm_key(t, key, sizeof key, 1);
                 free(t);
@@ -523,6 +534,26 @@ static int text_ends_sentence(const char *t)
     return c == '.' || c == '!' || c == '?' || c == ':' || c == ';';
 }
 
+/* Depth of a section number leading t ("3 Title" 1, "3.1. Title" 2,
+   "3.1.2 Title" 3); 0 when t does not start with one followed by a word. */
+static int section_depth(const char *t)
+{
+    int d = 0;
+    const char *p = t;
+    for (;;) {
+        const char *q = p;
+        while (isdigit((unsigned char)*p) && p - q < 3) p++;
+        if (p == q || isdigit((unsigned char)*p)) return 0;
+        d++;
+        if (*p == '.' && isdigit((unsigned char)p[1])) { p++; continue; }
+        if (*p == '.') p++;
+        break;
+    }
+    if (*p != ' ') return 0;
+    while (*p == ' ') p++;
+    return isalpha((unsigned char)*p) || (unsigned char)*p >= 0x80 ? d : 0;
+}
+
 /* ---------------------------------------------------------------- emit */
 typedef struct {
     str out;
@@ -638,8 +669,93 @@ static void emit_page_marker(emitter *e, int page)
     e->last_page_marked = page;
 }
 
+/* Where line r of a table puts its text in column c (by span middles):
+   right end, and the width of the first word there; 0 when the cell is empty. */
+static int table_cell(const row *r, const float (*cx)[2], int nc, int c, float *x1, float *word)
+{
+    int found = 0;
+    for (int s = 0; s < r->nspans; s++) {
+        const ql_pdf_span *sp = r->spans[s];
+        float mid = 0.5f * (sp->x0 + sp->x1);
+        int k = 0;
+        for (int q = 0; q < nc; q++) if (mid >= cx[q][0] - 1 && mid <= cx[q][1] + 1) { k = q; break; }
+        if (k != c) continue;
+        if (!found) {
+            /* first word: its share of the span's characters, in proportion */
+            int all = 0, first = 0, inword = 1;
+            for (const char *p = sp->text; *p;) {
+                int ch = u8_next(&p);
+                all++;
+                if (ch == ' ') inword = 0;
+                if (inword) first++;
+            }
+            *word = all ? (sp->x1 - sp->x0) * (float)first / (float)all : 0;
+            *x1 = sp->x1;
+            found = 1;
+        } else *x1 = fmaxf(*x1, sp->x1);
+    }
+    return found;
+}
+
+/* Evenly spaced table lines: does line nx continue the cells of line r? It
+   does when in every column where nx has text, r has text too and the first
+   word of nx there would not have fitted after it in the column's width (so
+   the line broke because the column was full). A word that would have fitted,
+   or text under an empty cell, starts a new row. */
+static int table_line_wraps(const row *r, const row *nx, const float (*cx)[2], const float *cw, int nc)
+{
+    int tested = 0;
+    for (int c = 0; c < nc; c++) {
+        float bx1 = 0, bw = 0, ax1 = 0, aw = 0;
+        if (!table_cell(nx, cx, nc, c, &bx1, &bw)) continue;
+        if (!table_cell(r, cx, nc, c, &ax1, &aw)) return 0;
+        float space = 0.3f * r->size;
+        if (ax1 + space + bw <= cx[c][0] + cw[c]) return 0;
+        tested++;
+    }
+    return tested > 0;
+}
+
 /* GFM table from rows [a, b) */
-static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
+/* Horizontal rules that cross the table (segments at one height joined), and
+   for each pair of consecutive lines [i, i+1) whether one lies between them:
+   brk[i - a] = 1. Returns the number of such inner rules. */
+static int table_inner_rules(const ql_pdf_page *pg, const row *rows, int a, int b, unsigned char *brk)
+{
+    float tx0 = 1e9f, tx1 = -1e9f;
+    for (int i = a; i < b; i++) { tx0 = fminf(tx0, rows[i].x0); tx1 = fmaxf(tx1, rows[i].x1); }
+    int n = 0;
+    for (int i = a; i + 1 < b; i++) {
+        brk[i - a] = 0;
+        const row *r = &rows[i], *nx = &rows[i + 1];
+        float lo = r->base + 0.1f * r->size, hi = nx->base - 0.6f * nx->size;
+        if (!pg || hi <= lo) continue;
+        /* join the segments in the band by height, measure how much of the table they cover */
+        for (int k = 0; k < pg->nrules && !brk[i - a]; k++) {
+            const ql_pdf_rule *q = &pg->rules[k];
+            float y = 0.5f * (q->y0 + q->y1);
+            if (q->kind != QL_PDF_RULE_H || y <= lo || y >= hi) continue;
+            float cover = 0;
+            for (int m = 0; m < pg->nrules; m++) {
+                const ql_pdf_rule *u = &pg->rules[m];
+                if (u->kind != QL_PDF_RULE_H || fabsf(0.5f * (u->y0 + u->y1) - y) > 1) continue;
+                /* count each stretch of x once: only the part not covered by earlier segments */
+                float x0 = fmaxf(u->x0, tx0), x1 = fminf(u->x1, tx1);
+                for (int o = 0; o < m && x1 > x0; o++) {
+                    const ql_pdf_rule *v = &pg->rules[o];
+                    if (v->kind != QL_PDF_RULE_H || fabsf(0.5f * (v->y0 + v->y1) - y) > 1) continue;
+                    if (v->x0 <= x0 && v->x1 > x0) x0 = fminf(x1, v->x1);
+                    else if (v->x1 >= x1 && v->x0 < x1) x1 = fmaxf(x0, v->x0);
+                }
+                if (x1 > x0) cover += x1 - x0;
+            }
+            if (cover >= 0.8f * (tx1 - tx0)) { brk[i - a] = 1; n++; }
+        }
+    }
+    return n;
+}
+
+static void emit_table(emitter *e, row *rows, int a, int b, float pitch, const ql_pdf_page *pg)
 {
     /* columns: merge overlapping cell intervals over all rows */
     float cx[32][2]; int nc = 0;
@@ -678,24 +794,58 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
         }
     /* wrapped cells: when some row gaps are clearly larger than the smallest,
        the small gaps join lines of one table row */
+    /* rules between lines: always a row boundary. With two or more of them
+       (a ruled grid) they alone separate rows; with one, it closes the header,
+       whose lines (up to three) make one row. The gaps at rules say nothing
+       about wrapping, so the gap statistics below leave them out. */
+    unsigned char brkbuf[256], *brk = b - a <= 256 ? brkbuf : malloc((size_t)(b - a));
+    int ninner = 0, hdr_end = -1;
+    if (brk) {
+        ninner = table_inner_rules(pg, rows, a, b, brk);
+        if (ninner == 1) {
+            int h = 0;
+            while (!brk[h]) h++;
+            if (h <= 2) hdr_end = a + h;
+        }
+    }
     int nbig = 0, nsmall = 0;
     float gmin = pitch;
     for (int i = a + 1; i < b; i++) {
+        if (brk && brk[i - 1 - a]) continue;
         float g = rows[i].base - rows[i - 1].base;
         if (g > 1.1f * pitch) nbig++; else nsmall++;
     }
-    int grouped = nbig >= 1 && nsmall >= 1 && 2 * nbig >= nsmall;
+    int grouped = nsmall >= 1 && (nbig >= 2 || (nbig >= 1 && 2 * nbig >= nsmall));
+    /* column widths for the fit test below: a column reaches to the next
+       column's start less the narrowest gap seen between columns (cells that
+       wrap fill their column); the last one to the right edge of the text column */
+    float cw[32];
+    {
+        float mingap = 1e9f;
+        for (int c = 0; c + 1 < nc; c++) mingap = fminf(mingap, cx[c + 1][0] - cx[c][1]);
+        if (mingap < 0) mingap = 0;
+        float right = cx[nc > 0 ? nc - 1 : 0][1];
+        for (int i = a; i < b; i++) right = fmaxf(right, rows[i].colx1);
+        for (int c = 0; c < nc; c++)
+            cw[c] = c + 1 < nc ? fmaxf(cx[c][1] - cx[c][0], cx[c + 1][0] - cx[c][0] - mingap) : right - cx[c][0];
+    }
     emit_block_sep(e);
     str cells[32]; memset(cells, 0, sizeof cells);
     int first = 1;
     for (int i = a; i < b; i++) {
         row *r = &rows[i];
+        unsigned char seen[32] = {0};
         for (int s = 0; s < r->nspans; s++) {
             const ql_pdf_span *sp = r->spans[s];
             float mid = 0.5f * (sp->x0 + sp->x1);
             int k = 0;
             for (int c = 0; c < nc; c++) if (mid >= cx[c][0] - 1 && mid <= cx[c][1] + 1) { k = c; break; }
-            if (cells[k].n) s_addc(&cells[k], ' ');
+            /* a word hyphenated at the end of a cell's line joins up again */
+            if (!seen[k] && cells[k].n >= 2 && cells[k].p[cells[k].n - 1] == '-' &&
+                isalpha((unsigned char)cells[k].p[cells[k].n - 2]) && is_lower_start(sp->text)) {
+                cells[k].n--; cells[k].p[cells[k].n] = 0;
+            } else if (cells[k].n) s_addc(&cells[k], ' ');
+            seen[k] = 1;
             for (const char *p = sp->text; *p; p++) {
                 if (*p == '|') s_addc(&cells[k], '\\');
                 s_addc(&cells[k], *p);
@@ -703,11 +853,14 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
         }
         /* the next row continues this one: it is in the same group (grouping
            by gaps), or, when rows are evenly spaced, its first column is empty */
-        if (i + 1 < b && nc > 1) {
+        if (i + 1 < b && nc > 1 && brk && (brk[i - a] || ninner >= 2 || i < hdr_end)) {
+            if (!brk[i - a]) continue;
+        } else if (i + 1 < b && nc > 1) {
             const row *nx = &rows[i + 1];
             float g = nx->base - r->base;
             if (grouped ? g <= gmin * 1.1f
-                        : (0.5f * (nx->spans[0]->x0 + nx->spans[0]->x1) > cx[0][1] + 1 && g < 1.6f * r->size))
+                        : g < 1.6f * r->size && (0.5f * (nx->spans[0]->x0 + nx->spans[0]->x1) > cx[0][1] + 1 ||
+                                                 table_line_wraps(r, nx, cx, cw, nc)))
                 continue;
         }
         s_addc(&e->out, '|');
@@ -727,6 +880,7 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch)
         }
     }
     s_addc(&e->out, '\n');
+    if (brk != brkbuf) free(brk);
 }
 
 /* ---------------------------------------------------------------- main */
@@ -944,6 +1098,25 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
             r->level = 6;
             for (int k = 0; k < nhs; k++) if (fabsf(hs[k].size - sz) < 0.3f && hs[k].bold == bold) { r->level = hs[k].level; break; }
         }
+        /* hierarchical section numbers ("2", "2.1", "2.1.3") tell levels that
+           styles may not (groff ms sets every level past the first alike): when
+           numbered headings show two depths or more, depth counts from the
+           level the shallowest numbered headings got by style */
+        int nnum = 0, dmin = 99, dmax = 0, base = 6;
+        for (int i = 0; i < nr; i++) {
+            if (R[i].kind != R_HEAD) continue;
+            int d = section_depth(R[i].text);
+            if (!d) continue;
+            nnum++;
+            if (d < dmin) { dmin = d; base = R[i].level; }
+            else if (d == dmin && R[i].level < base) base = R[i].level;
+            if (d > dmax) dmax = d;
+        }
+        if (nnum >= 3 && dmax > dmin)
+            for (int i = 0; i < nr; i++) {
+                int d = R[i].kind == R_HEAD ? section_depth(R[i].text) : 0;
+                if (d) R[i].level = base + d - dmin < 6 ? base + d - dmin : 6;
+            }
     }
     /* ---- blocks ---- */
     int headings = 0;
@@ -1023,7 +1196,7 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
             FLUSH_PARA(); in_list = 0;
             int j = i + 1;
             while (j < nr && R[j].kind == R_TABLE && R[j].page == r->page && R[j].col == r->col) j++;
-            emit_table(&e, R, i, j, pitch);
+            emit_table(&e, R, i, j, pitch, pages[r->page]);
             i = j;
             continue;
         }

@@ -103,8 +103,8 @@ QL_TEST(pdf_markdown_two_columns_and_hyphens)
 QL_TEST(pdf_markdown_producers)
 {
     static const char *files[] = {"pdf/guide.ms.pdf", "pdf/guide.odt.pdf", "pdf/guide.wk.pdf",
-                                  "pdf/guide.latex.noout.pdf"};
-    for (int i = 0; i < 4; i++) {
+                                  "pdf/guide.latex.noout.pdf", "pdf/guide.latex2.noout.pdf"};
+    for (int i = 0; i < 5; i++) {
         char *md = to_md(files[i], 1);
         if (!md) continue;
         CHECK_MSG(strstr(md, "# Getting started\n") != NULL, "%s", files[i]);
