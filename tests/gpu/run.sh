@@ -96,6 +96,16 @@ device() {
     echo "== qlora doctor"
     ( cd "$g" && timeout 60 ./bin/qlora doctor ) 2>&1 | tee "$out/doctor.log"
   fi
+  echo "== Lua model tests on the GPU (CUDA forward against transformers' golden values)"
+  ( timeout 300 "$g/bin/qlora" tests/lua/run.lua test_model ) > "$out/lua_model.log" 2>&1
+  grep -E "CUDA|FAIL|passed" "$out/lua_model.log" | tail -8
+  echo "== Qwen2.5-0.5B shape: forward and generation on the GPU, beside PyTorch"
+  if python3 bench/gen_checkpoint.py qwen2.5-0.5b /tmp/q05b > /dev/null 2>&1; then
+    ( timeout 240 "$g/bin/qlora" bench/model_forward.lua dir=/tmp/q05b seq=512 device=cuda gen=32 ) 2>&1 | tee "$out/model_gpu.log"
+    ( timeout 240 python3 bench/peer_forward.py /tmp/q05b 512 16 cuda ) 2>&1 | grep -E "^torch" | tee -a "$out/model_gpu.log"
+  else
+    echo "could not write the 0.5B checkpoint (python3 with numpy needed)"
+  fi
   echo "== timings (qlbench)"
   ( cd "$g" && timeout 240 ./bin/qlbench ) 2>&1 | tee "$out/bench.log"
 
