@@ -4,7 +4,7 @@
 -- Also times greedy generation of gen tokens after a seq-token prompt (KV cache).
 local dir = assert(args.dir, "dir=MODEL_FOLDER")
 local T = tonumber(args.seq or "128")
-local m = assert(qlora.model.load(dir, { quant = args.quant or "none", device = args.device or "cpu" }))
+local m = assert(qlora.model.load(dir, { quant = args.quant or "none", device = args.device or "cpu", graph = args.graph == "1" }))
 local V = m:config().vocab_size
 local ids = {}
 for i = 1, T do ids[i] = (i * 7919) % (V - 3) + 3 end

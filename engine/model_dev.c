@@ -15,17 +15,29 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* tensors made while computing, released together */
-typedef struct pool { ql_tensor *t[96]; int n; } pool;
+/* tensors made while computing, released together (a growable list) */
+typedef struct pool { ql_tensor **t; int n, cap; } pool;
 
 static ql_tensor *keep(pool *p, ql_tensor *t)
 {
     if (!t) return NULL;
-    if (p->n == (int)(sizeof p->t / sizeof p->t[0])) { ql_tensor_release(t); ql_fail(QL_EINVAL, "model_dev: pool full"); return NULL; }
+    if (p->n == p->cap) {
+        int cap = p->cap ? 2 * p->cap : 128;
+        ql_tensor **nt = realloc(p->t, sizeof *nt * (size_t)cap);
+        if (!nt) { ql_tensor_release(t); ql_fail(QL_ENOMEM, "out of host memory"); return NULL; }
+        p->t = nt;
+        p->cap = cap;
+    }
     p->t[p->n++] = t;
     return t;
 }
-static void drain(pool *p) { while (p->n > 0) ql_tensor_release(p->t[--p->n]); }
+static void drain(pool *p)
+{
+    while (p->n > 0) ql_tensor_release(p->t[--p->n]);
+    free(p->t);
+    p->t = NULL;
+    p->cap = 0;
+}
 
 #define K(expr) keep(P, (expr))
 #define TRY(var, expr) do { if (!((var) = K(expr))) goto fail; } while (0)
@@ -104,7 +116,8 @@ ql_status ql_model_logits_dev(ql_model *m, const ql_batch *b, ql_kv_cache *cache
     int64_t n = b->n, H = c->hidden, hd = c->head_dim, half = hd / 2, V = c->vocab;
     int heads = c->heads, kvh = c->kv_heads, g = heads / kvh;
     int64_t KV = (int64_t)kvh * hd;
-    pool Pool = { { 0 }, 0 }, *P = &Pool;
+    pool Pool = { NULL, 0, 0 }, *P = &Pool;
+    ql_tensor *x = NULL;   /* the residual stream, owned outside the pool */
     ql_status st = QL_OK;
     float *host = NULL;
     for (int64_t i = 0; i < n; i++)
@@ -138,8 +151,8 @@ ql_status ql_model_logits_dev(ql_model *m, const ql_batch *b, ql_kv_cache *cache
         for (int64_t j = 0; j < nk; j++) mask[i * nk + j] = (j >= lo && j < hi) ? 0.0f : -INFINITY;
     }
     int64_t sx[2] = { n, H }, sc[3] = { n, 1, half }, sm[2] = { n, nk };
-    ql_tensor *x, *cosv, *sinv, *mk;
-    TRY(x, ql_tensor_from_host(QL_F32, 2, sx, emb, QL_F32, dev));
+    ql_tensor *cosv, *sinv, *mk;
+    if (!(x = ql_tensor_from_host(QL_F32, 2, sx, emb, QL_F32, dev))) goto fail;
     TRY(cosv, ql_tensor_from_host(QL_F32, 3, sc, cs, QL_F32, dev));
     TRY(sinv, ql_tensor_from_host(QL_F32, 3, sc, sn, QL_F32, dev));
     TRY(mk, ql_tensor_from_host(QL_F32, 2, sm, mask, QL_F32, dev));
@@ -189,10 +202,11 @@ ql_status ql_model_logits_dev(ql_model *m, const ql_batch *b, ql_kv_cache *cache
         TRY(hh, ql_binary(QL_MUL, sg, uu));
         TRYH(dd, linear(P, hh, &B->down));
         TRY(xo, ql_binary(QL_ADD, xm, dd));
-        /* keep the new residual, release this layer's temporaries */
+        /* the new residual replaces the old one; this layer's temporaries go */
         ql_tensor_retain(xo);
         while (P->n > mark) ql_tensor_release(P->t[--P->n]);
-        x = K(xo);
+        ql_tensor_release(x);
+        x = xo;
         (void)KV;
     }
     ql_tensor *xf, *lg, *lh;
@@ -202,11 +216,13 @@ ql_status ql_model_logits_dev(ql_model *m, const ql_batch *b, ql_kv_cache *cache
     memcpy(logits, ql_tensor_data(lh), sizeof(float) * (size_t)(n * V));
     if (cache) for (int64_t i = 0; i < n; i++) if (b->pos[i] + 1 > cache->len) cache->len = b->pos[i] + 1;
     drain(P);
+    ql_tensor_release(x);
     free(host);
     return QL_OK;
 fail:
     st = ql_last_error()[0] ? QL_EDEVICE : ql_fail(QL_EDEVICE, "model forward on the device failed");
     drain(P);
+    ql_tensor_release(x);
     free(host);
     return st;
 }
