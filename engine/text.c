@@ -2,6 +2,7 @@
  * text.c — corpus text cleaning and MinHash on utf8proc (see text.h).
  */
 #include "text.h"
+#include "strbuf.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -16,20 +17,8 @@ void ql_text_opts_default(ql_text_opts *o)
     o->max_blank_lines = 1;
 }
 
-typedef struct { char *p; size_t n, cap; int oom; } buf;
-
-static void b_put(buf *b, const char *s, size_t n)
-{
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *q = realloc(b->p, cap);
-        if (!q) { b->oom = 1; return; }
-        b->p = q; b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n); b->n += n; b->p[b->n] = 0;
-}
+typedef ql_strbuf buf;
+static void b_put(buf *b, const char *s, size_t n) { ql_strbuf_add(b, s, n); }
 
 static void b_cp(buf *b, int32_t c)
 {

@@ -13,6 +13,7 @@
  * ql_tokenizer is read-only and shared by threads.
  */
 #include "tokenizer_internal.h"
+#include "strbuf.h"
 #include "json.h"
 #include "platform.h"
 
@@ -164,21 +165,6 @@ static inline int ids_push(ql_tok_ids *v, int32_t id)
     return 1;
 }
 
-typedef struct sbuf { char *p; size_t n, cap; int oom; } sbuf;
-static void sb_add(sbuf *b, const void *s, size_t n)
-{
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 256;
-        while (nc < b->n + n + 1) nc *= 2;
-        char *np = realloc(b->p, nc);
-        if (!np) { b->oom = 1; return; }
-        b->p = np; b->cap = nc;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
 
 static char *xstrndup(const char *s, size_t n)
 {
@@ -363,7 +349,7 @@ typedef struct enc_ctx {
     ql_tok_ids *out;
     int32_t *sym; uint32_t *rank; int32_t *nid; int32_t *prev, *next; uint64_t *heap;
     size_t cap;
-    sbuf norm;        /* normalized text of the current segment */
+    ql_strbuf norm;        /* normalized text of the current segment */
     int oom;
 } enc_ctx;
 
@@ -753,13 +739,13 @@ static void pretok(enc_ctx *c, int stage, const uint8_t *s, size_t n, int at_sta
    NFC-inert character (see tokenizer_pretok.c); a piece of one inert
    character is copied, longer pieces go through utf8proc. Other forms run
    utf8proc on the whole text. Invalid UTF-8 is copied unchanged. */
-static void nfc_like(const char *s, size_t n, int opts, sbuf *out)
+static void nfc_like(const char *s, size_t n, int opts, ql_strbuf *out)
 {
     const uint8_t *u = (const uint8_t *)s;
     if (opts != UTF8PROC_COMPOSE) {
         utf8proc_uint8_t *r = NULL;
         utf8proc_ssize_t rl = utf8proc_map(u, (utf8proc_ssize_t)n, &r, (utf8proc_option_t)(opts | UTF8PROC_STABLE));
-        if (rl < 0) sb_add(out, s, n); else sb_add(out, r, (size_t)rl);
+        if (rl < 0) ql_strbuf_add(out, s, n); else ql_strbuf_add(out, r, (size_t)rl);
         free(r);
         return;
     }
@@ -784,27 +770,27 @@ static void nfc_like(const char *s, size_t n, int opts, sbuf *out)
             if (c2 >= 0x110000 || (ql_tok_ucls[c2] & UC_INERT)) break;
             k += (size_t)l2;
         }
-        sb_add(out, s + copied, i - copied);
+        ql_strbuf_add(out, s + copied, i - copied);
         utf8proc_uint8_t *r = NULL;
         utf8proc_ssize_t rl = utf8proc_map(u + i, (utf8proc_ssize_t)(k - i), &r,
                                            (utf8proc_option_t)(UTF8PROC_COMPOSE | UTF8PROC_STABLE));
-        if (rl < 0) sb_add(out, s + i, k - i); else sb_add(out, r, (size_t)rl);
+        if (rl < 0) ql_strbuf_add(out, s + i, k - i); else ql_strbuf_add(out, r, (size_t)rl);
         free(r);
         copied = i = k;
     }
-    sb_add(out, s + copied, n - copied);
+    ql_strbuf_add(out, s + copied, n - copied);
 }
 
 /* Applies the normalizer chain to s; result in c->norm. */
 static void normalize(enc_ctx *c, const char *s, size_t n)
 {
     const ql_tokenizer *t = c->t;
-    sbuf a = { 0 }, b = { 0 };
-    sb_add(&a, s, n);
+    ql_strbuf a = { 0 }, b = { 0 };
+    ql_strbuf_add(&a, s, n);
     for (int k = 0; k < t->nnorm && !a.oom; k++) {
         const norm_op *op = &t->norm[k];
         b.n = 0;
-        sb_add(&b, "", 0);
+        ql_strbuf_add(&b, "", 0);
         switch (op->kind) {
         case NORM_NFC: nfc_like(a.p, a.n, UTF8PROC_COMPOSE, &b); break;
         case NORM_NFD: nfc_like(a.p, a.n, UTF8PROC_DECOMPOSE, &b); break;
@@ -814,14 +800,14 @@ static void normalize(enc_ctx *c, const char *s, size_t n)
             for (size_t i = 0; i < a.n;) {
                 int l;
                 uint32_t cp = ql_u8dec((const uint8_t *)a.p, a.n, i, &l);
-                if (cp >= 0x110000) sb_add(&b, a.p + i, 1);
-                else { char e[4]; sb_add(&b, e, (size_t)utf8_enc((uint32_t)utf8proc_tolower((utf8proc_int32_t)cp), e)); }
+                if (cp >= 0x110000) ql_strbuf_add(&b, a.p + i, 1);
+                else { char e[4]; ql_strbuf_add(&b, e, (size_t)utf8_enc((uint32_t)utf8proc_tolower((utf8proc_int32_t)cp), e)); }
                 i += (size_t)l;
             }
             break;
         case NORM_PREPEND:
-            if (a.n) sb_add(&b, op->a, op->alen);
-            sb_add(&b, a.p, a.n);
+            if (a.n) ql_strbuf_add(&b, op->a, op->alen);
+            ql_strbuf_add(&b, a.p, a.n);
             break;
         case NORM_REPLACE: {
             size_t i = 0, run = 0;
@@ -830,23 +816,23 @@ static void normalize(enc_ctx *c, const char *s, size_t n)
                 if (!q) break;
                 i = (size_t)(q - a.p);
                 if (i + op->alen <= a.n && !memcmp(a.p + i, op->a, op->alen)) {
-                    sb_add(&b, a.p + run, i - run);
-                    sb_add(&b, op->b, op->blen);
+                    ql_strbuf_add(&b, a.p + run, i - run);
+                    ql_strbuf_add(&b, op->b, op->blen);
                     i += op->alen;
                     run = i;
                 } else {
                     i++;
                 }
             }
-            sb_add(&b, a.p + run, a.n - run);
+            ql_strbuf_add(&b, a.p + run, a.n - run);
             break;
         }
         }
-        sbuf tmp = a; a = b; b = tmp;
+        ql_strbuf tmp = a; a = b; b = tmp;
     }
     if (a.oom || b.oom) c->oom = 1;
     c->norm.n = 0;
-    sb_add(&c->norm, a.p ? a.p : "", a.n);
+    ql_strbuf_add(&c->norm, a.p ? a.p : "", a.n);
     free(a.p); free(b.p);
 }
 
@@ -931,8 +917,8 @@ static void segment_normalize(enc_ctx *c, const uint8_t *s, size_t n, int at_sta
     if (t->nnorm == 0) { split_added(c, &t->trie_norm, s, n, at_start, segment_pretok); return; }
     normalize(c, (const char *)s, n);
     /* the normalized text must outlive nested use of c->norm: take it */
-    sbuf mine = c->norm;
-    c->norm = (sbuf){ 0 };
+    ql_strbuf mine = c->norm;
+    c->norm = (ql_strbuf){ 0 };
     split_added(c, &t->trie_norm, (const uint8_t *)mine.p, mine.n, at_start, segment_pretok);
     if (!c->norm.p) c->norm = mine; else free(mine.p);
 }
@@ -1005,32 +991,32 @@ ql_status ql_tokenizer_encode_batch(const ql_tokenizer *tok, const char *const *
 
 /* ------------------------------------------------------------------ decode */
 
-typedef struct strlist { sbuf *v; size_t n, cap; } strlist;
+typedef struct strlist { ql_strbuf *v; size_t n, cap; } strlist;
 
-static sbuf *sl_push(strlist *l)
+static ql_strbuf *sl_push(strlist *l)
 {
     if (l->n == l->cap) {
         size_t nc = l->cap ? l->cap * 2 : 64;
-        sbuf *nv = realloc(l->v, nc * sizeof *nv);
+        ql_strbuf *nv = realloc(l->v, nc * sizeof *nv);
         if (!nv) return NULL;
         l->v = nv; l->cap = nc;
     }
-    sbuf *b = &l->v[l->n++];
-    *b = (sbuf){ 0 };
-    sb_add(b, "", 0);
+    ql_strbuf *b = &l->v[l->n++];
+    *b = (ql_strbuf){ 0 };
+    ql_strbuf_add(b, "", 0);
     return b;
 }
 static void sl_free(strlist *l) { for (size_t i = 0; i < l->n; i++) free(l->v[i].p); free(l->v); *l = (strlist){ 0 }; }
 
 /* Rust's String::from_utf8_lossy: each maximal invalid subpart becomes U+FFFD. */
-static void utf8_lossy(const char *s, size_t n, sbuf *out)
+static void utf8_lossy(const char *s, size_t n, ql_strbuf *out)
 {
     const uint8_t *u = (const uint8_t *)s;
     size_t i = 0;
     while (i < n) {
         int l;
         uint32_t cp = ql_u8dec(u, n, i, &l);
-        if (cp < 0x110000) { sb_add(out, s + i, (size_t)l); i += (size_t)l; continue; }
+        if (cp < 0x110000) { ql_strbuf_add(out, s + i, (size_t)l); i += (size_t)l; continue; }
         /* length of the maximal prefix of a valid sequence */
         uint8_t c0 = u[i];
         size_t need = c0 >= 0xF0 && c0 <= 0xF4 ? 4 : c0 >= 0xE0 && c0 <= 0xEF ? 3 : c0 >= 0xC2 && c0 <= 0xDF ? 2 : 1;
@@ -1044,7 +1030,7 @@ static void utf8_lossy(const char *s, size_t n, sbuf *out)
                 while (k < need && i + k < n && (u[i + k] & 0xC0) == 0x80) k++;
             }
         }
-        sb_add(out, "\xEF\xBF\xBD", 3);
+        ql_strbuf_add(out, "\xEF\xBF\xBD", 3);
         i += k;
     }
 }
@@ -1059,26 +1045,26 @@ ql_status ql_tokenizer_decode(const ql_tokenizer *t, const int32_t *ids, size_t 
         int32_t id = ids[i];
         if (id < 0 || id >= t->nids || t->tok[id].len == UINT32_MAX) continue; /* HF skips unknown ids */
         if (skip_special && t->special[id]) continue;
-        sbuf *s = sl_push(&a);
+        ql_strbuf *s = sl_push(&a);
         if (!s) goto oom;
-        sb_add(s, t->blob + t->tok[id].off, t->tok[id].len);
+        ql_strbuf_add(s, t->blob + t->tok[id].off, t->tok[id].len);
     }
     for (int k = 0; k < t->ndec; k++) {
         const dec_op *op = &t->dec[k];
         b.n = 0;
         switch (op->kind) {
         case DEC_BYTELEVEL: {
-            sbuf raw = { 0 };
-            sb_add(&raw, "", 0);
+            ql_strbuf raw = { 0 };
+            ql_strbuf_add(&raw, "", 0);
             for (size_t i = 0; i < a.n; i++) {
                 char *tmp = malloc(a.v[i].n + 1);
                 if (!tmp) { free(raw.p); goto oom; }
                 long r = bytelevel_to_raw(a.v[i].p, a.v[i].n, tmp);
-                if (r >= 0) sb_add(&raw, tmp, (size_t)r);
-                else sb_add(&raw, a.v[i].p, a.v[i].n);
+                if (r >= 0) ql_strbuf_add(&raw, tmp, (size_t)r);
+                else ql_strbuf_add(&raw, a.v[i].p, a.v[i].n);
                 free(tmp);
             }
-            sbuf *s = sl_push(&b);
+            ql_strbuf *s = sl_push(&b);
             if (!s) { free(raw.p); goto oom; }
             utf8_lossy(raw.p, raw.n, s);
             free(raw.p);
@@ -1086,21 +1072,21 @@ ql_status ql_tokenizer_decode(const ql_tokenizer *t, const int32_t *ids, size_t 
         }
         case DEC_REPLACE:
             for (size_t i = 0; i < a.n; i++) {
-                sbuf *s = sl_push(&b);
+                ql_strbuf *s = sl_push(&b);
                 if (!s) goto oom;
                 const char *p = a.v[i].p;
                 size_t m = a.v[i].n;
                 for (size_t j = 0; j < m;) {
                     if (op->alen && j + op->alen <= m && !memcmp(p + j, op->a, op->alen)) {
-                        sb_add(s, op->b, op->blen); j += op->alen;
-                    } else { sb_add(s, p + j, 1); j++; }
+                        ql_strbuf_add(s, op->b, op->blen); j += op->alen;
+                    } else { ql_strbuf_add(s, p + j, 1); j++; }
                 }
             }
             break;
         case DEC_BYTEFALLBACK: {
-            sbuf pend = { 0 };
+            ql_strbuf pend = { 0 };
             size_t npend = 0;
-            sb_add(&pend, "", 0);
+            ql_strbuf_add(&pend, "", 0);
             for (size_t i = 0; i <= a.n; i++) {
                 int isbyte = 0;
                 unsigned v = 0;
@@ -1111,7 +1097,7 @@ ql_status ql_tokenizer_decode(const ql_tokenizer *t, const int32_t *ids, size_t 
                     h2 = (c2 >= '0' && c2 <= '9') ? c2 - '0' : (c2 >= 'A' && c2 <= 'F') ? c2 - 'A' + 10 : (c2 >= 'a' && c2 <= 'f') ? c2 - 'a' + 10 : -1;
                     if (h1 >= 0 && h2 >= 0) { isbyte = 1; v = (unsigned)(h1 * 16 + h2); }
                 }
-                if (isbyte) { char ch = (char)v; sb_add(&pend, &ch, 1); npend++; continue; }
+                if (isbyte) { char ch = (char)v; ql_strbuf_add(&pend, &ch, 1); npend++; continue; }
                 if (npend) {
                     int valid = 1;
                     for (size_t j = 0; j < pend.n;) {
@@ -1119,46 +1105,46 @@ ql_status ql_tokenizer_decode(const ql_tokenizer *t, const int32_t *ids, size_t 
                         if (ql_u8dec((const uint8_t *)pend.p, pend.n, j, &l) >= 0x110000) { valid = 0; break; }
                         j += (size_t)l;
                     }
-                    if (valid) { sbuf *s = sl_push(&b); if (!s) { free(pend.p); goto oom; } sb_add(s, pend.p, pend.n); }
-                    else for (size_t j = 0; j < npend; j++) { sbuf *s = sl_push(&b); if (!s) { free(pend.p); goto oom; } sb_add(s, "\xEF\xBF\xBD", 3); }
+                    if (valid) { ql_strbuf *s = sl_push(&b); if (!s) { free(pend.p); goto oom; } ql_strbuf_add(s, pend.p, pend.n); }
+                    else for (size_t j = 0; j < npend; j++) { ql_strbuf *s = sl_push(&b); if (!s) { free(pend.p); goto oom; } ql_strbuf_add(s, "\xEF\xBF\xBD", 3); }
                     pend.n = 0; npend = 0;
                 }
-                if (i < a.n) { sbuf *s = sl_push(&b); if (!s) { free(pend.p); goto oom; } sb_add(s, a.v[i].p, a.v[i].n); }
+                if (i < a.n) { ql_strbuf *s = sl_push(&b); if (!s) { free(pend.p); goto oom; } ql_strbuf_add(s, a.v[i].p, a.v[i].n); }
             }
             free(pend.p);
             break;
         }
         case DEC_FUSE: {
-            sbuf *s = sl_push(&b);
+            ql_strbuf *s = sl_push(&b);
             if (!s) goto oom;
-            for (size_t i = 0; i < a.n; i++) sb_add(s, a.v[i].p, a.v[i].n);
+            for (size_t i = 0; i < a.n; i++) ql_strbuf_add(s, a.v[i].p, a.v[i].n);
             break;
         }
         case DEC_STRIP:
             for (size_t i = 0; i < a.n; i++) {
-                sbuf *s = sl_push(&b);
+                ql_strbuf *s = sl_push(&b);
                 if (!s) goto oom;
                 const char *p = a.v[i].p;
                 size_t st = 0, en = a.v[i].n;
                 for (int r = 0; r < op->start && st + op->alen <= en && !memcmp(p + st, op->a, op->alen); r++) st += op->alen;
                 for (int r = 0; r < op->stop && en >= st + op->alen && !memcmp(p + en - op->alen, op->a, op->alen); r++) en -= op->alen;
-                sb_add(s, p + st, en - st);
+                ql_strbuf_add(s, p + st, en - st);
             }
             break;
         case DEC_METASPACE:
             for (size_t i = 0; i < a.n; i++) {
-                sbuf *s = sl_push(&b);
+                ql_strbuf *s = sl_push(&b);
                 if (!s) goto oom;
-                sbuf tmp = { 0 };
-                sb_add(&tmp, "", 0);
+                ql_strbuf tmp = { 0 };
+                ql_strbuf_add(&tmp, "", 0);
                 const char *p = a.v[i].p;
                 size_t m = a.v[i].n;
                 for (size_t j = 0; j < m;) {
-                    if (op->alen && j + op->alen <= m && !memcmp(p + j, op->a, op->alen)) { sb_add(&tmp, " ", 1); j += op->alen; }
-                    else { sb_add(&tmp, p + j, 1); j++; }
+                    if (op->alen && j + op->alen <= m && !memcmp(p + j, op->a, op->alen)) { ql_strbuf_add(&tmp, " ", 1); j += op->alen; }
+                    else { ql_strbuf_add(&tmp, p + j, 1); j++; }
                 }
                 size_t st = (i == 0 && op->prepend_scheme != 2 && tmp.n && tmp.p[0] == ' ') ? 1 : 0;
-                sb_add(s, tmp.p + st, tmp.n - st);
+                ql_strbuf_add(s, tmp.p + st, tmp.n - st);
                 free(tmp.p);
             }
             break;
@@ -1166,11 +1152,11 @@ ql_status ql_tokenizer_decode(const ql_tokenizer *t, const int32_t *ids, size_t 
         strlist x = a; a = b; b = x;
         sl_free(&b);
     }
-    sbuf res = { 0 };
-    sb_add(&res, "", 0);
+    ql_strbuf res = { 0 };
+    ql_strbuf_add(&res, "", 0);
     for (size_t i = 0; i < a.n; i++) {
-        if (!t->has_decoder && i) sb_add(&res, " ", 1);
-        sb_add(&res, a.v[i].p, a.v[i].n);
+        if (!t->has_decoder && i) ql_strbuf_add(&res, " ", 1);
+        ql_strbuf_add(&res, a.v[i].p, a.v[i].n);
     }
     sl_free(&a); sl_free(&b);
     if (res.oom) { free(res.p); return ql_fail(QL_ENOMEM, "tokenizer: out of memory while decoding"); }

@@ -12,33 +12,18 @@
  *          empty think block to the generation prompt.
  *   Llama 3: bos_token + header + trimmed content + <|eot_id|> per message.
  */
+#include "strbuf.h"
 #include "tokenizer.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct cbuf { char *p; size_t n, cap; int oom; } cbuf;
-
-static void cb_add(cbuf *b, const char *s, size_t n)
-{
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 1024;
-        while (nc < b->n + n + 1) nc *= 2;
-        char *np = realloc(b->p, nc);
-        if (!np) { b->oom = 1; return; }
-        b->p = np; b->cap = nc;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-static void cb_str(cbuf *b, const char *s) { cb_add(b, s, strlen(s)); }
+static void cb_str(ql_strbuf *b, const char *s) { ql_strbuf_add(b, s, strlen(s)); }
 
 /* a span of a string */
 typedef struct span { const char *p; size_t n; } span;
 static span sp(const char *s) { span r = { s, strlen(s) }; return r; }
-static void cb_span(cbuf *b, span s) { cb_add(b, s.p, s.n); }
+static void cb_span(ql_strbuf *b, span s) { ql_strbuf_add(b, s.p, s.n); }
 
 static span lstrip_nl(span s) { while (s.n && s.p[0] == '\n') { s.p++; s.n--; } return s; }
 static span rstrip_nl(span s) { while (s.n && s.p[s.n - 1] == '\n') s.n--; return s; }
@@ -95,7 +80,7 @@ static const char *memmem_first(span h, const char *needle)
 static int is_role(const ql_chat_msg *m, const char *r) { return m->role && !strcmp(m->role, r); }
 
 /* tool responses, as both Qwen templates write them */
-static void tool_msg(cbuf *b, const ql_chat_msg *m, size_t i, size_t n)
+static void tool_msg(ql_strbuf *b, const ql_chat_msg *m, size_t i, size_t n)
 {
     if (i == 0 || !is_role(&m[-1], "tool")) cb_str(b, "<|im_start|>user");
     cb_str(b, "\n<tool_response>\n");
@@ -104,7 +89,7 @@ static void tool_msg(cbuf *b, const ql_chat_msg *m, size_t i, size_t n)
     if (i + 1 == n || !is_role(&m[1], "tool")) cb_str(b, "<|im_end|>\n");
 }
 
-static void chatml(cbuf *b, const ql_chat_msg *m, size_t n, const ql_chat_opts *o)
+static void chatml(ql_strbuf *b, const ql_chat_msg *m, size_t n, const ql_chat_opts *o)
 {
     if (n && is_role(&m[0], "system")) {
         cb_str(b, "<|im_start|>system\n"); cb_str(b, m[0].content); cb_str(b, "<|im_end|>\n");
@@ -128,7 +113,7 @@ static int wrapped_tool_response(const char *s)
     return n >= a && !memcmp(s, "<tool_response>", a) && n >= z && !memcmp(s + n - z, "</tool_response>", z);
 }
 
-static void qwen3(cbuf *b, const ql_chat_msg *m, size_t n, const ql_chat_opts *o)
+static void qwen3(ql_strbuf *b, const ql_chat_msg *m, size_t n, const ql_chat_opts *o)
 {
     if (n && is_role(&m[0], "system")) {
         cb_str(b, "<|im_start|>system\n"); cb_str(b, m[0].content); cb_str(b, "<|im_end|>\n");
@@ -175,7 +160,7 @@ static void qwen3(cbuf *b, const ql_chat_msg *m, size_t n, const ql_chat_opts *o
     }
 }
 
-static void llama3(cbuf *b, const ql_tokenizer *t, const ql_chat_msg *m, size_t n, const ql_chat_opts *o)
+static void llama3(ql_strbuf *b, const ql_tokenizer *t, const ql_chat_msg *m, size_t n, const ql_chat_opts *o)
 {
     const char *bos = ql_tokenizer_bos_token(t);
     for (size_t i = 0; i < n; i++) {
@@ -197,8 +182,8 @@ ql_status ql_tokenizer_apply_chat(const ql_tokenizer *t, const ql_chat_msg *msgs
     for (size_t i = 0; i < n; i++)
         if (!msgs[i].role || !msgs[i].content)
             return ql_fail(QL_EINVAL, "apply_chat_template: message %zu needs a role and a content string", i + 1);
-    cbuf b = { 0 };
-    cb_add(&b, "", 0);
+    ql_strbuf b = { 0 };
+    ql_strbuf_add(&b, "", 0);
     switch (ql_tokenizer_chat_family(t)) {
     case QL_CHAT_CHATML: chatml(&b, msgs, n, opts); break;
     case QL_CHAT_QWEN3: qwen3(&b, msgs, n, opts); break;
