@@ -168,3 +168,46 @@ int ql_nf4_st_entries(const ql_tensor *t, const char *key, ql_st_raw out[6], ql_
     }
     return n;
 }
+
+ql_status ql_tensors_save(const char *path, int n, const char *const *names, ql_tensor *const *tensors, int allow_nf4,
+                          int nmeta, const char *const *mk, const char *const *mv)
+{
+    size_t cap = (size_t)(n > 0 ? n : 1);
+    ql_st_raw *raw = calloc(cap * 6, sizeof *raw);          /* an nf4 tensor takes up to six entries */
+    ql_tensor **hold = calloc(cap, sizeof *hold);
+    ql_nf4_st_store *stores = calloc(cap, sizeof *stores);
+    ql_status s = raw && hold && stores ? QL_OK : ql_fail(QL_ENOMEM, "out of memory");
+    int k = 0;
+    for (int i = 0; s == QL_OK && i < n; i++) {
+        ql_tensor *t = tensors[i];
+        if (t->dtype == QL_NF4 && !allow_nf4) {
+            s = ql_fail(QL_EUNSUPPORTED, "%s: tensor '%s' is nf4: save it with qlora.nf4 (transformers 4-bit layout) "
+                                         "or dequantize it first", path, names[i]);
+            break;
+        }
+        /* a contiguous CPU copy when needed (nf4 tensors are always contiguous) */
+        hold[i] = ql_tensor_device(t).type != QL_DEV_CPU ? ql_tensor_to(t, t->dtype, ql_cpu())
+                : t->dtype == QL_NF4 ? ql_tensor_retain(t) : ql_tensor_contiguous(t);
+        if (!hold[i]) { s = ql_fail_context(QL_EINVAL, "%s: tensor '%s': ", path, names[i]); break; }
+        if (t->dtype == QL_NF4) {
+            int e = ql_nf4_st_entries(hold[i], names[i], raw + k, &stores[i]);
+            if (e < 0) { s = ql_fail_context(QL_EINVAL, "%s: ", path); break; }
+            k += e;
+            continue;
+        }
+        ql_st_raw *r = &raw[k++];
+        r->name = names[i];
+        r->dtype = ql_dtype_info_of(t->dtype)->st_name;
+        r->ndim = t->ndim;
+        memcpy(r->shape, t->shape, sizeof t->shape);
+        r->data = ql_tensor_data(hold[i]);
+        r->nbytes = ql_tensor_nbytes(hold[i]);
+    }
+    if (s == QL_OK) s = ql_st_save_raw(path, k, raw, nmeta, mk, mv);
+    for (int i = 0; hold && i < n; i++) ql_tensor_release(hold[i]);
+    for (int i = 0; stores && i < n; i++) ql_nf4_st_entries_free(&stores[i]);
+    free(raw);
+    free(hold);
+    free(stores);
+    return s;
+}

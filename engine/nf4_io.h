@@ -26,4 +26,10 @@ typedef struct ql_nf4_st_store { char *names[6]; char *json; } ql_nf4_st_store;
 int  ql_nf4_st_entries(const ql_tensor *t, const char *weight_key, ql_st_raw out[6], ql_nf4_st_store *store);
 void ql_nf4_st_entries_free(ql_nf4_st_store *store);
 
+/* Saves tensors of any dtype, device and layout to a safetensors file, atomically:
+   contiguous CPU copies are made where needed, and nf4 tensors are written in
+   the layout above (refused with a clear message when allow_nf4 is 0). */
+ql_status ql_tensors_save(const char *path, int n, const char *const *names, ql_tensor *const *tensors, int allow_nf4,
+                          int nmeta, const char *const *meta_keys, const char *const *meta_values);
+
 #endif

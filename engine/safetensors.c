@@ -555,38 +555,3 @@ ql_status ql_st_save_raw(const char *path, int n, const ql_st_raw *entries_in,
     free(e);
     return s;
 }
-
-ql_status ql_st_save(const char *path, int n, const char *const *names, ql_tensor *const *tensors,
-                     int nmeta, const char *const *mk, const char *const *mv)
-{
-    ql_st_raw *raw = calloc((size_t)(n > 0 ? n : 1), sizeof *raw);
-    ql_tensor **hold = calloc((size_t)(n > 0 ? n : 1), sizeof *hold);
-    ql_status s = raw && hold ? QL_OK : ql_fail(QL_ENOMEM, "out of memory");
-    for (int i = 0; s == QL_OK && i < n; i++) {
-        ql_tensor *t = tensors[i];
-        if (t->dtype == QL_NF4) {
-            s = ql_fail(QL_EUNSUPPORTED, "%s: tensor '%s' is nf4: save it with qlora.nf4 (transformers 4-bit layout) "
-                                         "or dequantize it first", path, names[i]);
-            break;
-        }
-        /* contiguous CPU copy when needed */
-        hold[i] = ql_tensor_device(t).type == QL_DEV_CPU ? ql_tensor_contiguous(t) : ql_tensor_to(t, t->dtype, ql_cpu());
-        if (!hold[i]) { s = ql_fail_context(QL_EINVAL, "%s: tensor '%s': ", path, names[i]); break; }
-        if (!ql_tensor_is_contiguous(hold[i])) {
-            ql_tensor *c = ql_tensor_contiguous(hold[i]);
-            ql_tensor_release(hold[i]);
-            hold[i] = c;
-        }
-        raw[i].name = names[i];
-        raw[i].dtype = ql_dtype_info_of(t->dtype)->st_name;
-        raw[i].ndim = t->ndim;
-        memcpy(raw[i].shape, t->shape, sizeof t->shape);
-        raw[i].data = ql_tensor_data(hold[i]);
-        raw[i].nbytes = ql_tensor_nbytes(hold[i]);
-    }
-    if (s == QL_OK) s = ql_st_save_raw(path, n, raw, nmeta, mk, mv);
-    for (int i = 0; hold && i < n; i++) ql_tensor_release(hold[i]);
-    free(raw);
-    free(hold);
-    return s;
-}

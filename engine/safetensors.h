@@ -45,12 +45,9 @@ const char *ql_st_meta_key(const ql_st_file *f, int i);
 const char *ql_st_meta_value(const ql_st_file *f, int i);
 const char *ql_st_meta_get(const ql_st_file *f, const char *key);   /* NULL when absent */
 
-/* Writes tensors (any device, any layout; nf4 refused) atomically: a temporary
-   file renamed over path, so a failure never leaves half a file. Entries are
-   written in name order. */
-ql_status ql_st_save(const char *path, int n, const char *const *names, ql_tensor *const *tensors,
-                     int nmeta, const char *const *meta_keys, const char *const *meta_values);
-/* Same, for raw host buffers (used by writers that stream, e.g. the NF4 layout). */
+/* Tensors of any dtype, device and layout are saved by ql_tensors_save (nf4_io.h). */
+/* Raw host buffers, written atomically (a temporary file renamed over path, so
+   a failure never leaves half a file), in name order. */
 typedef struct ql_st_raw {
     const char *name;
     const char *dtype;         /* safetensors dtype string */

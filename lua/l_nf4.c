@@ -96,96 +96,12 @@ static int l_load(lua_State *L)
         lua_setfield(L, -2, ql_st_name(f, i));
     }
     free(skip);
-    lua_newtable(L);
-    for (int i = 0; i < ql_st_meta_count(f); i++) {
-        lua_pushstring(L, ql_st_meta_value(f, i));
-        lua_setfield(L, -2, ql_st_meta_key(f, i));
-    }
+    ql_lua_push_metadata(L, f);
     ql_st_close(f);
     return 2;
 }
 
-typedef struct { int n; ql_st_raw *raw; ql_nf4_st_store *stores; int nstores; ql_tensor **hold; int nhold; } save_state;
-
-static int save_state_gc(lua_State *L)
-{
-    save_state *s = lua_touserdata(L, 1);
-    for (int i = 0; i < s->nstores; i++) ql_nf4_st_entries_free(&s->stores[i]);
-    for (int i = 0; i < s->nhold; i++) ql_tensor_release(s->hold[i]);
-    free(s->raw); free(s->stores); free(s->hold);
-    memset(s, 0, sizeof *s);
-    return 0;
-}
-
-static int l_save(lua_State *L)
-{
-    const char *path = luaL_checkstring(L, 1);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    int count = 0;
-    lua_pushnil(L);
-    while (lua_next(L, 2)) { count++; lua_pop(L, 1); }
-    /* the state is a to-be-closed userdata so every path frees it */
-    save_state *s = lua_newuserdatauv(L, sizeof *s, 0);
-    memset(s, 0, sizeof *s);
-    lua_newtable(L);
-    lua_pushcfunction(L, save_state_gc);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, save_state_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    int state_idx = lua_gettop(L);
-    lua_toclose(L, state_idx);
-    s->raw = calloc((size_t)count * 6 + 1, sizeof *s->raw);
-    s->stores = calloc((size_t)count + 1, sizeof *s->stores);
-    s->hold = calloc((size_t)count + 1, sizeof *s->hold);
-    if (!s->raw || !s->stores || !s->hold) return luaL_error(L, "out of memory");
-    lua_pushnil(L);
-    while (lua_next(L, 2)) {
-        if (lua_type(L, -2) != LUA_TSTRING) return luaL_error(L, "save: tensor names must be strings");
-        const char *name = lua_tostring(L, -2);
-        ql_tensor *t = ql_lua_checktensor(L, -1);
-        if (t->dtype == QL_NF4) {
-            ql_tensor *h = ql_tensor_device(t).type == QL_DEV_CPU ? ql_tensor_retain(t) : ql_tensor_to(t, QL_NF4, ql_cpu());
-            if (!h) return ql_lua_error(L);
-            s->hold[s->nhold++] = h;
-            int k = ql_nf4_st_entries(h, name, s->raw + s->n, &s->stores[s->nstores]);
-            if (k < 0) return ql_lua_error(L);
-            s->nstores++;
-            s->n += k;
-        } else {
-            ql_tensor *h = ql_tensor_device(t).type == QL_DEV_CPU ? ql_tensor_contiguous(t) : ql_tensor_to(t, t->dtype, ql_cpu());
-            if (!h) return ql_lua_error(L);
-            s->hold[s->nhold++] = h;
-            ql_st_raw *e = &s->raw[s->n++];
-            e->name = name;
-            e->dtype = ql_dtype_info_of(t->dtype)->st_name;
-            e->ndim = t->ndim;
-            memcpy(e->shape, t->shape, sizeof t->shape);
-            e->data = ql_tensor_data(h);
-            e->nbytes = ql_tensor_nbytes(h);
-        }
-        lua_pop(L, 1);
-    }
-    int nm = 0;
-    const char **mk = NULL, **mv = NULL;
-    if (lua_istable(L, 3)) {
-        lua_pushnil(L);
-        while (lua_next(L, 3)) { nm++; lua_pop(L, 1); }
-        mk = lua_newuserdatauv(L, sizeof(char *) * (size_t)(nm + 1), 0);
-        mv = lua_newuserdatauv(L, sizeof(char *) * (size_t)(nm + 1), 0);
-        int j = 0;
-        lua_pushnil(L);
-        while (lua_next(L, 3)) {
-            mk[j] = luaL_checkstring(L, -2);
-            mv[j] = luaL_checkstring(L, -1);
-            j++;
-            lua_pop(L, 1);
-        }
-    }
-    if (ql_st_save_raw(path, s->n, s->raw, nm, mk, mv) != QL_OK) return ql_lua_fail(L);
-    lua_pushboolean(L, 1);
-    return 1;
-}
+static int l_save(lua_State *L) { return ql_lua_save(L, 1); }
 
 static const luaL_Reg functions[] = {
     { "quantize", l_quantize }, { "dequantize", l_dequantize }, { "info", l_info },

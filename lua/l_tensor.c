@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "nf4_io.h"
 #include "safetensors.h"
 
 typedef struct { ql_tensor *t; } ltensor;
@@ -636,23 +637,20 @@ static int l_load(lua_State *L)
         ql_lua_pushtensor(L, t);
         lua_setfield(L, -2, ql_st_name(f, i));
     }
-    /* metadata as the second result */
-    lua_newtable(L);
-    for (int i = 0; i < ql_st_meta_count(f); i++) {
-        lua_pushstring(L, ql_st_meta_value(f, i));
-        lua_setfield(L, -2, ql_st_meta_key(f, i));
-    }
+    ql_lua_push_metadata(L, f);   /* the second result */
     ql_st_close(f);  /* tensors keep the mapping alive */
     return 2;
 }
 
-static int l_save(lua_State *L)
+/* save(path, {name = tensor}, metadata): shared by qlora.tensor.save and qlora.nf4.save */
+int ql_lua_save(lua_State *L, int allow_nf4)
 {
     const char *path = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     int n = 0;
     lua_pushnil(L);
     while (lua_next(L, 2)) { n++; lua_pop(L, 1); }
+    /* userdata arrays: a Lua error below cannot leak them */
     const char **names = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n ? n : 1), 0);
     ql_tensor **ts = lua_newuserdatauv(L, sizeof(ql_tensor *) * (size_t)(n ? n : 1), 0);
     int k = 0;
@@ -682,9 +680,20 @@ static int l_save(lua_State *L)
             lua_pop(L, 1);
         }
     }
-    if (ql_st_save(path, n, names, ts, nm, mk, mv) != QL_OK) return ql_lua_fail(L);
+    if (ql_tensors_save(path, n, names, ts, allow_nf4, nm, mk, mv) != QL_OK) return ql_lua_fail(L);
     lua_pushboolean(L, 1);
     return 1;
+}
+
+static int l_save(lua_State *L) { return ql_lua_save(L, 0); }
+
+void ql_lua_push_metadata(lua_State *L, const ql_st_file *f)
+{
+    lua_createtable(L, 0, ql_st_meta_count(f));
+    for (int i = 0; i < ql_st_meta_count(f); i++) {
+        lua_pushstring(L, ql_st_meta_value(f, i));
+        lua_setfield(L, -2, ql_st_meta_key(f, i));
+    }
 }
 
 /* ---------------------------------------------------------------- memory */

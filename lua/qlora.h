@@ -35,6 +35,12 @@ ql_tensor *ql_lua_totensor(lua_State *L, int idx);       /* NULL when not a tens
 /* pushes t as a Lua object, taking over the caller's reference; NULL raises the last error */
 int ql_lua_pushtensor(lua_State *L, ql_tensor *t);
 
+/* safetensors from Lua (l_tensor.c): save(path, tensors, metadata) with or without nf4
+   tensors, and the metadata table of an open file */
+struct ql_st_file;
+int  ql_lua_save(lua_State *L, int allow_nf4);
+void ql_lua_push_metadata(lua_State *L, const struct ql_st_file *f);
+
 /* models (l_model.c) */
 struct ql_model;
 struct ql_model *ql_lua_checkmodel(lua_State *L, int idx);
