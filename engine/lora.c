@@ -43,7 +43,6 @@ static ql_status mod_alloc(ql_lora_mod *mod, int in, int out, int r, float scale
     if (!mem || !mom) { free(mem); free(mom); mod->in = 0; return ql_fail(QL_ENOMEM, "out of memory for LoRA parameters"); }
     mod->A = mem; mod->B = mem + na; mod->gA = mod->B + nb; mod->gB = mod->gA + na;
     mod->mA = mom; mod->vA = mom + na; mod->mB = mod->vA + na; mod->vB = mod->mB + nb;
-    (void)mod->gB;
     return QL_OK;
 }
 

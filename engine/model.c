@@ -112,14 +112,15 @@ void ql_rmsnorm(const float *x, const float *w, int64_t n, int H, double eps, fl
     ql_rmsnorm_r(x, w, n, H, eps, y, NULL);
 }
 
-/* rotate-half RoPE on nh heads of each row of x [n, nh*hd] */
-void ql_rope(float *x, int64_t n, int nh, int hd, const int32_t *pos, const float *inv_freq)
+/* rotate-half RoPE on nh heads of each row of x [n, nh*hd]; inverse rotates by
+   minus the angle (the backward pass: the rotation is orthogonal) */
+void ql_rope(float *x, int64_t n, int nh, int hd, const int32_t *pos, const float *inv_freq, int inverse)
 {
     int half = hd / 2;
     for (int64_t i = 0; i < n; i++)
         for (int d = 0; d < half; d++) {
             float ang = (float)pos[i] * inv_freq[d];
-            float c = cosf(ang), s = sinf(ang);
+            float c = cosf(ang), s = inverse ? -sinf(ang) : sinf(ang);
             for (int h = 0; h < nh; h++) {
                 float *v = x + i * (int64_t)nh * hd + (int64_t)h * hd;
                 float a = v[d], b = v[d + half];
@@ -129,6 +130,18 @@ void ql_rope(float *x, int64_t n, int nh, int hd, const int32_t *pos, const floa
         }
 }
 
+/* cross-entropy of one row of logits z[V] against target: logsumexp(z) - z[target];
+   *mx and *se return the row maximum and sum of exp(z - mx) for a gradient */
+double ql_ce_row(const float *z, int64_t V, int32_t target, float *mx, double *se)
+{
+    float m = -INFINITY;
+    for (int64_t t = 0; t < V; t++) if (z[t] > m) m = z[t];
+    double e = 0;
+    for (int64_t t = 0; t < V; t++) e += exp((double)z[t] - m);
+    *mx = m;
+    *se = e;
+    return (log(e) + m) - z[target];
+}
 
 void ql_attn_range(void *arg, int64_t b, int64_t e)
 {
@@ -270,8 +283,8 @@ ql_status ql_model_hidden(ql_model *m, const ql_batch *b, ql_kv_cache *cache, fl
         const ql_block *B = &m->blocks[l];
         ql_rmsnorm(x, ql_tensor_data(B->attn_norm), n, H, c->eps, xn);
         if ((s = ql_linear_fwd(m, &B->q, xn, n, q)) || (s = ql_linear_fwd(m, &B->k, xn, n, k)) || (s = ql_linear_fwd(m, &B->v, xn, n, v))) break;
-        ql_rope(q, n, c->heads, hd, b->pos, m->inv_freq);
-        ql_rope(k, n, c->kv_heads, hd, b->pos, m->inv_freq);
+        ql_rope(q, n, c->heads, hd, b->pos, m->inv_freq, 0);
+        ql_rope(k, n, c->kv_heads, hd, b->pos, m->inv_freq, 0);
         const float *K = k, *V = v;
         if (cache) {
             for (int64_t i = 0; i < n; i++) {
@@ -344,12 +357,9 @@ static ql_status loss_from_logits(ql_model *m, const ql_batch *b, const int32_t 
     for (int64_t i = 0; s == QL_OK && i + 1 < n; i++) {
         if (!(b->lo[i + 1] <= i && labels[i + 1] != -100)) continue;
         if (labels[i + 1] < 0 || labels[i + 1] >= V) { s = ql_fail(QL_EINVAL, "label %d outside the vocabulary", labels[i + 1]); break; }
-        const float *z = lg + i * V;
-        float mx = -INFINITY;
-        for (int64_t t = 0; t < V; t++) if (z[t] > mx) mx = z[t];
-        double se = 0;
-        for (int64_t t = 0; t < V; t++) se += exp((double)z[t] - mx);
-        *sum += (log(se) + mx) - z[labels[i + 1]];
+        float mx;
+        double se;
+        *sum += ql_ce_row(lg + i * V, V, labels[i + 1], &mx, &se);
         (*count)++;
     }
     free(lg);
@@ -382,12 +392,9 @@ ql_status ql_model_loss(ql_model *m, const ql_batch *b, const int32_t *labels, d
         if (k == CH || (i >= n - 1 && k > 0)) {
             if ((s = ql_linear_fwd(m, &m->lm_head, xs, k, lg))) break;
             for (int r = 0; r < k; r++) {
-                const float *z = lg + (int64_t)r * V;
-                float mx = -INFINITY;
-                for (int t = 0; t < V; t++) if (z[t] > mx) mx = z[t];
-                double se = 0;
-                for (int t = 0; t < V; t++) se += exp((double)z[t] - mx);
-                *sum += (log(se) + mx) - z[tgt[r]];
+                float mx;
+                double se;
+                *sum += ql_ce_row(lg + (int64_t)r * V, V, tgt[r], &mx, &se);
                 (*count)++;
             }
             k = 0;

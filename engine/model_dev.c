@@ -115,7 +115,6 @@ ql_status ql_model_logits_dev(ql_model *m, const ql_batch *b, ql_kv_cache *cache
     ql_device dev = m->device;
     int64_t n = b->n, H = c->hidden, hd = c->head_dim, half = hd / 2, V = c->vocab;
     int heads = c->heads, kvh = c->kv_heads, g = heads / kvh;
-    int64_t KV = (int64_t)kvh * hd;
     pool Pool = { NULL, 0, 0 }, *P = &Pool;
     ql_tensor *x = NULL;   /* the residual stream, owned outside the pool */
     ql_status st = QL_OK;
@@ -207,7 +206,6 @@ ql_status ql_model_logits_dev(ql_model *m, const ql_batch *b, ql_kv_cache *cache
         while (P->n > mark) ql_tensor_release(P->t[--P->n]);
         ql_tensor_release(x);
         x = xo;
-        (void)KV;
     }
     ql_tensor *xf, *lg, *lh;
     TRYH(xf, rmsnorm(P, x, m->norm, c->eps));

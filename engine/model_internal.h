@@ -18,8 +18,10 @@ ql_status ql_linear_fwd(ql_model *m, const ql_linear *L, const float *x, int64_t
 void ql_rmsnorm(const float *x, const float *w, int64_t n, int H, double eps, float *y);
 /* the same, also keeping each row's inverse rms in r[n] (the backward needs it) */
 void ql_rmsnorm_r(const float *x, const float *w, int64_t n, int H, double eps, float *y, float *r);
-/* rotate-half RoPE of nh heads per row at positions pos */
-void ql_rope(float *x, int64_t n, int nh, int hd, const int32_t *pos, const float *inv_freq);
+/* rotate-half RoPE of nh heads per row at positions pos; inverse = 1 rotates back (backward) */
+void ql_rope(float *x, int64_t n, int nh, int hd, const int32_t *pos, const float *inv_freq, int inverse);
+/* logsumexp(z) - z[target] over a row of V logits; *mx, *se: its max and sum of exp(z - max) */
+double ql_ce_row(const float *z, int64_t V, int32_t target, float *mx, double *se);
 void ql_embed_rows(const ql_tensor *E, const int32_t *ids, int64_t n, int H, float *x);
 
 typedef struct ql_attn_job {

@@ -73,35 +73,29 @@ static void rmsnorm_bwd(const float *x, const float *w, const float *r, const fl
     }
 }
 
-/* the inverse rotation of ql_rope, applied to a gradient in place */
-static void rope_bwd(float *d, int64_t n, int nh, int hd, const int32_t *pos, const float *inv_freq)
-{
-    int half = hd / 2;
-    for (int64_t i = 0; i < n; i++)
-        for (int e = 0; e < half; e++) {
-            float ang = (float)pos[i] * inv_freq[e];
-            float c = cosf(ang), s = sinf(ang);
-            for (int h = 0; h < nh; h++) {
-                float *v = d + i * (int64_t)nh * hd + (int64_t)h * hd;
-                float da = v[e], db = v[e + half];
-                v[e] = da * c + db * s;
-                v[e + half] = db * c - da * s;
-            }
-        }
-}
-
 typedef struct dropctx { const ql_lora *l; int train; int layer; } dropctx;
 
-/* dropout(x) for the adapter of target t, into out; the mask is a function of
-   (seed, dropout step, layer, target, element) so backward regenerates it */
-static const float *dropout_x(const dropctx *dc, int t, const float *x, int64_t count, float *out)
+/* dst (+)= dropout(src) for the adapter of target t: the mask is a function of
+   (seed, dropout step, layer, target, element), so backward regenerates the
+   forward's mask exactly */
+static void apply_dropout(const dropctx *dc, int t, const float *src, int64_t count, float *dst, int accumulate)
 {
     const ql_lora *l = dc->l;
-    if (!dc->train || l->dropout <= 0) return x;
     uint64_t stream = (l->dropout_step << 16) ^ ((uint64_t)dc->layer << 4) ^ (uint64_t)t ^ 0xd50ull << 48;
     float keep = 1.0f / (1.0f - l->dropout);
-    for (int64_t i = 0; i < count; i++)
-        out[i] = ql_rng_uniform(l->seed, stream, (uint64_t)i) < l->dropout ? 0.0f : x[i] * keep;
+    for (int64_t i = 0; i < count; i++) {
+        float v = ql_rng_uniform(l->seed, stream, (uint64_t)i) < l->dropout ? 0.0f : src[i] * keep;
+        dst[i] = accumulate ? dst[i] + v : v;
+    }
+}
+
+static int dropout_on(const dropctx *dc) { return dc->train && dc->l->dropout > 0; }
+
+/* dropout(x) into out, or x itself when no dropout applies */
+static const float *dropout_x(const dropctx *dc, int t, const float *x, int64_t count, float *out)
+{
+    if (!dropout_on(dc)) return x;
+    apply_dropout(dc, t, x, count, out, 0);
     return out;
 }
 
@@ -157,14 +151,9 @@ static ql_status lin_bwd(ql_model *m, const ql_linear *L, ql_lora_mod *mod, int 
     const float *xd = dropout_x(dc, t, x, n * in, tmp);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, (int)n, mod->scale, tr, r, xd, in, 1.0f, mod->gA, in);
     /* dx += scale (tr A) through the dropout mask */
-    if (dc->train && dc->l->dropout > 0) {
+    if (dropout_on(dc)) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, in, r, mod->scale, tr, r, mod->A, in, 0.0f, tmp, in);
-        /* xd / x gives the mask scale where x != 0; regenerate it instead to be exact */
-        const ql_lora *l = dc->l;
-        uint64_t stream = (l->dropout_step << 16) ^ ((uint64_t)dc->layer << 4) ^ (uint64_t)t ^ 0xd50ull << 48;
-        float keep = 1.0f / (1.0f - l->dropout);
-        for (int64_t i = 0; i < n * in; i++)
-            dx[i] += ql_rng_uniform(l->seed, stream, (uint64_t)i) < l->dropout ? 0.0f : tmp[i] * keep;
+        apply_dropout(dc, t, tmp, n * in, dx, 1);
     } else {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, in, r, mod->scale, tr, r, mod->A, in, 1.0f, dx, in);
     }
@@ -253,8 +242,8 @@ static ql_status layer_fwd(ql_model *m, ql_lora *l, int layer, const ql_batch *b
     QL_TRY(lin_fwd(m, &B->q, mods[QL_T_Q], QL_T_Q, &dc, a->xn1, n, a->q, a->xa[QL_T_Q], w->tmp));
     QL_TRY(lin_fwd(m, &B->k, mods[QL_T_K], QL_T_K, &dc, a->xn1, n, a->k, a->xa[QL_T_K], w->tmp));
     QL_TRY(lin_fwd(m, &B->v, mods[QL_T_V], QL_T_V, &dc, a->xn1, n, a->v, a->xa[QL_T_V], w->tmp));
-    ql_rope(a->q, n, c->heads, c->head_dim, b->pos, m->inv_freq);
-    ql_rope(a->k, n, c->kv_heads, c->head_dim, b->pos, m->inv_freq);
+    ql_rope(a->q, n, c->heads, c->head_dim, b->pos, m->inv_freq, 0);
+    ql_rope(a->k, n, c->kv_heads, c->head_dim, b->pos, m->inv_freq, 0);
     ql_attn_job j = { a->q, a->k, a->v, a->att, b->lo, b->hi, c->heads, c->kv_heads, c->head_dim, c->sliding_window, n };
     ql_attention(&j, 1);
     QL_TRY(lin_fwd(m, &B->o, mods[QL_T_O], QL_T_O, &dc, a->att, n, a->xmid, a->xa[QL_T_O], w->tmp));
@@ -299,8 +288,8 @@ static ql_status layer_bwd(ql_model *m, ql_lora *l, int layer, const ql_batch *b
     attn_bwd_job j = { a->q, a->k, a->v, datt, dq, dk, dv, b->lo, b->hi, c->heads, c->kv_heads, c->head_dim,
                        c->sliding_window, n };
     ql_parallel_for(c->kv_heads, 1, attn_bwd_range, &j);
-    rope_bwd(dq, n, c->heads, c->head_dim, b->pos, m->inv_freq);
-    rope_bwd(dk, n, c->kv_heads, c->head_dim, b->pos, m->inv_freq);
+    ql_rope(dq, n, c->heads, c->head_dim, b->pos, m->inv_freq, 1);
+    ql_rope(dk, n, c->kv_heads, c->head_dim, b->pos, m->inv_freq, 1);
     float *dxn1 = g1;
     QL_TRY(lin_bwd(m, &B->q, mods[QL_T_Q], QL_T_Q, &dc, a->xn1, a->xa[QL_T_Q], dq, n, dxn1, 0, w->tmp, w->tr));
     QL_TRY(lin_bwd(m, &B->k, mods[QL_T_K], QL_T_K, &dc, a->xn1, a->xa[QL_T_K], dk, n, dxn1, 1, w->tmp, w->tr));
@@ -397,12 +386,9 @@ static ql_status loss_head(ql_model *m, const ql_batch *b, const int32_t *labels
         if (k == CH || (i == n - 1 && k > 0)) {
             if ((s = ql_linear_fwd(m, &m->lm_head, xs, k, lg))) break;
             for (int q = 0; q < k; q++) {
-                float *z = lg + (int64_t)q * V;
-                float mx = -INFINITY;
-                for (int64_t t = 0; t < V; t++) if (z[t] > mx) mx = z[t];
-                double se = 0;
-                for (int64_t t = 0; t < V; t++) se += exp((double)z[t] - mx);
-                *sum += (log(se) + mx) - z[tgt[q]];
+                float *z = lg + (int64_t)q * V, mx;
+                double se;
+                *sum += ql_ce_row(z, V, tgt[q], &mx, &se);
                 (*count)++;
                 if (dx) {  /* d/dz of (logsumexp - z_t) / denom */
                     for (int64_t t = 0; t < V; t++) z[t] = (float)(exp((double)z[t] - mx) / se / denom);

@@ -137,14 +137,23 @@ static int m_load_state(lua_State *L)
 }
 
 /* ids (arg idx), optional labels, options: builds a batch; pushes userdata scratch */
-static void batch(lua_State *L, ql_model *m, int ids_idx, int opts, ql_batch *b, int *rows, int *T)
+static void batch(lua_State *L, int ids_idx, int opts, ql_batch *b, int *rows, int *T)
 {
     b->ids = ql_lua_ids(L, ids_idx, rows, T);
     int64_t n = (int64_t)*rows * *T;
     int32_t *r = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)n * 3, 0);
     ql_lua_batch_ranges(L, opts, *rows, *T, r, r + n, r + 2 * n);
     b->n = n; b->pos = r; b->lo = r + n; b->hi = r + 2 * n;
-    (void)m;
+}
+
+/* ids (arg 2) and labels (arg 3) of the same shape, options at arg 4 */
+static int32_t *batch_labels(lua_State *L, ql_batch *b)
+{
+    int rows, T, lr, lT;
+    batch(L, 2, 4, b, &rows, &T);
+    int32_t *labels = ql_lua_ids(L, 3, &lr, &lT);
+    if (lr != rows || lT != T) luaL_error(L, "labels must have the shape of ids");
+    return labels;
 }
 
 static int opt_bool(lua_State *L, int idx, const char *k, int d)
@@ -160,10 +169,7 @@ static int m_forward_backward(lua_State *L)
 {
     llora *u = check(L, 1);
     ql_batch b;
-    int rows, T, lr, lT;
-    batch(L, u->m, 2, 4, &b, &rows, &T);
-    int32_t *labels = ql_lua_ids(L, 3, &lr, &lT);
-    if (lr != rows || lT != T) return luaL_error(L, "labels must have the shape of ids");
+    int32_t *labels = batch_labels(L, &b);
     double denom = 0;
     if (lua_istable(L, 4)) { lua_getfield(L, 4, "denom"); denom = luaL_optnumber(L, -1, 0); lua_pop(L, 1); }
     if (denom <= 0) {  /* default: this batch's target tokens */
@@ -184,10 +190,7 @@ static int m_loss(lua_State *L)
 {
     llora *u = check(L, 1);
     ql_batch b;
-    int rows, T, lr, lT;
-    batch(L, u->m, 2, 4, &b, &rows, &T);
-    int32_t *labels = ql_lua_ids(L, 3, &lr, &lT);
-    if (lr != rows || lT != T) return luaL_error(L, "labels must have the shape of ids");
+    int32_t *labels = batch_labels(L, &b);
     double sum;
     int64_t count;
     if (ql_lora_loss(u->m, u->l, &b, labels, &sum, &count) != QL_OK) return ql_lua_error(L);
@@ -202,7 +205,7 @@ static int m_logits(lua_State *L)
     llora *u = check(L, 1);
     ql_batch b;
     int rows, T;
-    batch(L, u->m, 2, 3, &b, &rows, &T);
+    batch(L, 2, 3, &b, &rows, &T);
     int64_t shape[2] = { b.n, u->m->cfg.vocab };
     ql_tensor *out = ql_tensor_new(QL_F32, 2, shape, ql_cpu());
     if (!out) return ql_lua_error(L);
