@@ -139,19 +139,39 @@ T.test("new adapters start as PEFT does: B = 0 (no change), A ~ U(+-1/sqrt(in))"
   T.raises(function() lora.new(m, { targets = { "lm_head" } }) end, "unknown LoRA target")
 end)
 
-T.test("rslora scales by alpha / sqrt(r); dropout only in training", function()
+T.test("rslora scales by alpha / sqrt(r)", function()
   local m = assert(model.load(T.fixture("models/tiny-qwen2")))
   local g = assert(tensor.load(T.fixture("models/tiny-qwen2/golden.safetensors")))
   local ids, labels = g.ids:totable(), g.labels:totable()
-  local lo = lora.new(m, { r = 4, alpha = 8, rslora = true, dropout = 0.3, seed = 1 })
-  -- give B values so the adapter matters
-  local peft = assert(lora.load(m, T.fixture("models/tiny-qwen2/peft-adapter")))
-  local a = lo:loss(ids, labels)
-  local sum1 = lo:forward_backward(ids, labels, { train = true })
-  local sum2 = lo:forward_backward(ids, labels, { train = true })
-  T.eq(a, (lo:loss(ids, labels)))         -- evaluation: no dropout, deterministic
-  T.eq(sum1 == sum2, true)                -- B = 0: dropout cannot change the loss yet
-  T.truthy(peft:loss(ids, labels) ~= a)
+  -- one AdamW step from B = 0, then the loss: equal scales give equal results
+  local function after_one_step(opts)
+    opts.seed = 1
+    local lo = lora.new(m, opts)
+    lo:forward_backward(ids, labels)
+    lo:adamw { lr = 1e-2, step = 1 }
+    return (lo:loss(ids, labels))
+  end
+  local rs = after_one_step { r = 4, alpha = 8, rslora = true }     -- 8 / sqrt(4) = 4
+  local same = after_one_step { r = 4, alpha = 16 }                  -- 16 / 4 = 4
+  local other = after_one_step { r = 4, alpha = 8 }                  -- 8 / 4 = 2
+  T.eq(rs, same)
+  T.truthy(math.abs(rs - other) > 1e-6, "a different scale must change the result")
+end)
+
+T.test("dropout applies in training steps only, with a new mask each step", function()
+  local m = assert(model.load(T.fixture("models/tiny-qwen2")))
+  local g = assert(tensor.load(T.fixture("models/tiny-qwen2/golden.safetensors")))
+  local ids, labels = g.ids:totable(), g.labels:totable()
+  local lo = lora.new(m, { r = 4, alpha = 8, dropout = 0.3, seed = 1 })
+  lo:forward_backward(ids, labels)            -- one step so B is no longer zero
+  lo:adamw { lr = 1e-2, step = 1 }
+  local eval1, eval2 = lo:loss(ids, labels), lo:loss(ids, labels)
+  T.eq(eval1, eval2)                           -- evaluation: no dropout, deterministic
+  local s_eval = lo:forward_backward(ids, labels, { train = false })
+  local s1, n1 = lo:forward_backward(ids, labels, { train = true })
+  local s2 = lo:forward_backward(ids, labels, { train = true })
+  T.near(s_eval / n1, eval1, 1e-9 * eval1)     -- train = false is the evaluation forward
+  T.truthy(s1 ~= s_eval and s2 ~= s_eval and s1 ~= s2, "dropout changes the loss and its mask changes per step")
 end)
 
 for _, name in ipairs({ "tiny-qwen2", "tiny-llama" }) do

@@ -48,12 +48,10 @@ end)
 
 T.test("every bf16 and f16 bit pattern widens like torch", function()
   local g = golden()
-  local bits = tensor.arange(0, 65536, { dtype = "i32" })
-  -- reinterpret: build bf16 values from their bit patterns through i32 arithmetic is not
-  -- possible; instead convert torch's f32 values back and compare round trips
+  -- torch widened every bit pattern to f32; narrowing those values back must give the same
+  -- bf16/f16 values (exactly representable), and widening them torch's f32 again
   same(g["conv.bf16_all"]:to("bf16"):to("f32"), g["conv.bf16_all"], "bf16 round trip")
   same(g["conv.f16_all"]:to("f16"):to("f32"), g["conv.f16_all"], "f16 round trip")
-  T.eq(bits:numel(), 65536)
 end)
 
 T.test("broadcasting binary ops match torch", function()
