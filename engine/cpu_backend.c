@@ -9,6 +9,7 @@
 #include "nf4_backend.h"
 #include "platform.h"
 #include "rng.h"
+#include "scalar_ops.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -228,28 +229,6 @@ static ql_status cpu_copy(ql_tensor *dst, const ql_tensor *src)
 
 /* ---------------------------------------------------------------- unary, binary */
 
-static inline float unary_f(int op, float x)
-{
-    switch (op) {
-    case QL_NEG: return -x;
-    case QL_ABS: return fabsf(x);
-    case QL_EXP: return expf(x);
-    case QL_LOG: return logf(x);
-    case QL_SQRT: return sqrtf(x);
-    case QL_RSQRT: return 1.0f / sqrtf(x);
-    case QL_SIN: return sinf(x);
-    case QL_COS: return cosf(x);
-    case QL_TANH: return tanhf(x);
-    case QL_SIGMOID: return 1.0f / (1.0f + expf(-x));
-    case QL_SILU: return x / (1.0f + expf(-x));
-    case QL_RELU: return x > 0 ? x : 0.0f;
-    case QL_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    case QL_SQUARE: return x * x;
-    case QL_RECIP: return 1.0f / x;
-    default: return NAN;
-    }
-}
-
 static void unary_range(void *arg, int64_t b, int64_t e)
 {
     job *j = arg;
@@ -262,13 +241,12 @@ static void unary_range(void *arg, int64_t b, int64_t e)
     if (!is_float(td)) { /* integer neg/abs/relu/square */
         for (int64_t i = b; i < e; i++, iter_next(&it)) {
             int64_t x = ld_i(s, tsrc, it.off[1]);
-            int64_t y = j->op == QL_NEG ? -x : j->op == QL_ABS ? (x < 0 ? -x : x) : j->op == QL_RELU ? (x > 0 ? x : 0) : x * x;
-            st_i(d, td, it.off[0], y);
+            st_i(d, td, it.off[0], ql_unary_i64(j->op, x));
         }
         return;
     }
     for (int64_t i = b; i < e; i++, iter_next(&it))
-        st_f(d, td, it.off[0], unary_f(j->op, ld_f(s, tsrc, it.off[1])));
+        st_f(d, td, it.off[0], ql_unary_f32(j->op, ld_f(s, tsrc, it.off[1])));
 }
 
 static ql_status cpu_unary(ql_unary_op op, ql_tensor *dst, const ql_tensor *src)
@@ -276,45 +254,6 @@ static ql_status cpu_unary(ql_unary_op op, ql_tensor *dst, const ql_tensor *src)
     job j = { .dst = dst, .src = src, .op = op };
     ql_parallel_for(ql_tensor_numel(dst), GRAIN, unary_range, &j);
     return QL_OK;
-}
-
-static inline float binary_f(int op, float a, float b)
-{
-    switch (op) {
-    case QL_ADD: return a + b;
-    case QL_SUB: return a - b;
-    case QL_MUL: return a * b;
-    case QL_DIV: return a / b;
-    case QL_POW: return powf(a, b);
-    case QL_MAXIMUM: return a != a || b != b ? NAN : a > b ? a : b;
-    case QL_MINIMUM: return a != a || b != b ? NAN : a < b ? a : b;
-    case QL_EQ: return a == b;
-    case QL_NE: return a != b;
-    case QL_LT: return a < b;
-    case QL_LE: return a <= b;
-    case QL_GT: return a > b;
-    case QL_GE: return a >= b;
-    default: return NAN;
-    }
-}
-
-static inline int64_t binary_i(int op, int64_t a, int64_t b)
-{
-    switch (op) {
-    case QL_ADD: return (int64_t)((uint64_t)a + (uint64_t)b);
-    case QL_SUB: return (int64_t)((uint64_t)a - (uint64_t)b);
-    case QL_MUL: return (int64_t)((uint64_t)a * (uint64_t)b);
-    case QL_POW: { int64_t r = 1; if (b < 0) return a == 1 ? 1 : 0; while (b-- > 0) r = (int64_t)((uint64_t)r * (uint64_t)a); return r; }
-    case QL_MAXIMUM: return a > b ? a : b;
-    case QL_MINIMUM: return a < b ? a : b;
-    case QL_EQ: return a == b;
-    case QL_NE: return a != b;
-    case QL_LT: return a < b;
-    case QL_LE: return a <= b;
-    case QL_GT: return a > b;
-    case QL_GE: return a >= b;
-    default: return 0;
-    }
 }
 
 static void binary_range(void *arg, int64_t b, int64_t e)
@@ -329,13 +268,13 @@ static void binary_range(void *arg, int64_t b, int64_t e)
     int fl = is_float(ta) || is_float(tb) || j->op == QL_DIV;
     if (td == QL_F32 && ta == QL_F32 && tb == QL_F32) {
         float *D = d; const float *A = pa, *B = pb;
-        for (int64_t i = b; i < e; i++, iter_next(&it)) D[it.off[0]] = binary_f(j->op, A[it.off[1]], B[it.off[2]]);
+        for (int64_t i = b; i < e; i++, iter_next(&it)) D[it.off[0]] = ql_binary_f32(j->op, A[it.off[1]], B[it.off[2]]);
     } else if (fl) {
         for (int64_t i = b; i < e; i++, iter_next(&it))
-            st_f(d, td, it.off[0], binary_f(j->op, ld_f(pa, ta, it.off[1]), ld_f(pb, tb, it.off[2])));
+            st_f(d, td, it.off[0], ql_binary_f32(j->op, ld_f(pa, ta, it.off[1]), ld_f(pb, tb, it.off[2])));
     } else {
         for (int64_t i = b; i < e; i++, iter_next(&it))
-            st_i(d, td, it.off[0], binary_i(j->op, ld_i(pa, ta, it.off[1]), ld_i(pb, tb, it.off[2])));
+            st_i(d, td, it.off[0], ql_binary_i64(j->op, ld_i(pa, ta, it.off[1]), ld_i(pb, tb, it.off[2])));
     }
 }
 

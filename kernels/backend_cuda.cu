@@ -19,6 +19,7 @@
 extern "C" {
 #include "rng.h"
 #include "nf4.h"
+#include "scalar_ops.h"
 }
 
 #define QL_ILP 4   /* elements in flight per thread in the contiguous kernels */
@@ -409,41 +410,6 @@ static ql_status cuda_copy(ql_tensor *dst, const ql_tensor *src) { return ql_cud
 
 /* ---------------------------------------------------------------- unary */
 
-/* Same formulas as cpu_backend.c's unary_f, in f32 (CUDA's libm, not fast-math). */
-__device__ __forceinline__ float unary_f32(int op, float x)
-{
-    switch (op) {
-    case QL_NEG: return -x;
-    case QL_ABS: return fabsf(x);
-    case QL_EXP: return expf(x);
-    case QL_LOG: return logf(x);
-    case QL_SQRT: return sqrtf(x);
-    case QL_RSQRT: return 1.0f / sqrtf(x);
-    case QL_SIN: return sinf(x);
-    case QL_COS: return cosf(x);
-    case QL_TANH: return tanhf(x);
-    case QL_SIGMOID: return 1.0f / (1.0f + expf(-x));
-    case QL_SILU: return x / (1.0f + expf(-x));
-    case QL_RELU: return x > 0.0f ? x : 0.0f;
-    case QL_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    case QL_SQUARE: return x * x;
-    case QL_RECIP: return 1.0f / x;
-    default: return NAN;
-    }
-}
-
-/* integer neg/abs/relu/square, wrapping like the reference */
-__device__ __forceinline__ int64_t unary_i64(int op, int64_t x)
-{
-    uint64_t u = (uint64_t)x;
-    switch (op) {
-    case QL_NEG: return (int64_t)(0 - u);
-    case QL_ABS: return x < 0 ? (int64_t)(0 - u) : x;
-    case QL_RELU: return x > 0 ? x : 0;
-    default: return (int64_t)(u * u);
-    }
-}
-
 /* fast path: one float dtype in and out */
 template <typename T, bool CONTIG>
 __global__ void k_unary(int op, T *dst, const T *src, int64_t n, ql_idx ix)
@@ -451,7 +417,7 @@ __global__ void k_unary(int op, T *dst, const T *src, int64_t n, ql_idx ix)
     QL_GRID_LOOP(i, n) {
         int64_t o[2] = { i, i };
         if (!CONTIG) ql_idx_offsets<2>(ix, i, o);
-        dst[o[0]] = ql_from_f32<T>(unary_f32(op, ql_to_f32(src[o[1]])));
+        dst[o[0]] = ql_from_f32<T>(ql_unary_f32(op, ql_to_f32(src[o[1]])));
     }
 }
 
@@ -461,8 +427,8 @@ __global__ void k_unary_dyn(int op, void *dst, int dd, const void *src, int ds, 
     QL_GRID_LOOP(i, n) {
         int64_t o[2];
         ql_idx_offsets<2>(ix, i, o);
-        if (ql_dt_float(dd)) ql_stf(dst, dd, o[0], unary_f32(op, ql_ldf(src, ds, o[1])));
-        else ql_sti(dst, dd, o[0], unary_i64(op, ql_ldi(src, ds, o[1])));
+        if (ql_dt_float(dd)) ql_stf(dst, dd, o[0], ql_unary_f32(op, ql_ldf(src, ds, o[1])));
+        else ql_sti(dst, dd, o[0], ql_unary_i64(op, ql_ldi(src, ds, o[1])));
     }
 }
 
@@ -477,7 +443,7 @@ __global__ void k_unary_c(int op, T *dst, const T *src, int64_t n)
 #pragma unroll
         for (int k = 0; k < QL_ILP; k++) {
             int64_t i = base + k * stride;
-            if (i < n) dst[i] = ql_from_f32<T>(unary_f32(op, x[k]));
+            if (i < n) dst[i] = ql_from_f32<T>(ql_unary_f32(op, x[k]));
         }
     }
 }
@@ -516,51 +482,6 @@ static ql_status cuda_unary(ql_unary_op op, ql_tensor *dst, const ql_tensor *src
 /* ---------------------------------------------------------------- binary */
 
 /* Same as cpu_backend.c's binary_f: f32 math; maximum/minimum give NaN if either is NaN. */
-__device__ __forceinline__ float binary_f32(int op, float a, float b)
-{
-    switch (op) {
-    case QL_ADD: return a + b;
-    case QL_SUB: return a - b;
-    case QL_MUL: return a * b;
-    case QL_DIV: return a / b;
-    case QL_POW: return powf(a, b);
-    case QL_MAXIMUM: return a != a || b != b ? NAN : a > b ? a : b;
-    case QL_MINIMUM: return a != a || b != b ? NAN : a < b ? a : b;
-    case QL_EQ: return a == b ? 1.0f : 0.0f;
-    case QL_NE: return a != b ? 1.0f : 0.0f;
-    case QL_LT: return a < b ? 1.0f : 0.0f;
-    case QL_LE: return a <= b ? 1.0f : 0.0f;
-    case QL_GT: return a > b ? 1.0f : 0.0f;
-    case QL_GE: return a >= b ? 1.0f : 0.0f;
-    default: return NAN;
-    }
-}
-
-/* integer math in int64, wrapping; pow by squaring (same result mod 2^64 as repeated products) */
-__device__ __forceinline__ int64_t binary_i64(int op, int64_t a, int64_t b)
-{
-    switch (op) {
-    case QL_ADD: return (int64_t)((uint64_t)a + (uint64_t)b);
-    case QL_SUB: return (int64_t)((uint64_t)a - (uint64_t)b);
-    case QL_MUL: return (int64_t)((uint64_t)a * (uint64_t)b);
-    case QL_POW: {
-        if (b < 0) return a == 1 ? 1 : 0;
-        uint64_t r = 1, x = (uint64_t)a;
-        for (uint64_t e = (uint64_t)b; e; e >>= 1) { if (e & 1) r *= x; x *= x; }
-        return (int64_t)r;
-    }
-    case QL_MAXIMUM: return a > b ? a : b;
-    case QL_MINIMUM: return a < b ? a : b;
-    case QL_EQ: return a == b;
-    case QL_NE: return a != b;
-    case QL_LT: return a < b;
-    case QL_LE: return a <= b;
-    case QL_GT: return a > b;
-    case QL_GE: return a >= b;
-    default: return 0;
-    }
-}
-
 /* fast path: one float dtype for a, b and dst */
 template <typename T, bool CONTIG>
 __global__ void k_binary(int op, T *dst, const T *a, const T *b, int64_t n, ql_idx ix)
@@ -568,7 +489,7 @@ __global__ void k_binary(int op, T *dst, const T *a, const T *b, int64_t n, ql_i
     QL_GRID_LOOP(i, n) {
         int64_t o[3] = { i, i, i };
         if (!CONTIG) ql_idx_offsets<3>(ix, i, o);
-        dst[o[0]] = ql_from_f32<T>(binary_f32(op, ql_to_f32(a[o[1]]), ql_to_f32(b[o[2]])));
+        dst[o[0]] = ql_from_f32<T>(ql_binary_f32(op, ql_to_f32(a[o[1]]), ql_to_f32(b[o[2]])));
     }
 }
 
@@ -579,8 +500,8 @@ __global__ void k_binary_dyn(int op, int fl, void *dst, int dd, const void *a, i
     QL_GRID_LOOP(i, n) {
         int64_t o[3];
         ql_idx_offsets<3>(ix, i, o);
-        if (fl) ql_stf(dst, dd, o[0], binary_f32(op, ql_ldf(a, da, o[1]), ql_ldf(b, db, o[2])));
-        else ql_sti(dst, dd, o[0], binary_i64(op, ql_ldi(a, da, o[1]), ql_ldi(b, db, o[2])));
+        if (fl) ql_stf(dst, dd, o[0], ql_binary_f32(op, ql_ldf(a, da, o[1]), ql_ldf(b, db, o[2])));
+        else ql_sti(dst, dd, o[0], ql_binary_i64(op, ql_ldi(a, da, o[1]), ql_ldi(b, db, o[2])));
     }
 }
 
@@ -598,7 +519,7 @@ __global__ void k_binary_c(int op, T *dst, const T *a, const T *b, int64_t n)
 #pragma unroll
         for (int k = 0; k < QL_ILP; k++) {
             int64_t i = base + k * stride;
-            if (i < n) dst[i] = ql_from_f32<T>(binary_f32(op, x[k], y[k]));
+            if (i < n) dst[i] = ql_from_f32<T>(ql_binary_f32(op, x[k], y[k]));
         }
     }
 }

@@ -96,6 +96,15 @@ T.test("matmul matches torch: transposed views, batch broadcast, bf16", function
   allclose(g["mm.bf16_a"]:matmul(g["mm.bf16_b"]):float(), g["mm.bf16_ab_f32"], 1e-2, 1e-2, "bf16")
 end)
 
+T.test("integer math wraps modulo 2^64; pow takes log(exponent) steps", function()
+  T.eq((tensor.from({ 3, -2 }) ^ 5):totable(), { 243, -32 })
+  T.eq((tensor.from({ 2 }) ^ 64):totable(), { 0 })                       -- 2^64 mod 2^64
+  local t0 = os.clock()
+  T.eq((tensor.from({ 1, -1 }) ^ (1 << 62)):totable(), { 1, 1 })          -- an even exponent of 2^62
+  T.truthy(os.clock() - t0 < 1, "a huge exponent must not loop once per unit")
+  T.eq((-tensor.from({ math.mininteger })):totable(), { math.mininteger })  -- wraps, no overflow trap
+end)
+
 T.test("views share storage; contiguous copies", function()
   local a = tensor.arange(24):reshape(2, 3, 4)
   local t = a:transpose(1, 3)
