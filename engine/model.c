@@ -366,41 +366,96 @@ static ql_status loss_from_logits(ql_model *m, const ql_batch *b, const int32_t 
     return s;
 }
 
+/* Cross-entropy through lm_head for every target of a batch (token i predicts
+   labels[i + 1] when i + 1 is in its document), from the final-normed hidden
+   states xf [n, H]. The vocabulary is walked a block of lm_head rows at a time
+   with a running logsumexp per token, so the weight is widened once per 256
+   tokens (twice with gradients) and full logits never exist. dxf (may be
+   NULL): d (sum of losses / denom) / d xf is added to it. */
+ql_status ql_lm_head_ce(ql_model *m, const ql_batch *b, const int32_t *labels, const float *xf, double denom,
+                        double *sum, int64_t *count, float *dxf)
+{
+    const ql_linear *L = &m->lm_head;
+    int64_t n = b->n, H = m->cfg.hidden, V = m->cfg.vocab;
+    enum { TC = 256 };
+    int64_t k = 0;
+    for (int64_t i = 0; i + 1 < n; i++) {
+        if (!(b->lo[i + 1] <= i && labels[i + 1] != -100)) continue;
+        if (labels[i + 1] < 0 || labels[i + 1] >= V) return ql_fail(QL_EINVAL, "label %d outside the vocabulary", labels[i + 1]);
+        k++;
+    }
+    if (k == 0) return QL_OK;
+    int f32 = L->w->dtype == QL_F32 && ql_tensor_is_contiguous(L->w);
+    int64_t rb = SCRATCH_FLOATS / H;
+    if (rb < 1) rb = 1;
+    if (rb > V) rb = V;
+    int64_t *rows = malloc(sizeof(int64_t) * (size_t)k);
+    int32_t *tgt = malloc(sizeof(int32_t) * (size_t)k);
+    float *xs = malloc(sizeof(float) * (size_t)(TC * H)), *lg = malloc(sizeof(float) * (size_t)(TC * rb));
+    float *dxs = dxf ? malloc(sizeof(float) * (size_t)(TC * H)) : NULL;
+    double mx[TC], se[TC];
+    float zt[TC];
+    ql_status s = rows && tgt && xs && lg && (!dxf || dxs) ? QL_OK : ql_fail(QL_ENOMEM, "out of host memory");
+    if (s == QL_OK && !f32) s = ql_model_scratch(m, rb * H);
+    k = 0;
+    for (int64_t i = 0; s == QL_OK && i + 1 < n; i++)
+        if (b->lo[i + 1] <= i && labels[i + 1] != -100) { rows[k] = i; tgt[k] = labels[i + 1]; k++; }
+    for (int64_t c0 = 0; s == QL_OK && c0 < k; c0 += TC) {
+        int tc = (int)(k - c0 < TC ? k - c0 : TC);
+        for (int q = 0; q < tc; q++) {
+            memcpy(xs + (int64_t)q * H, xf + rows[c0 + q] * H, sizeof(float) * (size_t)H);
+            mx[q] = -INFINITY;
+            se[q] = 0;
+        }
+        for (int pass = 0; pass < (dxf ? 2 : 1) && s == QL_OK; pass++) {
+            if (pass == 1) memset(dxs, 0, sizeof(float) * (size_t)(tc * H));
+            for (int64_t v0 = 0; v0 < V; v0 += rb) {
+                int64_t v1 = v0 + rb < V ? v0 + rb : V, w = v1 - v0;
+                const float *W = f32 ? (const float *)ql_tensor_data(L->w) + v0 * H : m->scratch;
+                if (!f32 && (s = ql_weight_rows_f32(L->w, v0, v1, H, m->scratch))) break;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tc, (int)w, (int)H, 1.0f, xs, (int)H, W, (int)H,
+                            0.0f, lg, (int)w);
+                for (int q = 0; q < tc; q++) {
+                    float *z = lg + (int64_t)q * w;
+                    int32_t t = tgt[c0 + q];
+                    if (pass == 0) {   /* running logsumexp */
+                        float bm = -INFINITY;
+                        for (int64_t j = 0; j < w; j++) if (z[j] > bm) bm = z[j];
+                        if (bm > mx[q]) { se[q] *= exp(mx[q] - bm); mx[q] = bm; }
+                        for (int64_t j = 0; j < w; j++) se[q] += exp((double)z[j] - mx[q]);
+                        if (t >= v0 && t < v1) zt[q] = z[t - v0];
+                    } else {           /* d/dz of (logsumexp - z_t) / denom */
+                        double lse = log(se[q]) + mx[q];
+                        for (int64_t j = 0; j < w; j++) z[j] = (float)(exp((double)z[j] - lse) / denom);
+                        if (t >= v0 && t < v1) z[t - v0] -= (float)(1.0 / denom);
+                    }
+                }
+                if (pass == 1)   /* d xs += dlogits @ W_block */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tc, (int)H, (int)w, 1.0f, lg, (int)w, W,
+                                (int)H, 1.0f, dxs, (int)H);
+            }
+            if (pass == 0)
+                for (int q = 0; q < tc; q++) { *sum += (log(se[q]) + mx[q]) - zt[q]; (*count)++; }
+        }
+        if (s == QL_OK && dxf)
+            for (int q = 0; q < tc; q++)
+                for (int64_t j = 0; j < H; j++) dxf[rows[c0 + q] * H + j] += dxs[(int64_t)q * H + j];
+    }
+    free(rows); free(tgt); free(xs); free(lg); free(dxs);
+    return s;
+}
+
 ql_status ql_model_loss(ql_model *m, const ql_batch *b, const int32_t *labels, double *sum, int64_t *count)
 {
-    if (m->device.type != QL_DEV_CPU || m->graph) { *sum = 0; *count = 0; return loss_from_logits(m, b, labels, sum, count); }
-    const ql_model_config *c = &m->cfg;
-    int H = c->hidden, V = c->vocab;
-    int64_t n = b->n;
     *sum = 0;
     *count = 0;
+    if (m->device.type != QL_DEV_CPU || m->graph) return loss_from_logits(m, b, labels, sum, count);
+    int64_t n = b->n, H = m->cfg.hidden;
     float *h = malloc(sizeof(float) * (size_t)(n * H > 0 ? n * H : 1));
     if (!h) return ql_fail(QL_ENOMEM, "out of host memory");
     ql_status s = ql_model_hidden(m, b, NULL, h);
-    /* token i predicts labels[i + 1] when i + 1 is in the same document range */
-    const int CH = 32;
-    float *xs = malloc(sizeof(float) * (size_t)CH * H), *lg = malloc(sizeof(float) * (size_t)CH * V);
-    int32_t tgt[32];
-    if (s == QL_OK && (!xs || !lg)) s = ql_fail(QL_ENOMEM, "out of host memory");
-    int k = 0;
-    for (int64_t i = 0; s == QL_OK && i <= n; i++) {
-        if (i < n - 1 && b->lo[i + 1] <= i && labels[i + 1] != -100) {
-            if (labels[i + 1] < 0 || labels[i + 1] >= V) { s = ql_fail(QL_EINVAL, "label %d outside the vocabulary", labels[i + 1]); break; }
-            memcpy(xs + (int64_t)k * H, h + i * H, sizeof(float) * (size_t)H);
-            tgt[k++] = labels[i + 1];
-        }
-        if (k == CH || (i >= n - 1 && k > 0)) {
-            if ((s = ql_linear_fwd(m, &m->lm_head, xs, k, lg))) break;
-            for (int r = 0; r < k; r++) {
-                float mx;
-                double se;
-                *sum += ql_ce_row(lg + (int64_t)r * V, V, tgt[r], &mx, &se);
-                (*count)++;
-            }
-            k = 0;
-        }
-    }
-    free(xs); free(lg); free(h);
+    if (s == QL_OK) s = ql_lm_head_ce(m, b, labels, h, 1.0, sum, count, NULL);
+    free(h);
     return s;
 }
 

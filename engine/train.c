@@ -362,56 +362,25 @@ static ql_status forward_all(ql_model *m, ql_lora *l, const ql_batch *b, int tra
 
 /* loss over target tokens of the final hidden x [n, H]; with dx != NULL also
    dx = d (sum / denom) / d x, through the final norm and lm_head */
+/* loss over target tokens of the final pre-norm hidden x [n, H]; with dx != NULL also
+   dx = d (sum / denom) / d x, through the final norm and lm_head */
 static ql_status loss_head(ql_model *m, const ql_batch *b, const int32_t *labels, const float *x, double denom,
                            double *sum, int64_t *count, float *dx)
 {
     const ql_model_config *c = &m->cfg;
-    int64_t n = b->n, H = c->hidden, V = c->vocab;
+    int64_t n = b->n, H = c->hidden;
     float *xf = malloc(sizeof(float) * (size_t)(n * H)), *rr = malloc(sizeof(float) * (size_t)n);
     float *dxf = dx ? calloc((size_t)(n * H), sizeof(float)) : NULL;
-    enum { CH = 32 };
-    float *xs = malloc(sizeof(float) * CH * (size_t)H), *lg = malloc(sizeof(float) * CH * (size_t)V);
-    int64_t rows[CH];
-    int32_t tgt[CH];
-    ql_status s = xf && rr && xs && lg && (!dx || dxf) ? QL_OK : ql_fail(QL_ENOMEM, "out of host memory");
-    if (s == QL_OK) ql_rmsnorm_r(x, ql_tensor_data(m->norm), n, (int)H, c->eps, xf, rr);
-    int k = 0;
-    for (int64_t i = 0; s == QL_OK && i < n; i++) {
-        if (i + 1 < n && b->lo[i + 1] <= i && labels[i + 1] != -100) {
-            if (labels[i + 1] < 0 || labels[i + 1] >= V) { s = ql_fail(QL_EINVAL, "label %d outside the vocabulary", labels[i + 1]); break; }
-            memcpy(xs + (int64_t)k * H, xf + i * H, sizeof(float) * (size_t)H);
-            rows[k] = i;
-            tgt[k++] = labels[i + 1];
-        }
-        if (k == CH || (i == n - 1 && k > 0)) {
-            if ((s = ql_linear_fwd(m, &m->lm_head, xs, k, lg))) break;
-            for (int q = 0; q < k; q++) {
-                float *z = lg + (int64_t)q * V, mx;
-                double se;
-                *sum += ql_ce_row(z, V, tgt[q], &mx, &se);
-                (*count)++;
-                if (dx) {  /* d/dz of (logsumexp - z_t) / denom */
-                    for (int64_t t = 0; t < V; t++) z[t] = (float)(exp((double)z[t] - mx) / se / denom);
-                    z[tgt[q]] -= (float)(1.0 / denom);
-                }
-            }
-            if (dx) {
-                /* rows of dxf: d xf = dlogits @ W_lm */
-                float *dtmp = malloc(sizeof(float) * (size_t)k * H);
-                if (!dtmp) { s = ql_fail(QL_ENOMEM, "out of host memory"); break; }
-                s = base_bwd(m, &m->lm_head, lg, k, dtmp, 0);
-                for (int q = 0; s == QL_OK && q < k; q++)
-                    for (int64_t j = 0; j < H; j++) dxf[rows[q] * H + j] += dtmp[(int64_t)q * H + j];
-                free(dtmp);
-            }
-            k = 0;
-        }
+    ql_status s = xf && rr && (!dx || dxf) ? QL_OK : ql_fail(QL_ENOMEM, "out of host memory");
+    if (s == QL_OK) {
+        ql_rmsnorm_r(x, ql_tensor_data(m->norm), n, (int)H, c->eps, xf, rr);
+        s = ql_lm_head_ce(m, b, labels, xf, denom, sum, count, dxf);
     }
     if (s == QL_OK && dx) {
         memset(dx, 0, sizeof(float) * (size_t)(n * H));
         rmsnorm_bwd(x, ql_tensor_data(m->norm), rr, dxf, n, (int)H, dx);
     }
-    free(xf); free(rr); free(dxf); free(xs); free(lg);
+    free(xf); free(rr); free(dxf);
     return s;
 }
 
