@@ -514,9 +514,9 @@ static ql_status copy_file(const char *from, const char *to)
     return s;
 }
 
-ql_status ql_lora_merge(const ql_lora *l, const char *base_dir, const char *out_dir, char *note, size_t note_cap)
+static ql_status merge_into(const ql_lora *l, const char *base_dir, const char *out_dir, char *note, size_t note_cap)
 {
-    char path[4096], out[4096];
+    char path[4096], out[8192];
     snprintf(path, sizeof path, "%s/config.json", base_dir);
     ql_json_doc *cfg = NULL;
     if (!ql_file_exists(path)) return ql_fail(QL_EIO, "%s: config.json is missing: merge needs the base model's folder", base_dir);
@@ -547,7 +547,7 @@ ql_status ql_lora_merge(const ql_lora *l, const char *base_dir, const char *out_
             uint64_t total = 0;
             fprintf(af.fp, "{\n  \"weight_map\": {");
             for (int j = 0; s == QL_OK && j < nf; j++) {
-                char ip[4096], op[4096];
+                char ip[4096], op[8192];
                 snprintf(ip, sizeof ip, "%s/%s", base_dir, files[j]);
                 snprintf(op, sizeof op, "%s/%s", out_dir, files[j]);
                 s = merge_shard(l, ip, op, &adapted, &four_bit, af.fp, files[j], &first, &total);
@@ -594,5 +594,21 @@ ql_status ql_lora_merge(const ql_lora *l, const char *base_dir, const char *out_
                    "error; merge into the original bf16 checkpoint (base=...) to avoid it"
                  : "merged %d projections into the original weights of %s", adapted, base_dir);
     ql_json_free(cfg);
+    return s;
+}
+
+/* the merged folder is written beside out_dir and renamed into place at the end,
+   so a failure (disk full, a bad shard) never leaves half a model there */
+ql_status ql_lora_merge(const ql_lora *l, const char *base_dir, const char *out_dir, char *note, size_t note_cap)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out_dir, (long)ql_pid());
+    ql_remove_tree(tmp);
+    ql_status s = merge_into(l, base_dir, tmp, note, note_cap);
+    if (s == QL_OK) {
+        if (ql_file_exists(out_dir) && ql_remove_tree(out_dir) != QL_OK) s = ql_fail_context(QL_EIO, "merge: ");
+        else if (ql_rename(tmp, out_dir) != QL_OK) s = QL_EIO;
+    }
+    if (s != QL_OK) ql_remove_tree(tmp);
     return s;
 }

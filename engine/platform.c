@@ -9,6 +9,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -252,6 +253,29 @@ ql_status ql_mkdir_p(const char *path)
     if (!ql_is_dir(path)) return ql_fail(QL_EIO, "%s: exists and is not a folder", path);
     return QL_OK;
 }
+
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st; (void)flag; (void)ftw;
+    return remove(p);
+}
+
+ql_status ql_remove_tree(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0) return QL_OK;
+    if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        return ql_fail(QL_EIO, "%s: cannot remove (%s)", path, strerror(errno));
+    return QL_OK;
+}
+
+ql_status ql_rename(const char *from, const char *to)
+{
+    if (rename(from, to) != 0) return ql_fail(QL_EIO, "cannot rename %s to %s (%s)", from, to, strerror(errno));
+    return QL_OK;
+}
+
+long ql_pid(void) { return (long)getpid(); }
 
 const char *ql_exe_dir(void)
 {

@@ -55,6 +55,10 @@ int     ql_is_dir(const char *path);
 int64_t ql_file_size(const char *path);   /* -1 when missing */
 double  ql_file_mtime(const char *path);  /* seconds; -1 when missing */
 ql_status ql_mkdir_p(const char *path);
+/* removes a file or a folder with everything in it (missing: QL_OK) */
+ql_status ql_remove_tree(const char *path);
+ql_status ql_rename(const char *from, const char *to);
+long ql_pid(void);
 /* Directory of the running executable (or of the loaded module), without the
    trailing slash; "" when it cannot be found. */
 const char *ql_exe_dir(void);

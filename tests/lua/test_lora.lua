@@ -226,3 +226,16 @@ T.test("merge from a 4-bit checkpoint dequantizes (never re-quantizes) and says 
   assert(model.load(out))
   os.execute("rm -rf '" .. bnb .. "' '" .. out .. "'")
 end)
+
+T.test("a merge that fails leaves no output folder behind", function()
+  local m = assert(model.load(T.fixture("models/tiny-qwen2")))
+  local lo = assert(lora.load(m, T.fixture("models/tiny-qwen2/peft-adapter")))
+  local out = T.tmpdir() .. "/merged"
+  -- the wrong base model: its projections have other shapes
+  local note, err = lo:merge(T.fixture("models/tiny-llama"), out)
+  T.eq(note, nil)
+  T.truthy(err:find("shape") or err:find("adapter"), err)
+  T.eq(qlora.sys.exists(out), false)
+  local left = io.popen("ls -d '" .. out .. "'.tmp* 2>/dev/null"):read("a")
+  T.eq(left, "")
+end)
