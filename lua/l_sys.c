@@ -74,6 +74,14 @@ static int l_append_line(lua_State *L)
     lua_pushboolean(L, 1);
     return 1;
 }
+/* qlora.sys.remove_tree(path): a file or a folder with everything in it */
+static int l_remove_tree(lua_State *L)
+{
+    if (ql_remove_tree(luaL_checkstring(L, 1)) != QL_OK) return ql_lua_fail(L);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* qlora.sys.rename(from, to): atomic within a file system */
 static int l_rename(lua_State *L)
 {
@@ -104,7 +112,7 @@ static const luaL_Reg functions[] = {
     { "term_width", l_term_width }, { "exists", l_exists }, { "is_dir", l_is_dir }, { "mtime", l_mtime },
     { "size", l_size }, { "mkdir", l_mkdir }, { "exe_dir", l_exe_dir }, { "write_file", l_write_file },
     { "build", l_build }, { "trap_interrupt", l_trap_interrupt }, { "interrupted", l_interrupted },
-    { "append_line", l_append_line }, { "rename", l_rename },
+    { "append_line", l_append_line }, { "rename", l_rename }, { "remove_tree", l_remove_tree },
     { NULL, NULL }
 };
 

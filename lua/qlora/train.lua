@@ -309,12 +309,10 @@ function Trainer:evaluate()
   return l
 end
 
-local function shell_quote(p) return "'" .. tostring(p):gsub("'", "'\\''") .. "'" end
-
 -- a checkpoint: written into dir.tmp, then renamed, so a crash never leaves half of one
 function Trainer:save(dir)
   local tmp = dir .. ".tmp"
-  os.execute("rm -rf " .. shell_quote(tmp))
+  assert(sys.remove_tree(tmp))
   assert(sys.mkdir(tmp))
   assert(self.lora:save(tmp, self.cfg.base_name or self.model:config().dir))
   assert(self.lora:save_state(tmp .. "/optimizer.safetensors"))
@@ -324,7 +322,7 @@ function Trainer:save(dir)
                   max_steps = self.max_steps, warmup = self.warmup, lr = self.lr, schedule = self.schedule_kind,
                   seq_len = self.seq_len, batch_size = self.batch_size, grad_accum = self.grad_accum }
   assert(sys.write_file(tmp .. "/trainer_state.json", json.encode(state, { indent = 1 })))
-  os.execute("rm -rf " .. shell_quote(dir))
+  assert(sys.remove_tree(dir))
   assert(sys.rename(tmp, dir))
   return dir
 end
