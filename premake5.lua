@@ -121,7 +121,7 @@ local function write_kernels_mk()
    f:write("GENCODE := " .. table.concat(gencode, " ") .. "\n")
    f:write("KDIR := $(ROOT)/" .. builddir .. "/kernels/$(config)\n")
    f:write([[
-NVFLAGS := -O3 -std=c++17 -DQL_CUDA=1 $(GENCODE) -Xcompiler -fPIC -Xcompiler -Wall -I$(ROOT)/engine -I$(ROOT)/kernels
+NVFLAGS := -O3 -std=c++17 -DQL_CUDA=1 $(GENCODE) -Xcompiler -fPIC -Xcompiler -Wall -I$(ROOT)/engine/core -I$(ROOT)/engine/formats -I$(ROOT)/engine/text -I$(ROOT)/engine/model -I$(ROOT)/kernels
 SRCS := $(wildcard $(ROOT)/kernels/*.cu)
 OBJS := $(patsubst $(ROOT)/kernels/%.cu,$(KDIR)/%.o,$(SRCS))
 all: $(KDIR)/libqlkernels.a
@@ -171,7 +171,9 @@ workspace_ "qlora"
    configurations { "release", "debug", "asan" }
    location (builddir)
    language "C"
-   includedirs { "engine" }
+   -- engine/ is grouped by layer: core (tensors, backends, platform), formats
+   -- (safetensors, JSON, NF4), text (tokenizer, PDF, cleaning), model (decoder, LoRA, training)
+   includedirs { "engine/core", "engine/formats", "engine/text", "engine/model" }
    buildoptions { "-std=c11", "-Wall", "-Wextra", "-fPIC", "-D_GNU_SOURCE" }
    buildoptions(split(lua_cflags .. " " .. mupdf_cflags .. " " .. blas_cflags))
    includedirs { builddir }
@@ -205,7 +207,7 @@ end
 
 project "qlengine"
    kind "StaticLib"
-   files { "engine/*.c", "engine/*.h" }
+   files { "engine/**.c", "engine/**.h" }
    per_config(function(cfg) targetdir(builddir .. "/lib/" .. cfg); objdir(builddir .. "/obj/" .. cfg) end)
    if use_cuda then
       prebuildcommands { "$(MAKE) --no-print-directory -f kernels.mk config=$(config)" }

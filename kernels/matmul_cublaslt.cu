@@ -63,6 +63,17 @@ static ql_status lt_get(int dev, lt_ctx **out)
     return QL_OK;
 }
 
+/* the device's handle and workspace, for gemm.cu */
+ql_status ql_cuda_lt(int dev, cublasLtHandle_t *h, void **ws, size_t *ws_size)
+{
+    lt_ctx *c;
+    QL_TRY(lt_get(dev, &c));
+    *h = c->handle;
+    *ws = c->ws;
+    *ws_size = c->ws_size;
+    return QL_OK;
+}
+
 static int allow_tf32(void)
 {
     static int v = -1;

@@ -1,6 +1,6 @@
 /*
  * nf4.cu — NF4 quantize / dequantize on the GPU, byte-identical to the CPU
- * reference in engine/nf4.c (and so to bitsandbytes 0.50 on the CPU).
+ * reference in engine/formats/nf4.c (and so to bitsandbytes 0.50 on the CPU).
  *
  * Every floating-point step is an explicit round-to-nearest intrinsic
  * (__fmul_rn, __fadd_rn, __fdiv_rn, __fmaf_rn where the reference fuses), so

@@ -1,5 +1,7 @@
 /*
- * l_lora.c — qlora.lora: LoRA adapters and the CPU reference training step.
+ * l_lora.c — qlora.lora: LoRA adapters and the training step. The adapter trains
+ * where its model lives (the CPU reference, or a GPU: parameters, gradients and AdamW
+ * state stay there; saving and params() copy them back).
  *   local lo = qlora.lora.new(model, {r = 16, alpha = 32, dropout = 0, rslora = false,
  *                                     targets = {"q_proj", ...} | "all", layers = {0, 1, ...}, seed = 0})
  *   local lo = qlora.lora.load(model, adapter_dir)           -- PEFT adapter folder
@@ -38,11 +40,11 @@ static llora *check(lua_State *L, int idx)
 /* pushes the adapter object; keeps the model alive through the user value */
 static int push(lua_State *L, int model_idx, ql_lora *l, ql_model *m)
 {
-    if (m->device.type != QL_DEV_CPU) {
-        ql_lora_free(l);
-        return luaL_error(L, "LoRA training runs on the CPU reference for now: load the model with device = \"cpu\"");
-    }
     if (!l) return ql_lua_fail(L);
+    if (ql_lora_to_device(l, m->device) != QL_OK) {   /* training runs where the model lives */
+        ql_lora_free(l);
+        return ql_lua_fail(L);
+    }
     llora *u = lua_newuserdatauv(L, sizeof *u, 1);
     u->l = l;
     u->m = m;
@@ -117,6 +119,7 @@ static int m_release(lua_State *L)
 static int m_save(lua_State *L)
 {
     llora *u = check(L, 1);
+    if (ql_lora_sync_host(u->l) != QL_OK) return ql_lua_fail(L);
     if (ql_lora_save_peft(u->l, luaL_checkstring(L, 2), luaL_optstring(L, 3, u->m->dir)) != QL_OK) return ql_lua_fail(L);
     lua_pushboolean(L, 1);
     return 1;
@@ -124,14 +127,18 @@ static int m_save(lua_State *L)
 
 static int m_save_state(lua_State *L)
 {
-    if (ql_lora_save_state(check(L, 1)->l, luaL_checkstring(L, 2)) != QL_OK) return ql_lua_fail(L);
+    ql_lora *l = check(L, 1)->l;
+    if (ql_lora_sync_host(l) != QL_OK || ql_lora_save_state(l, luaL_checkstring(L, 2)) != QL_OK) return ql_lua_fail(L);
     lua_pushboolean(L, 1);
     return 1;
 }
 
 static int m_load_state(lua_State *L)
 {
-    if (ql_lora_load_state(check(L, 1)->l, luaL_checkstring(L, 2)) != QL_OK) return ql_lua_fail(L);
+    ql_lora *l = check(L, 1)->l;
+    if (ql_lora_sync_host(l) != QL_OK || ql_lora_load_state(l, luaL_checkstring(L, 2)) != QL_OK ||
+        ql_lora_sync_device(l) != QL_OK)
+        return ql_lua_fail(L);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -219,9 +226,23 @@ static int m_logits(lua_State *L)
     return ql_lua_pushtensor(L, out);
 }
 
-static int m_zero_grad(lua_State *L) { ql_lora_zero_grad(check(L, 1)->l); return 0; }
-static int m_grad_norm(lua_State *L) { lua_pushnumber(L, ql_lora_grad_norm(check(L, 1)->l)); return 1; }
-static int m_scale_grad(lua_State *L) { ql_lora_scale_grad(check(L, 1)->l, (float)luaL_checknumber(L, 2)); return 0; }
+static int m_zero_grad(lua_State *L)
+{
+    if (ql_lora_zero_grad(check(L, 1)->l) != QL_OK) return ql_lua_error(L);
+    return 0;
+}
+static int m_grad_norm(lua_State *L)
+{
+    double norm;
+    if (ql_lora_grad_norm(check(L, 1)->l, &norm) != QL_OK) return ql_lua_error(L);
+    lua_pushnumber(L, norm);
+    return 1;
+}
+static int m_scale_grad(lua_State *L)
+{
+    if (ql_lora_scale_grad(check(L, 1)->l, (float)luaL_checknumber(L, 2)) != QL_OK) return ql_lua_error(L);
+    return 0;
+}
 static int m_num_params(lua_State *L) { lua_pushinteger(L, ql_lora_num_params(check(L, 1)->l)); return 1; }
 
 static double opt_num(lua_State *L, int idx, const char *k, double d)
@@ -242,14 +263,16 @@ static int m_adamw(lua_State *L)
     lua_Integer step = luaL_checkinteger(L, -1);
     lua_pop(L, 1);
     if (step < 1) return luaL_error(L, "adamw: step counts from 1");
-    ql_lora_adamw(u->l, (float)lr, (float)opt_num(L, 2, "beta1", 0.9), (float)opt_num(L, 2, "beta2", 0.999),
-                  (float)opt_num(L, 2, "eps", 1e-8), (float)opt_num(L, 2, "weight_decay", 0), step);
+    if (ql_lora_adamw(u->l, (float)lr, (float)opt_num(L, 2, "beta1", 0.9), (float)opt_num(L, 2, "beta2", 0.999),
+                      (float)opt_num(L, 2, "eps", 1e-8), (float)opt_num(L, 2, "weight_decay", 0), step) != QL_OK)
+        return ql_lua_error(L);
     return 0;
 }
 
 static int push_arrays(lua_State *L, int grads)
 {
     llora *u = check(L, 1);
+    if (ql_lora_sync_host(u->l) != QL_OK) return ql_lua_error(L);
     lua_newtable(L);
     for (int i = 0; i < u->l->layers; i++)
         for (int t = 0; t < QL_NTARGETS; t++) {
@@ -276,6 +299,7 @@ static int m_merge(lua_State *L)
 {
     llora *u = check(L, 1);
     char note[512] = "";
+    if (ql_lora_sync_host(u->l) != QL_OK) return ql_lua_fail(L);
     if (ql_lora_merge(u->l, luaL_checkstring(L, 2), luaL_checkstring(L, 3), note, sizeof note) != QL_OK) return ql_lua_fail(L);
     lua_pushstring(L, note);
     return 1;

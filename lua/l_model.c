@@ -1,8 +1,8 @@
 /*
- * l_model.c — qlora.model: Hugging Face checkpoints on the CPU reference.
+ * l_model.c — qlora.model: Hugging Face checkpoints.
  *   local m = qlora.model.load(dir [, {quant = "nf4" | "none", device = "cpu" | "cuda[:N]"}])  -> model | nil, msg
- *       cpu: the fp32 reference forward; cuda: layers and lm_head move to the GPU and the
- *       forward runs as tensor ops there (model_dev.c); graph = true runs that forward on the CPU
+ *       cpu: the fp32 reference; cuda: every weight moves to the GPU and the decoder
+ *       (engine/model/decoder.c) runs there in bf16 with f32 accumulation
  *   m:config()                         -> table of config.json facts
  *   m:logits(ids [, {doc_lens = {...}}]) -> tensor [T, V] (ids: a Lua array or an integer tensor;
  *                                         a table of rows gives [B, T, V]; doc_lens packs documents)
@@ -49,11 +49,6 @@ static int l_load(lua_State *L)
     luaL_setmetatable(L, MODEL_MT);
     u->m = ql_model_load(dir, &o);
     if (!u->m) return ql_lua_fail(L);
-    if (lua_istable(L, 2)) {   /* graph = true: the device-generic forward on the CPU, to test it */
-        lua_getfield(L, 2, "graph");
-        u->m->graph = lua_toboolean(L, -1);
-        lua_pop(L, 1);
-    }
     return 1;
 }
 

@@ -1,6 +1,6 @@
 /*
  * l_sys.c — qlora.sys: the platform layer for recipes (clocks, threads,
- * files, terminal, build facts). Everything OS-specific stays in engine/platform.c.
+ * files, terminal, build facts). Everything OS-specific stays in engine/core/platform.c.
  */
 #include "qlora.h"
 

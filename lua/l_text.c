@@ -1,5 +1,5 @@
 /*
- * l_text.c — qlora.text: corpus text cleaning on utf8proc (engine/text.c).
+ * l_text.c — qlora.text: corpus text cleaning on utf8proc (engine/text/text.c).
  *   text.clean(s [, {nfkc=true, fold_quotes=false, collapse_spaces=true, max_blank_lines=1}]) -> s
  *   text.minhash(s [, {k=5, n=64}]) -> signature (binary string of n uint32)
  *   text.similarity(sig_a, sig_b) -> estimated Jaccard similarity in [0, 1]

@@ -18,6 +18,7 @@ local config = {
   seq_len = 512, batch = 4, accum = 1, lr = 2e-4, epochs = 1, steps = nil,
   r = 16, alpha = 32, dropout = 0.05,
   save_every = 100, eval_every = 0,
+  device = "auto",          -- auto: the GPU when `qlora doctor` passes, else the CPU; or cpu, cuda, cuda:N
 }
 
 local sys = qlora.sys
@@ -81,9 +82,9 @@ else
   p:close()
   if last and last ~= "" and newer(last .. "/trainer_state.json", chunks) then resume = " resume=" .. q(last) end
   stage("train", string.format("%s %s/train.lua model=%s data=%s out=%s quant=%s seq_len=%s batch=%s accum=%s lr=%s "
-    .. "r=%s alpha=%s dropout=%s save_every=%s eval_every=%s%s%s", q(qlora_bin), here, q(config.model), q(chunks), q(run),
-    config.quant, config.seq_len, config.batch, config.accum, config.lr, config.r, config.alpha, config.dropout,
-    config.save_every, config.eval_every, extra, resume))
+    .. "r=%s alpha=%s dropout=%s save_every=%s eval_every=%s device=%s%s%s", q(qlora_bin), here, q(config.model), q(chunks),
+    q(run), config.quant, config.seq_len, config.batch, config.accum, config.lr, config.r, config.alpha, config.dropout,
+    config.save_every, config.eval_every, q(config.device), extra, resume))
 end
 
 local merged = config.out .. "/merged"

@@ -4,22 +4,28 @@
 --       [quant=nf4|none] [r=16] [alpha=32] [dropout=0.05] [targets=all|q_proj,v_proj,...]
 --       [seq_len=512] [batch=4] [accum=4] [lr=2e-4] [warmup=0.03] [schedule=cosine|linear|constant]
 --       [epochs=1] [steps=N] [weight_decay=0] [max_grad_norm=1.0] [eval_fraction=0.05]
---       [save_every=100] [eval_every=50] [checkpointing=false] [seed=0] [threads=N]
+--       [save_every=100] [eval_every=50] [checkpointing=false|true] [seed=0] [threads=N]
+--       [device=auto|cpu|cuda|cuda:N]
 --       [resume=runs/qwen-docs/checkpoint-100]
 --
 -- Data: {"text": ...}, {"messages": [...]} (chat template; only assistant turns are
 -- trained) or {"instruction", "input", "output"} records. Writes out/metrics.jsonl
 -- (one line per step), out/checkpoint-N/ (adapter, optimizer state, trainer state;
 -- resume= continues exactly), out/adapter/ (PEFT files) and out/loss.svg.
--- Ctrl-C saves a checkpoint and stops. Runs on the CPU reference backend.
+-- Ctrl-C saves a checkpoint and stops. device=auto (the default) trains on the GPU when
+-- `qlora doctor` would pass (a CUDA build, a GPU, a kernel that runs on it), else on the
+-- CPU reference; checkpoints resume on either. On a GPU, checkpointing defaults to true.
 local function flag(v, d) if v == nil then return d end return v == "true" or v == "1" or v == "yes" end
 local model_dir = args.model or error("model=path/to/hf-model is required", 0)
 local data = args.data or error("data=path/to/file.jsonl is required", 0)
 local out = args.out or "runs/qlora"
 if args.threads then qlora.sys.threads(tonumber(args.threads)) end
 
+local device, why = qlora.train.pick_device(args.device)
+if not device then io.stderr:write("train: " .. why .. "\n"); os.exit(2) end
+print("train: device " .. device .. " (" .. why .. ")")
 local t0 = qlora.sys.now()
-local model, err = qlora.model.load(model_dir, { quant = args.quant or "nf4" })
+local model, err = qlora.model.load(model_dir, { quant = args.quant or "nf4", device = device })
 if not model then io.stderr:write("train: " .. err .. "\n"); os.exit(2) end
 local tok, terr = qlora.tokenizer.load(args.tokenizer or model_dir)
 if not tok then io.stderr:write("train: " .. terr .. "\n"); os.exit(2) end
@@ -39,7 +45,7 @@ local ok, tr = pcall(qlora.train.new, {
   schedule = args.schedule or "cosine", epochs = tonumber(args.epochs or "1"), max_steps = tonumber(args.steps),
   weight_decay = tonumber(args.weight_decay or "0"), max_grad_norm = tonumber(args.max_grad_norm or "1.0"),
   eval_fraction = tonumber(args.eval_fraction or "0.05"), save_every = tonumber(args.save_every or "100"),
-  eval_every = tonumber(args.eval_every or "0"), checkpointing = flag(args.checkpointing, false),
+  eval_every = tonumber(args.eval_every or "0"), checkpointing = flag(args.checkpointing, device ~= "cpu"),
   seed = tonumber(args.seed or "0"), resume = args.resume,
 })
 if not ok then io.stderr:write("train: " .. tostring(tr) .. "\n"); os.exit(2) end

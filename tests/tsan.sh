@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${TMPDIR:-/tmp}/qltest-tsan"
 inc=build; [ -f build/ql_build.h ] || inc=build-cpu
-gcc -std=c11 -O1 -g -fsanitize=thread -D_GNU_SOURCE -Iengine -I"$inc" $(pkg-config --cflags mupdf) \
-    engine/*.c $(ls tests/c/*.c | grep -v test_cuda) -o "$out" \
+gcc -std=c11 -O1 -g -fsanitize=thread -D_GNU_SOURCE -Iengine/core -Iengine/formats -Iengine/text -Iengine/model -I"$inc" $(pkg-config --cflags mupdf) \
+    engine/*/*.c $(ls tests/c/*.c | grep -v test_cuda) -o "$out" \
     $(pkg-config --libs --static mupdf) -lharfbuzz -lopenblas -lutf8proc -lpcre2-8 -lpthread -ldl -lm
 QL_FIXTURES="$PWD/tests/fixtures" TSAN_OPTIONS="halt_on_error=1" "$out" "$@"

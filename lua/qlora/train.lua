@@ -45,6 +45,36 @@ function M.clip_grad_norm(lo, max_norm)
   return norm
 end
 
+-- ---------------------------------------------------------------- device
+
+-- The device to train on for a `device=` setting: "auto" (or nil) picks the first GPU
+-- when doctor's checks would pass (a CUDA build, a visible GPU with bf16, a kernel that
+-- ran on it), else the CPU. Returns the device string and why, or nil and the problem
+-- for an explicit device that cannot be used.
+function M.pick_device(setting)
+  setting = setting or "auto"
+  if setting == "cpu" then return "cpu", "asked for" end
+  local r = qlora.device.probe()
+  local g = r.gpus and r.gpus[1]
+  local usable = r.cuda_built and g and g.kernel_ok and g.bf16
+  if setting == "auto" then
+    if usable then return "cuda", string.format("%s, sm_%d, doctor's checks pass", g.name, g.sm) end
+    if not r.cuda_built then return "cpu", "this build has no CUDA" end
+    if not g then return "cpu", "no CUDA GPU visible" end
+    return "cpu", "the GPU cannot run this binary's kernels or has no bf16: run `qlora doctor`"
+  end
+  if setting:match("^cuda") then
+    if not r.cuda_built then return nil, "device=" .. setting .. ": this build has no CUDA (./setup.sh --cuda=on with a CUDA toolkit)" end
+    local idx = tonumber(setting:match("^cuda:(%d+)$") or "0")
+    local gi = r.gpus and r.gpus[idx + 1]
+    if not gi then return nil, "device=" .. setting .. ": no such GPU (run `qlora doctor`)" end
+    if not gi.kernel_ok then return nil, "device=" .. setting .. ": " .. gi.name .. " cannot run this binary's kernels (run `qlora doctor`)" end
+    if not gi.bf16 then return nil, "device=" .. setting .. ": " .. gi.name .. " has no bf16 (compute capability 8.0 or newer is needed)" end
+    return setting, gi.name
+  end
+  return nil, "device must be auto, cpu, cuda or cuda:N, not '" .. tostring(setting) .. "'"
+end
+
 -- ---------------------------------------------------------------- data
 
 -- reproducible permutation of 1..n for (seed, epoch): splitmix64 + Fisher-Yates,

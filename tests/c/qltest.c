@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../engine/platform.h"
+#include "platform.h"
 
 #define MAXTESTS 1024
 

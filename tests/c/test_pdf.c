@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../engine/pdf.h"
+#include "pdf.h"
 
 static char *to_md(const char *name, int markers)
 {

@@ -11,9 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../engine/json.h"
-#include "../../engine/platform.h"
-#include "../../engine/tokenizer.h"
+#include "json.h"
+#include "platform.h"
+#include "tokenizer.h"
 
 static const char *NAMES[] = { "qwen2.5", "qwen3", "llama3.1", "mistral-7b", "gpt2" };
 #define NTOK 5

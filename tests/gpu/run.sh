@@ -39,7 +39,7 @@ build() {
   # and qlbench; all linked with qltest's LDFLAGS (static archives pull only what is used).
   local ldflags cflags
   ldflags=$(sed -n '/ifeq ($(config),release)/,/endif/p' build/qltest.make | sed -n 's/^ *LDFLAGS *+= *//p')
-  cflags="-std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -DQL_CUDA=1 -Iengine -Ibuild $(pkg-config --cflags lua5.4)"
+  cflags="-std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -DQL_CUDA=1 -Iengine/core -Iengine/formats -Iengine/text -Iengine/model -Ibuild $(pkg-config --cflags lua5.4)"
   local tests=""
   for f in tests/c/*.c; do case "$f" in *test_pdf*|*test_text*) ;; *) tests="$tests $f";; esac; done
   gcc $cflags $tests $ldflags -o build/qltest_gpu || { echo "run.sh: qltest_gpu failed to build"; exit 1; }
@@ -73,6 +73,29 @@ build() {
   tar -tJvf "$dest/bundle.tar.xz" | awk '{ printf "  %10s %s\n", $3, $6 }'
 }
 
+# the recipes end to end on a tiny random model: device=auto must pick the GPU; a GPU
+# checkpoint resumes on the CPU; the adapter merges. Prints PASS/FAIL lines.
+train_e2e() {
+  local q="$1" d=/tmp/qle2e
+  rm -rf "$d" && mkdir -p "$d"
+  "$q" -e "qlora.llm.random_model('$d/model', {tokenizer = 'tests/fixtures/tokenizers/gpt2', layers = 2, hidden = 64, heads = 4, kv_heads = 2})" || { echo "FAIL e2e: model"; return; }
+  "$q" -e "local f = io.open('$d/data.jsonl', 'w'); for line in io.lines('README.md') do if #line > 40 then f:write(qlora.json.encode({text = line}), '\\n') end end; f:close()"
+  local common="model=$d/model data=$d/data.jsonl seq_len=64 batch=2 lr=3e-3 save_every=6 eval_every=6"
+  "$q" recipes/train.lua $common out=$d/gpu steps=12 > "$d/gpu.log" 2>&1; local rc=$?
+  grep -E "device|step 12|eval" "$d/gpu.log" | head -5
+  grep -q "device cuda" "$d/gpu.log" && [ $rc = 0 ] && echo "PASS e2e: device=auto trained on the GPU" || { echo "FAIL e2e: GPU training (rc $rc)"; tail -20 "$d/gpu.log"; }
+  "$q" recipes/train.lua $common out=$d/gpu2cpu steps=12 device=cpu resume=$d/gpu/checkpoint-6 > "$d/cpu.log" 2>&1; rc=$?
+  grep -E "resumed|step 12" "$d/cpu.log" | head -3
+  local lg lc
+  lg=$(tail -1 "$d/gpu/metrics.jsonl" | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/')
+  lc=$(tail -1 "$d/gpu2cpu/metrics.jsonl" | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/')
+  echo "final loss: GPU run $lg, resumed on the CPU from the GPU's checkpoint-6 $lc"
+  [ $rc = 0 ] && python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if abs(a - b) <= 2e-2 * abs(a) else 1)" "$lg" "$lc" \
+    && echo "PASS e2e: a GPU checkpoint resumed on the CPU follows the GPU run" || echo "FAIL e2e: resume on the CPU (rc $rc)"
+  "$q" recipes/merge.lua model=$d/model adapter=$d/gpu/adapter out=$d/merged > "$d/merge.log" 2>&1 \
+    && [ -f "$d/merged/config.json" ] && echo "PASS e2e: merged" || { echo "FAIL e2e: merge"; tail -5 "$d/merge.log"; }
+}
+
 device() {
   local out="${OUT:-$PWD/gpu-out}" work=/tmp/qlgpu
   [ -d "$PWD/tests/fixtures" ] && export QL_FIXTURES="$PWD/tests/fixtures"
@@ -91,21 +114,23 @@ device() {
   ( cd "$g" && timeout 300 ./bin/qltest cuda ) 2>&1 | tee "$out/qltest_cuda.log"
   echo "== all C tests (qltest)"
   ( cd "$g" && timeout 300 ./bin/qltest ) > "$out/qltest_all.log" 2>&1
-  tail -1 "$out/qltest_all.log"
+  grep -E "^FAIL|^    |decoder_ops|passed" "$out/qltest_all.log" | head -60
   if [ -x "$g/bin/qlora" ]; then
     echo "== qlora doctor"
     ( cd "$g" && timeout 60 ./bin/qlora doctor ) 2>&1 | tee "$out/doctor.log"
   fi
-  echo "== Lua model tests on the GPU (CUDA forward against transformers' golden values)"
-  ( timeout 300 "$g/bin/qlora" tests/lua/run.lua test_model ) > "$out/lua_model.log" 2>&1
-  grep -E "CUDA|FAIL|passed" "$out/lua_model.log" | tail -8
-  echo "== Qwen2.5-0.5B shape: forward and generation on the GPU, beside PyTorch"
-  if python3 bench/gen_checkpoint.py qwen2.5-0.5b /tmp/q05b > /dev/null 2>&1; then
-    ( timeout 240 "$g/bin/qlora" bench/model_forward.lua dir=/tmp/q05b seq=512 device=cuda gen=32 ) 2>&1 | tee "$out/model_gpu.log"
-    ( timeout 240 python3 bench/peer_forward.py /tmp/q05b 512 16 cuda ) 2>&1 | grep -E "^torch" | tee -a "$out/model_gpu.log"
-  else
-    echo "could not write the 0.5B checkpoint (python3 with numpy needed)"
+  echo "== Lua tests on the GPU: the decoder against transformers and the CPU, GPU training"
+  for t in test_model test_gpu_train; do
+    ( timeout 300 "$g/bin/qlora" tests/lua/run.lua $t ) > "$out/lua_$t.log" 2>&1
+    grep -E "^FAIL|^ +\./|passed" "$out/lua_$t.log" | head -30
+  done
+  echo "== recipes on the GPU: train (device=auto picks it), checkpoint, resume on the CPU, merge"
+  train_e2e "$g/bin/qlora" 2>&1 | tee "$out/train_e2e.log" | tail -25
+  if [ "${QL_GPU_BENCH:-}" != "" ]; then
+    echo "== training benchmark: bench/train_gpu.sh $QL_GPU_BENCH"
+    QLORA="$g/bin/qlora" bash bench/train_gpu.sh $QL_GPU_BENCH 2>&1 | tail -30
   fi
+  if [ "${QL_GPU_ONLY_TRAIN:-0}" = 1 ]; then return; fi
   echo "== timings (qlbench)"
   ( cd "$g" && timeout 240 ./bin/qlbench ) 2>&1 | tee "$out/bench.log"
 

@@ -55,7 +55,9 @@ for _, name in ipairs({ "tiny-qwen2", "tiny-llama" }) do
     local s2, n2 = lo:forward_backward({ ids[2] }, { labels[2] }, { denom = total })
     T.eq(n1 + n2, total)
     T.truthy(n1 ~= n2, "the rows have different target counts, so a per-micro-batch mean would be wrong")
-    for k, t in pairs(lo:grads()) do T.truthy(rel(t, full[k]) <= 1e-6, k) end
+    -- the same sums in another order (two products accumulated instead of one over both rows):
+    -- equal to f32 rounding, which OpenBLAS's kernel choice for this CPU puts at ~1e-6 of the scale
+    for k, t in pairs(lo:grads()) do T.truthy(rel(t, full[k]) <= 1e-5, k) end
     -- the bug other stacks had: averaging per micro-batch gives a different gradient
     lo:zero_grad()
     lo:forward_backward({ ids[1] }, { labels[1] }, { denom = n1 * 2 })

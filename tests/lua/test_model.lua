@@ -182,26 +182,25 @@ T.test("f32 and f16 checkpoints load and compute the same function", function()
   end
 end)
 
--- The device-generic forward (model_dev.c: the same function written with tensor ops)
--- against transformers: on the CPU always (graph = true), on a GPU when there is one.
-local targets = { { name = "graph on the CPU", opts = { graph = true } } }
-if qlora.device.count() > 0 then targets[2] = { name = "CUDA", opts = { device = "cuda" } } end
-for _, tgt in ipairs(targets) do
+-- The decoder on a GPU (engine/model/decoder.c over the CUDA ops: bf16 activations, f32
+-- accumulation) against transformers' f32 golden values. bf16 keeps 8 significant bits, so
+-- logits agree to ~1e-2 of their scale and the mean loss to a few 1e-3 (not the CPU's 1e-4).
+-- Greedy generation on the GPU is checked against its own full forward in test_gpu_train.lua.
+if qlora.device.count() > 0 then
   for _, name in ipairs({ "tiny-qwen2", "tiny-llama", "tiny-mistral" }) do
-    T.test(name .. ": " .. tgt.name .. ": logits, packing, loss and greedy generation match transformers", function()
+    T.test(name .. ": CUDA: logits, packing and loss match transformers within bf16 tolerances", function()
       local dir = T.fixture("models/" .. name)
       local g = assert(tensor.load(dir .. "/golden.safetensors"))
-      local m = assert(model.load(dir, tgt.opts))
+      local m = assert(model.load(dir, { device = "cuda" }))
       local e = rel(m:logits(g.ids:totable()), g.logits)
-      T.truthy(e <= 1e-4, "logits: max relative error " .. e)
+      T.truthy(e <= 2e-2, "logits: max relative error " .. e)
       e = rel(m:logits(g["packed.ids"]:totable()[1], { doc_lens = g["packed.doc_lens"]:totable() }), g["packed.logits"][1])
-      T.truthy(e <= 1e-4, "packed: max relative error " .. e)
+      T.truthy(e <= 2e-2, "packed: max relative error " .. e)
       local loss = m:loss(g.ids:totable(), g.labels:totable())
-      T.near(loss, g.loss:item(), 1e-5 * loss)
-      T.eq(m:generate(g["greedy.prompt"]:totable()[1], { max_new_tokens = 32, stop = {} }), g["greedy.tokens"]:totable()[1])
-      local q = assert(model.load(dir, { quant = "nf4", graph = tgt.opts.graph, device = tgt.opts.device }))
+      T.near(loss, g.loss:item(), 5e-3 * loss)
+      local q = assert(model.load(dir, { quant = "nf4", device = "cuda" }))
       e = rel(q:logits(g.ids:totable()), g["nf4.logits"])
-      T.truthy(e <= 1e-4, "nf4 logits: max relative error " .. e)
+      T.truthy(e <= 2e-2, "nf4 logits: max relative error " .. e)
     end)
   end
 end

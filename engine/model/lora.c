@@ -3,6 +3,7 @@
  * The forward/backward lives in train.c.
  */
 #include "lora.h"
+#include "decoder.h"
 #include "json.h"
 #include "model_internal.h"
 #include "nf4_io.h"
@@ -86,9 +87,21 @@ ql_lora *ql_lora_new(const ql_model *m, int r, float alpha, int rslora, float dr
     return l;
 }
 
+static void device_free(ql_lora *l)
+{
+    const ql_dec_ops *o = l->d_p ? ql_dec_ops_for(l->device) : NULL;
+    if (o) o->free(l->device, l->d_p, sizeof(float) * (size_t)(4 * l->d_n));
+    free(l->d_off);
+    l->d_p = l->d_g = l->d_m = l->d_v = NULL;
+    l->d_off = NULL;
+    l->d_n = 0;
+    l->device = ql_cpu();
+}
+
 void ql_lora_free(ql_lora *l)
 {
     if (!l) return;
+    device_free(l);
     for (int i = 0; l->mods && i < l->layers * QL_NTARGETS; i++) mod_free(&l->mods[i]);
     free(l->mods);
     free(l->layer_on);
@@ -103,42 +116,107 @@ int64_t ql_lora_num_params(const ql_lora *l)
     return n;
 }
 
-void ql_lora_zero_grad(ql_lora *l)
+/* ---------------------------------------------------------------- on a device */
+
+/* one pass over every adapter: copies between its host arrays and the flat device ones */
+typedef enum { TO_DEV, TO_HOST } xfer_dir;
+static ql_status xfer(ql_lora *l, xfer_dir dir, int with_grads)
 {
+    const ql_dec_ops *o = ql_dec_ops_for(l->device);
+    if (!o) return QL_ENODEV;
+    for (int i = 0; i < l->layers * QL_NTARGETS; i++) {
+        ql_lora_mod *m = &l->mods[i];
+        if (!m->in) continue;
+        int64_t off = l->d_off[i], na = (int64_t)m->r * m->in, nb = (int64_t)m->out * m->r;
+        float *host[4][2] = { { m->A, m->B }, { m->mA, m->mB }, { m->vA, m->vB }, { m->gA, m->gB } };
+        float *dev[4] = { l->d_p, l->d_m, l->d_v, l->d_g };
+        for (int k = 0; k < (with_grads ? 4 : 3); k++) {
+            size_t ba = sizeof(float) * (size_t)na, bb = sizeof(float) * (size_t)nb;
+            if (dir == TO_DEV) {
+                QL_TRY(o->upload(l->device, dev[k] + off, host[k][0], ba));
+                QL_TRY(o->upload(l->device, dev[k] + off + na, host[k][1], bb));
+            } else {
+                QL_TRY(o->download(l->device, host[k][0], dev[k] + off, ba));
+                QL_TRY(o->download(l->device, host[k][1], dev[k] + off + na, bb));
+            }
+        }
+    }
+    return QL_OK;
+}
+
+ql_status ql_lora_to_device(ql_lora *l, ql_device dev)
+{
+    if (dev.type == QL_DEV_CPU) return QL_OK;
+    const ql_dec_ops *o = ql_dec_ops_for(dev);
+    if (!o) return QL_ENODEV;
+    device_free(l);
+    int64_t n = 0;
+    l->d_off = calloc((size_t)l->layers * QL_NTARGETS, sizeof(int64_t));
+    if (!l->d_off) return ql_fail(QL_ENOMEM, "out of host memory");
+    for (int i = 0; i < l->layers * QL_NTARGETS; i++) {
+        l->d_off[i] = n;
+        if (l->mods[i].in) n += (int64_t)l->mods[i].r * (l->mods[i].in + l->mods[i].out);
+    }
+    float *p = o->alloc(dev, sizeof(float) * (size_t)(4 * n));
+    if (!p) { free(l->d_off); l->d_off = NULL; return ql_fail_context(QL_ENOMEM, "LoRA parameters and AdamW state: "); }
+    l->device = dev;
+    l->d_n = n;
+    l->d_p = p; l->d_g = p + n; l->d_m = p + 2 * n; l->d_v = p + 3 * n;
+    ql_status s = o->memset0(dev, l->d_g, sizeof(float) * (size_t)n);
+    if (s == QL_OK) s = xfer(l, TO_DEV, 0);
+    if (s != QL_OK) device_free(l);
+    return s;
+}
+
+ql_status ql_lora_sync_host(ql_lora *l) { return l->d_p ? xfer(l, TO_HOST, 1) : QL_OK; }
+ql_status ql_lora_sync_device(ql_lora *l) { return l->d_p ? xfer(l, TO_DEV, 1) : QL_OK; }
+
+ql_status ql_lora_zero_grad(ql_lora *l)
+{
+    if (l->d_p) return ql_dec_ops_for(l->device)->memset0(l->device, l->d_g, sizeof(float) * (size_t)l->d_n);
     for (int i = 0; i < l->layers * QL_NTARGETS; i++) {
         ql_lora_mod *m = &l->mods[i];
         if (!m->in) continue;
         memset(m->gA, 0, sizeof(float) * (size_t)m->r * m->in);
         memset(m->gB, 0, sizeof(float) * (size_t)m->out * m->r);
     }
+    return QL_OK;
 }
 
-double ql_lora_grad_norm(const ql_lora *l)
+ql_status ql_lora_grad_norm(const ql_lora *l, double *norm)
 {
     double s = 0;
+    if (l->d_p) {
+        QL_TRY(ql_dec_ops_for(l->device)->sumsq(l->device, l->d_g, l->d_n, &s));
+        *norm = sqrt(s);
+        return QL_OK;
+    }
     for (int i = 0; i < l->layers * QL_NTARGETS; i++) {
         const ql_lora_mod *m = &l->mods[i];
         if (!m->in) continue;
         for (int64_t k = 0; k < (int64_t)m->r * m->in; k++) s += (double)m->gA[k] * m->gA[k];
         for (int64_t k = 0; k < (int64_t)m->out * m->r; k++) s += (double)m->gB[k] * m->gB[k];
     }
-    return sqrt(s);
+    *norm = sqrt(s);
+    return QL_OK;
 }
 
-void ql_lora_scale_grad(ql_lora *l, float f)
+ql_status ql_lora_scale_grad(ql_lora *l, float f)
 {
+    if (l->d_p) return ql_dec_ops_for(l->device)->scale(l->device, l->d_g, l->d_n, f);
     for (int i = 0; i < l->layers * QL_NTARGETS; i++) {
         ql_lora_mod *m = &l->mods[i];
         if (!m->in) continue;
         for (int64_t k = 0; k < (int64_t)m->r * m->in; k++) m->gA[k] *= f;
         for (int64_t k = 0; k < (int64_t)m->out * m->r; k++) m->gB[k] *= f;
     }
+    return QL_OK;
 }
 
 /* torch.optim.AdamW (_single_tensor_adamw) in f32 with torch's order of
    operations; the scalars (bias corrections, step size) in double as Python
    computes them, rounded to f32 where torch's kernels take them */
-static void adamw(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1, double b2,
+void ql_adamw_f32(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1, double b2,
                   double eps, double wd, int64_t step)
 {
     double bc1 = 1.0 - pow(b1, (double)step), bc2 = 1.0 - pow(b2, (double)step);
@@ -154,14 +232,18 @@ static void adamw(float *p, const float *g, float *m, float *v, int64_t n, doubl
     }
 }
 
-void ql_lora_adamw(ql_lora *l, float lr, float b1, float b2, float eps, float wd, int64_t step)
+ql_status ql_lora_adamw(ql_lora *l, float lr, float b1, float b2, float eps, float wd, int64_t step)
 {
+    if (l->d_p)   /* the same formula over the flat arrays */
+        return ql_dec_ops_for(l->device)->adamw(l->device, l->d_p, l->d_g, l->d_m, l->d_v, l->d_n, lr, b1, b2, eps, wd,
+                                                 step);
     for (int i = 0; i < l->layers * QL_NTARGETS; i++) {
         ql_lora_mod *m = &l->mods[i];
         if (!m->in) continue;
-        adamw(m->A, m->gA, m->mA, m->vA, (int64_t)m->r * m->in, lr, b1, b2, eps, wd, step);
-        adamw(m->B, m->gB, m->mB, m->vB, (int64_t)m->out * m->r, lr, b1, b2, eps, wd, step);
+        ql_adamw_f32(m->A, m->gA, m->mA, m->vA, (int64_t)m->r * m->in, lr, b1, b2, eps, wd, step);
+        ql_adamw_f32(m->B, m->gB, m->mB, m->vB, (int64_t)m->out * m->r, lr, b1, b2, eps, wd, step);
     }
+    return QL_OK;
 }
 
 /* ---------------------------------------------------------------- PEFT files */

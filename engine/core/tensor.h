@@ -157,6 +157,8 @@ typedef struct ql_mem_stats {
 } ql_mem_stats;
 ql_mem_stats ql_memory(ql_device dev);
 void ql_memory_reset_peak(ql_device dev);
+/* counts bytes (negative: freed) of memory taken outside tensors (the decoder's planned buffers) */
+void ql_memory_count(ql_device dev, int64_t bytes);
 
 #ifdef __cplusplus
 }

@@ -64,7 +64,7 @@ static _Atomic int64_t mem_in_use[QL_NSLOTS], mem_peak[QL_NSLOTS], mem_allocs[QL
 
 static int slot_of(ql_device d) { return d.type == QL_DEV_CPU ? 0 : 1 + (d.index % (QL_NSLOTS - 1)); }
 
-static void mem_count(ql_device d, int64_t bytes)
+void ql_memory_count(ql_device d, int64_t bytes)
 {
     int s = slot_of(d);
     int64_t now = atomic_fetch_add(&mem_in_use[s], bytes) + bytes;
@@ -95,7 +95,7 @@ static ql_storage *storage_new(ql_device dev, size_t nbytes)
     s->nbytes = nbytes;
     s->data = be->alloc(dev.index, nbytes ? nbytes : 1);
     if (!s->data) { free(s); return NULL; }
-    mem_count(dev, (int64_t)nbytes);
+    ql_memory_count(dev, (int64_t)nbytes);
     return s;
 }
 
@@ -106,7 +106,7 @@ static void storage_release(ql_storage *s)
     else {
         const ql_backend *be = s->device.type == QL_DEV_CPU ? &ql_cpu_backend : ql_backend_for(s->device);
         if (be) be->free(s->device.index, s->data);
-        mem_count(s->device, -(int64_t)s->nbytes);
+        ql_memory_count(s->device, -(int64_t)s->nbytes);
     }
     free(s);
 }

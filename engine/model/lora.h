@@ -34,6 +34,13 @@ typedef struct ql_lora {
     ql_lora_mod *mods;             /* [layers * QL_NTARGETS]; in == 0 where absent */
     uint64_t seed;                 /* init and dropout randomness */
     uint64_t dropout_step;         /* advances once per forward in training mode */
+    /* Training on a device (ql_lora_to_device): parameters, gradients and moments live
+       there, every adapter's A then B in the order of mods, flat; the host arrays above
+       are a copy refreshed by ql_lora_sync_host. NULL on the CPU. */
+    ql_device device;
+    float *d_p, *d_g, *d_m, *d_v;  /* backend memory [d_n] each */
+    int64_t d_n;
+    int64_t *d_off;                /* [layers * QL_NTARGETS] offset of each adapter's A */
 } ql_lora;
 
 /* targets: bitmask of QL_T_*; layer_on: NULL = every layer */
@@ -43,7 +50,17 @@ void ql_lora_free(ql_lora *l);
 ql_lora_mod *ql_lora_at(const ql_lora *l, int layer, int target);   /* NULL when not adapted */
 int64_t ql_lora_num_params(const ql_lora *l);
 
-/* ---------------- training forward/backward (train.c) ----------------
+/* Moves training to dev (a copy of parameters and moments; gradients zero). The CPU is a no-op. */
+ql_status ql_lora_to_device(ql_lora *l, ql_device dev);
+/* Device -> host arrays (parameters, gradients, moments), before saving or reading them. */
+ql_status ql_lora_sync_host(ql_lora *l);
+/* Host arrays -> device (after loading optimizer state into them). */
+ql_status ql_lora_sync_device(ql_lora *l);
+/* AdamW over n f32 values: the one formula (lora.c) that every backend reproduces. */
+void ql_adamw_f32(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1, double b2,
+                  double eps, double wd, int64_t step);
+
+/* ---------------- training forward/backward (through the decoder, decoder.h) ----------------
    Accumulates into gA/gB the gradient of  (sum of token losses) / denom,
    so k micro-batches with denom = total target tokens give exactly the
    gradient of one batch of all of them. Returns the loss sum and count.
@@ -55,11 +72,12 @@ ql_status ql_lora_forward_backward(ql_model *m, ql_lora *l, const ql_batch *b, c
 ql_status ql_lora_logits(ql_model *m, ql_lora *l, const ql_batch *b, float *logits);
 ql_status ql_lora_loss(ql_model *m, ql_lora *l, const ql_batch *b, const int32_t *labels, double *sum, int64_t *count);
 
-void   ql_lora_zero_grad(ql_lora *l);
-double ql_lora_grad_norm(const ql_lora *l);               /* L2 norm over every gradient */
-void   ql_lora_scale_grad(ql_lora *l, float s);
+/* On a device these run there; errors (a failed kernel) are returned. */
+ql_status ql_lora_zero_grad(ql_lora *l);
+ql_status ql_lora_grad_norm(const ql_lora *l, double *norm);   /* L2 norm over every gradient */
+ql_status ql_lora_scale_grad(ql_lora *l, float s);
 /* torch.optim.AdamW: decoupled weight decay, bias corrections; step counts from 1 */
-void   ql_lora_adamw(ql_lora *l, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step);
+ql_status ql_lora_adamw(ql_lora *l, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step);
 
 /* ---------------- files ---------------- */
 /* PEFT layout: adapter_config.json + adapter_model.safetensors in dir (created; written atomically). */

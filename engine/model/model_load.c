@@ -3,6 +3,7 @@
  * (see model.h). Every failure names the file, the field or tensor, and the fix.
  */
 #include "model.h"
+#include "decoder.h"
 #include "json.h"
 #include "nf4_io.h"
 #include "platform.h"
@@ -364,6 +365,7 @@ static void free_linear(ql_linear *L) { ql_tensor_release(L->w); ql_tensor_relea
 void ql_model_free(ql_model *m)
 {
     if (!m) return;
+    ql_decoder_release(m);
     for (int l = 0; m->blocks && l < m->cfg.layers; l++) {
         ql_block *b = &m->blocks[l];
         ql_tensor_release(b->attn_norm); ql_tensor_release(b->mlp_norm);
@@ -404,4 +406,38 @@ int64_t ql_model_weight_bytes(const ql_model *m)
     }
     if (m->lm_head.w != m->embed) n += owned_bytes(m->lm_head.w);
     return n;
+}
+
+/* ---------------------------------------------------------------- to a device */
+
+static ql_status move(ql_tensor **t, ql_device dev)
+{
+    if (!*t) return QL_OK;
+    ql_tensor *d = ql_tensor_to(*t, (*t)->dtype, dev);
+    if (!d) return ql_fail_context(QL_ENOMEM, "moving the model to the GPU: ");
+    ql_tensor_release(*t);
+    *t = d;
+    return QL_OK;
+}
+
+ql_status ql_model_to_device(ql_model *m, ql_device dev)
+{
+    if (dev.type == QL_DEV_CPU) return QL_OK;
+    for (int l = 0; l < m->cfg.layers; l++) {
+        ql_block *B = &m->blocks[l];
+        ql_linear *L[7] = { &B->q, &B->k, &B->v, &B->o, &B->gate, &B->up, &B->down };
+        QL_TRY(move(&B->attn_norm, dev));
+        QL_TRY(move(&B->mlp_norm, dev));
+        for (int k = 0; k < 7; k++) { QL_TRY(move(&L[k]->w, dev)); QL_TRY(move(&L[k]->b, dev)); }
+    }
+    QL_TRY(move(&m->norm, dev));
+    /* the embedding goes too (the decoder gathers its rows there); a tied lm_head shares it */
+    int tied = m->lm_head.w == m->embed;
+    QL_TRY(move(&m->embed, dev));
+    if (tied) {
+        ql_tensor_release(m->lm_head.w);
+        m->lm_head.w = ql_tensor_retain(m->embed);
+    } else QL_TRY(move(&m->lm_head.w, dev));
+    m->device = dev;
+    return QL_OK;
 }

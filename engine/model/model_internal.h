@@ -1,7 +1,6 @@
 /*
- * model_internal.h — the per-layer pieces of the CPU reference forward
- * (model.c), shared with the training forward/backward (train.c) so that both
- * compute exactly the same function.
+ * model_internal.h — the pieces of the CPU reference (model.c) that the CPU
+ * op table (decoder_cpu.c) is made of.
  */
 #ifndef QL_MODEL_INTERNAL_H
 #define QL_MODEL_INTERNAL_H

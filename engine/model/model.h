@@ -6,9 +6,8 @@
  * NF4 while loading (one tensor at a time) or come pre-quantized from a
  * bitsandbytes checkpoint.
  *
- * The CPU forward is the reference: fp32 compute over the stored weights,
- * written as explicit per-layer functions over preallocated buffers, the
- * shape the backward pass mirrors. Dimension letters: N tokens in a batch,
+ * The forward is decoder.c's, one for every backend; the CPU's ops are the
+ * reference: fp32 compute over the stored weights. Dimension letters: N tokens in a batch,
  * H hidden, I intermediate, V vocab, Q = heads * head_dim, KV = kv_heads * head_dim.
  */
 #ifndef QL_MODEL_H
@@ -65,8 +64,8 @@ typedef struct ql_model {
     float *inv_freq;             /* [head_dim / 2] */
     struct ql_st_file **shards;
     int nshards;
-    ql_device device;            /* where the layers and lm_head live; the embedding stays on the host */
-    int graph;                   /* compute with the device-generic forward even on the CPU (tests) */
+    ql_device device;            /* where every weight lives and the decoder runs */
+    struct ql_dec_state *dec;    /* the decoder's planned buffers (decoder.c) */
 } ql_model;
 
 typedef struct ql_model_load_opts {
@@ -106,10 +105,8 @@ typedef struct ql_kv_cache {
 ql_kv_cache *ql_kv_cache_new(const ql_model *m, int max_len);
 void ql_kv_cache_free(ql_kv_cache *c);
 
-/* Final hidden states (after the last norm) of a batch: out [n, H]. With a cache,
-   the batch's keys are appended at cache positions pos[i] and ranges index the cache. */
-ql_status ql_model_hidden(ql_model *m, const ql_batch *b, ql_kv_cache *cache, float *out);
-/* Logits [n, V] */
+/* Logits [n, V] to host memory. With a cache, the batch's keys are stored at cache
+   positions pos[i] and ranges index the cache. */
 ql_status ql_model_logits(ql_model *m, const ql_batch *b, ql_kv_cache *cache, float *logits);
 /* Cross-entropy of labels[i+1] given token i, over tokens with label != -100
    (HF convention: labels aligned with ids; the shift happens here). Vocabulary
@@ -122,12 +119,8 @@ ql_status ql_model_loss(ql_model *m, const ql_batch *b, const int32_t *labels, d
 void ql_batch_ranges(int rows, int T, const int32_t *doc_lens, const int *ndocs,
                      int32_t *pos, int32_t *lo, int32_t *hi);
 
-/* ---------------- the same forward on any device (model_dev.c) ----------------
-   Written with the tensor ops of tensor.h, so it runs wherever they run (the CUDA
-   backend on a GPU); used for models loaded with device = cuda. It computes the
-   function of the CPU reference: logits [n, V] to the host. */
-ql_status ql_model_logits_dev(ql_model *m, const ql_batch *b, ql_kv_cache *cache, float *logits);
-/* moves layers, norms and lm_head of a loaded model to dev */
+/* moves layers, norms, the embedding and lm_head of a loaded model to dev (the decoder then
+   runs there: decoder.h) */
 ql_status ql_model_to_device(ql_model *m, ql_device dev);
 
 /* ---------------- generation ---------------- */

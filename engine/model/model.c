@@ -3,9 +3,12 @@
  * (rotate-half layout), grouped-query attention over per-token key ranges,
  * SwiGLU MLP, lm_head; chunked cross-entropy; KV-cache generation.
  * Everything computes in f32 from the stored weights (bf16/f16 widened
- * exactly, NF4 dequantized as bitsandbytes does).
+ * exactly, NF4 dequantized as bitsandbytes does). These are the CPU op
+ * table's pieces (decoder_cpu.c); the layer and the step that use them are
+ * decoder.c's, for every backend.
  */
 #include "model.h"
+#include "decoder.h"
 #include "model_internal.h"
 #include "nf4.h"
 #include "nf4_backend.h"
@@ -253,75 +256,12 @@ void ql_embed_rows(const ql_tensor *E, const int32_t *ids, int64_t n, int H, flo
     }
 }
 
-/* ---------------------------------------------------------------- forward */
-
-ql_status ql_model_hidden(ql_model *m, const ql_batch *b, ql_kv_cache *cache, float *out)
-{
-    if (m->device.type != QL_DEV_CPU)
-        return ql_fail(QL_EUNSUPPORTED, "hidden states are computed by the CPU reference; this model lives on the GPU");
-    const ql_model_config *c = &m->cfg;
-    int64_t n = b->n;
-    int H = c->hidden, hd = c->head_dim, Q = c->heads * hd, KV = c->kv_heads * hd, NI = c->inter;
-    for (int64_t i = 0; i < n; i++) {
-        if (b->ids[i] < 0 || b->ids[i] >= c->vocab)
-            return ql_fail(QL_EINVAL, "token id %d at position %lld is outside the vocabulary (0..%d)", b->ids[i], (long long)i, c->vocab - 1);
-        if (b->lo[i] < 0 || b->hi[i] <= b->lo[i])
-            return ql_fail(QL_EINVAL, "token %lld attends to an empty key range [%d, %d)", (long long)i, b->lo[i], b->hi[i]);
-        int64_t limit = cache ? cache->max_len : n;
-        if (b->hi[i] > limit) return ql_fail(QL_EINVAL, "token %lld attends past the %s (%d > %lld)", (long long)i, cache ? "cache" : "batch", b->hi[i], (long long)limit);
-        if (cache && (b->pos[i] < 0 || b->pos[i] >= cache->max_len))
-            return ql_fail(QL_EINVAL, "position %d is outside the KV cache of %d", b->pos[i], cache->max_len);
-    }
-    int64_t need = n * (int64_t)(2 * H + 2 * Q + 2 * KV + 2 * NI);
-    float *buf = malloc(sizeof(float) * (size_t)(need > 0 ? need : 1));
-    if (!buf) return ql_fail(QL_ENOMEM, "out of host memory for the activations of %lld tokens", (long long)n);
-    float *x = buf, *xn = x + n * H, *q = xn + n * H, *att = q + n * Q, *k = att + n * Q, *v = k + n * KV;
-    float *g = v + n * KV, *u = g + n * NI;
-    ql_status s = QL_OK;
-    ql_embed_rows(m->embed, b->ids, n, H, x);
-    for (int l = 0; l < c->layers && s == QL_OK; l++) {
-        const ql_block *B = &m->blocks[l];
-        ql_rmsnorm(x, ql_tensor_data(B->attn_norm), n, H, c->eps, xn);
-        if ((s = ql_linear_fwd(m, &B->q, xn, n, q)) || (s = ql_linear_fwd(m, &B->k, xn, n, k)) || (s = ql_linear_fwd(m, &B->v, xn, n, v))) break;
-        ql_rope(q, n, c->heads, hd, b->pos, m->inv_freq, 0);
-        ql_rope(k, n, c->kv_heads, hd, b->pos, m->inv_freq, 0);
-        const float *K = k, *V = v;
-        if (cache) {
-            for (int64_t i = 0; i < n; i++) {
-                memcpy(cache->k[l] + (int64_t)b->pos[i] * KV, k + i * KV, sizeof(float) * (size_t)KV);
-                memcpy(cache->v[l] + (int64_t)b->pos[i] * KV, v + i * KV, sizeof(float) * (size_t)KV);
-            }
-            K = cache->k[l];
-            V = cache->v[l];
-        }
-        ql_attn_job j = { q, K, V, att, b->lo, b->hi, c->heads, c->kv_heads, hd, c->sliding_window, n };
-        ql_attention(&j, cache == NULL);
-        if ((s = ql_linear_fwd(m, &B->o, att, n, xn))) break;
-        for (int64_t i = 0; i < n * H; i++) x[i] += xn[i];
-        ql_rmsnorm(x, ql_tensor_data(B->mlp_norm), n, H, c->eps, xn);
-        if ((s = ql_linear_fwd(m, &B->gate, xn, n, g)) || (s = ql_linear_fwd(m, &B->up, xn, n, u))) break;
-        for (int64_t i = 0; i < n * NI; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-        if ((s = ql_linear_fwd(m, &B->down, g, n, xn))) break;
-        for (int64_t i = 0; i < n * H; i++) x[i] += xn[i];
-    }
-    if (s == QL_OK) ql_rmsnorm(x, ql_tensor_data(m->norm), n, H, c->eps, out);
-    if (s == QL_OK && cache) {
-        for (int64_t i = 0; i < n; i++) if (b->pos[i] + 1 > cache->len) cache->len = b->pos[i] + 1;
-    }
-    free(buf);
-    return s;
-}
+/* ---------------------------------------------------------------- forward (decoder.c) */
 
 ql_status ql_model_logits(ql_model *m, const ql_batch *b, ql_kv_cache *cache, float *logits)
 {
-    if (m->device.type != QL_DEV_CPU || m->graph) return ql_model_logits_dev(m, b, cache, logits);
-    int H = m->cfg.hidden;
-    float *h = malloc(sizeof(float) * (size_t)(b->n * H > 0 ? b->n * H : 1));
-    if (!h) return ql_fail(QL_ENOMEM, "out of host memory");
-    ql_status s = ql_model_hidden(m, b, cache, h);
-    if (s == QL_OK) s = ql_linear_fwd(m, &m->lm_head, h, b->n, logits);
-    free(h);
-    return s;
+    ql_dec_step st = { .mode = QL_DEC_LOGITS, .batch = b, .cache = cache, .logits = logits };
+    return ql_decoder_run(m, &st);
 }
 
 void ql_batch_ranges(int rows, int T, const int32_t *doc_lens, const int *ndocs, int32_t *pos, int32_t *lo, int32_t *hi)
@@ -345,25 +285,6 @@ void ql_batch_ranges(int rows, int T, const int32_t *doc_lens, const int *ndocs,
             pos[i] = 0; lo[i] = (int32_t)i; hi[i] = (int32_t)(i + 1);
         }
     }
-}
-
-/* the loss of a model on a GPU: logits computed there, cross-entropy here */
-static ql_status loss_from_logits(ql_model *m, const ql_batch *b, const int32_t *labels, double *sum, int64_t *count)
-{
-    int64_t n = b->n, V = m->cfg.vocab;
-    float *lg = malloc(sizeof(float) * (size_t)(n * V));
-    if (!lg) return ql_fail(QL_ENOMEM, "out of host memory for %lld x %lld logits", (long long)n, (long long)V);
-    ql_status s = ql_model_logits_dev(m, b, NULL, lg);
-    for (int64_t i = 0; s == QL_OK && i + 1 < n; i++) {
-        if (!(b->lo[i + 1] <= i && labels[i + 1] != -100)) continue;
-        if (labels[i + 1] < 0 || labels[i + 1] >= V) { s = ql_fail(QL_EINVAL, "label %d outside the vocabulary", labels[i + 1]); break; }
-        float mx;
-        double se;
-        *sum += ql_ce_row(lg + i * V, V, labels[i + 1], &mx, &se);
-        (*count)++;
-    }
-    free(lg);
-    return s;
 }
 
 /* Cross-entropy through lm_head for every target of a batch (token i predicts
@@ -447,15 +368,10 @@ ql_status ql_lm_head_ce(ql_model *m, const ql_batch *b, const int32_t *labels, c
 
 ql_status ql_model_loss(ql_model *m, const ql_batch *b, const int32_t *labels, double *sum, int64_t *count)
 {
-    *sum = 0;
-    *count = 0;
-    if (m->device.type != QL_DEV_CPU || m->graph) return loss_from_logits(m, b, labels, sum, count);
-    int64_t n = b->n, H = m->cfg.hidden;
-    float *h = malloc(sizeof(float) * (size_t)(n * H > 0 ? n * H : 1));
-    if (!h) return ql_fail(QL_ENOMEM, "out of host memory");
-    ql_status s = ql_model_hidden(m, b, NULL, h);
-    if (s == QL_OK) s = ql_lm_head_ce(m, b, labels, h, 1.0, sum, count, NULL);
-    free(h);
+    ql_dec_step st = { .mode = QL_DEC_LOSS, .batch = b, .labels = labels };
+    ql_status s = ql_decoder_run(m, &st);
+    *sum = st.loss_sum;
+    *count = st.count;
     return s;
 }
 
@@ -469,14 +385,16 @@ ql_kv_cache *ql_kv_cache_new(const ql_model *m, int max_len)
     if (!c) { ql_fail(QL_ENOMEM, "out of memory"); return NULL; }
     c->layers = L;
     c->max_len = max_len;
-    if (m->device.type != QL_DEV_CPU || m->graph) {   /* the cache lives with the layers */
+    if (m->device.type != QL_DEV_CPU) {   /* the cache lives with the layers, in the decoder's activation dtype */
+        const ql_dec_ops *ops = ql_dec_ops_for(m->device);
+        if (!ops) { ql_kv_cache_free(c); return NULL; }
         c->dk = calloc((size_t)L, sizeof(ql_tensor *));
         c->dv = calloc((size_t)L, sizeof(ql_tensor *));
         int64_t shape[2] = { max_len, KV };
         int ok = c->dk && c->dv;
         for (int l = 0; ok && l < L; l++) {
-            c->dk[l] = ql_tensor_new(QL_F32, 2, shape, m->device);
-            c->dv[l] = ql_tensor_new(QL_F32, 2, shape, m->device);
+            c->dk[l] = ql_tensor_new(ops->act, 2, shape, m->device);
+            c->dv[l] = ql_tensor_new(ops->act, 2, shape, m->device);
             ok = c->dk[l] && c->dv[l];
         }
         if (!ok) { ql_kv_cache_free(c); ql_fail_context(QL_ENOMEM, "KV cache on the GPU: "); return NULL; }

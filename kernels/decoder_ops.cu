@@ -1,0 +1,447 @@
+/*
+ * decoder_ops.cu — the CUDA op table of the decoder (engine/model/decoder.h):
+ * bf16 activations (A buffers), f32 residual stream, statistics and
+ * gradients, f32 LoRA parameters (cast to bf16 per product), every product
+ * through cuBLASLt with f32 accumulation (gemm.cu), the other kernels in
+ * decoder_kernels.cu and attention.cu.
+ *
+ * Frozen weights that are not bf16 (NF4, f32, f16) are dequantized or cast
+ * into one reused bf16 buffer (the largest weight's size) right before
+ * their product. The backend-private scratch of a batch (aux, planned by
+ * decoder.c from aux_size) holds that buffer, the adapters' bf16 copies,
+ * an f32 [n, max(H, Q, NI)] buffer and the lm_head chunks.
+ *
+ * Everything runs in order on the legacy default stream; the loss sum is
+ * read back once per batch, which is also where an asynchronous kernel
+ * error surfaces.
+ */
+#include "decoder_kernels.cuh"
+
+extern "C" {
+#include "decoder.h"
+#include "model_internal.h"
+#include "nf4.h"
+}
+
+#include <math.h>
+#include <stdlib.h>
+
+#define CE_CHUNK 128   /* lm_head rows per chunk: f32 logits + bf16 gradient = 6 V bytes a row */
+
+/* ---------------------------------------------------------------- memory */
+
+static void *cu_alloc(ql_device dev, size_t bytes)
+{
+    void *p = ql_cuda_backend.alloc(dev.index, bytes);
+    if (p) ql_memory_count(dev, (int64_t)bytes);
+    return p;
+}
+static void cu_free(ql_device dev, void *p, size_t bytes)
+{
+    if (!p) return;
+    ql_cuda_backend.free(dev.index, p);
+    ql_memory_count(dev, -(int64_t)bytes);
+}
+static ql_status cu_upload(ql_device dev, void *dst, const void *src, size_t n)
+{
+    return n ? ql_cuda_backend.from_host(dev.index, dst, src, n) : QL_OK;
+}
+static ql_status cu_download(ql_device dev, void *dst, const void *src, size_t n)
+{
+    return n ? ql_cuda_backend.to_host(dev.index, dst, src, n) : QL_OK;
+}
+static ql_status cu_sync(ql_device dev) { return ql_cuda_backend.sync(dev.index); }
+
+static ql_status cu_memset0(ql_device dev, void *p, size_t n)
+{
+    QL_TRY(ql_cuda_set_device(dev.index));
+    if (n) QL_CU(cudaMemsetAsync(p, 0, n, 0));
+    return QL_OK;
+}
+
+/* ---------------------------------------------------------------- the aux layout */
+
+struct aux_layout {
+    uint16_t *wbuf;              /* bf16 [max out*in] frozen weight */
+    float *absmax;               /* f32 [max blocks] NF4 scales */
+    uint16_t *abf, *bbf;         /* bf16 adapter copies [max r*in], [max out*r] */
+    float *f32;                  /* [n, W] */
+    float *logits;               /* [CE_CHUNK, V] */
+    uint16_t *dz;                /* [CE_CHUNK, V] */
+    uint16_t *xs;                /* [CE_CHUNK, H] */
+    float *dxs;                  /* [CE_CHUNK, H] */
+    int32_t *rows, *tgt;         /* [n] */
+    double *loss;                /* [1] */
+    size_t bytes;
+};
+
+static size_t up(size_t x) { return (x + 255) & ~(size_t)255; }
+
+static int needs_copy(const ql_tensor *w) { return !(w->dtype == QL_BF16 && ql_tensor_is_contiguous(w)); }
+
+static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, char *base, aux_layout *a)
+{
+    const ql_model_config *c = &m->cfg;
+    int64_t H = c->hidden, NI = c->inter, Q = (int64_t)c->heads * c->head_dim, V = c->vocab;
+    int64_t W = H > Q ? H : Q;
+    if (NI > W) W = NI;
+    int64_t wmax = 0, bmax = 0, amax = 0, bbmax = 0;
+    for (int i = 0; i < c->layers; i++) {
+        const ql_block *B = &m->blocks[i];
+        const ql_linear *L[7] = { &B->q, &B->k, &B->v, &B->o, &B->gate, &B->up, &B->down };
+        for (int t = 0; t < 7; t++) {
+            int64_t e = (int64_t)L[t]->out * L[t]->in;
+            if (needs_copy(L[t]->w) && e > wmax) wmax = e;
+            if (L[t]->w->dtype == QL_NF4) {
+                int64_t nb = (e + L[t]->w->quant->blocksize - 1) / L[t]->w->quant->blocksize;
+                if (nb > bmax) bmax = nb;
+            }
+            if (l) {
+                const ql_lora_mod *mod = ql_lora_at(l, i, t);
+                if (mod && (int64_t)mod->r * mod->in > amax) amax = (int64_t)mod->r * mod->in;
+                if (mod && (int64_t)mod->out * mod->r > bbmax) bbmax = (int64_t)mod->out * mod->r;
+            }
+        }
+    }
+    if (needs_copy(m->lm_head.w) && V * H > wmax) wmax = V * H;
+    if (m->lm_head.w->dtype == QL_NF4) {
+        int64_t nb = (V * H + m->lm_head.w->quant->blocksize - 1) / m->lm_head.w->quant->blocksize;
+        if (nb > bmax) bmax = nb;
+    }
+    size_t off = 0;
+#define TAKE(field, type, count) do { a->field = base ? (type *)(base + off) : NULL; off += up(sizeof(type) * (size_t)(count)); } while (0)
+    TAKE(wbuf, uint16_t, wmax);
+    TAKE(absmax, float, bmax);
+    TAKE(abf, uint16_t, amax);
+    TAKE(bbf, uint16_t, bbmax);
+    TAKE(f32, float, n * W);
+    TAKE(logits, float, (int64_t)CE_CHUNK * V);
+    TAKE(dz, uint16_t, (int64_t)CE_CHUNK * V);
+    TAKE(xs, uint16_t, (int64_t)CE_CHUNK * H);
+    TAKE(dxs, float, (int64_t)CE_CHUNK * H);
+    TAKE(rows, int32_t, n);
+    TAKE(tgt, int32_t, n);
+    TAKE(loss, double, 1);
+#undef TAKE
+    a->bytes = off;
+}
+
+static size_t cu_aux_size(const ql_model *m, const ql_lora *l, int64_t n)
+{
+    aux_layout a;
+    aux_plan(m, l, n, NULL, &a);
+    return a.bytes;
+}
+
+static aux_layout aux_of(ql_dec_ctx *c)
+{
+    aux_layout a;
+    aux_plan(c->m, c->lora, c->n, (char *)c->aux, &a);
+    return a;
+}
+
+/* a frozen weight as bf16 [out, in] (the tensor itself, or a copy in wbuf) */
+static ql_status weight_bf16(ql_dec_ctx *c, const ql_tensor *w, const uint16_t **out)
+{
+    if (!needs_copy(w)) { *out = (const uint16_t *)ql_tensor_data(w); return QL_OK; }
+    aux_layout a = aux_of(c);
+    int64_t n = ql_tensor_numel(w);
+    if (w->dtype == QL_NF4) {
+        const ql_quant *q = w->quant;
+        int64_t nb = (n + q->blocksize - 1) / q->blocksize;
+        const float *absmax = (const float *)ql_tensor_data(q->absmax);
+        if (q->double_quant) {
+            QL_TRY(ql_cuda_nf4_absmax_dequant((const uint8_t *)ql_tensor_data(q->absmax),
+                                              (const float *)ql_tensor_data(q->nested_absmax),
+                                              (const float *)ql_tensor_data(q->nested_code), q->nested_offset, nb,
+                                              a.absmax, NULL));
+            absmax = a.absmax;
+        }
+        QL_TRY(ql_cuda_nf4_dequantize_bf16((const uint8_t *)ql_tensor_data(w), absmax, n, q->blocksize, a.wbuf, NULL));
+    } else {
+        if (!ql_tensor_is_contiguous(w)) return ql_fail(QL_EUNSUPPORTED, "a strided frozen weight on the GPU");
+        QL_TRY(qlk_to_bf16(ql_tensor_data(w), w->dtype, a.wbuf, n));
+    }
+    *out = a.wbuf;
+    return QL_OK;
+}
+
+/* ---------------------------------------------------------------- norms, RoPE, attention, SwiGLU */
+
+static ql_status cu_embed(ql_dec_ctx *c, const ql_dec_batch *b, float *x)
+{
+    const ql_tensor *E = c->m->embed;
+    if (ql_tensor_device(E).type != QL_DEV_CUDA || !ql_tensor_is_contiguous(E) || E->dtype == QL_NF4)
+        return ql_fail(QL_EINVAL, "the embedding table must be a contiguous f32/bf16/f16 tensor on the GPU");
+    return qlk_embed(ql_tensor_data(E), E->dtype, c->m->cfg.hidden, b->d_ids, b->n, x);
+}
+
+static ql_status cu_rmsnorm(ql_dec_ctx *c, const float *x, const ql_tensor *w, int64_t n, void *y, float *r)
+{
+    return qlk_rmsnorm(x, ql_tensor_data(w), w->dtype, n, c->m->cfg.hidden, (float)c->m->cfg.eps, (uint16_t *)y, r);
+}
+
+static ql_status cu_rmsnorm_bwd(ql_dec_ctx *c, const float *x, const ql_tensor *w, const float *r, const float *dy,
+                                int64_t n, float *dx)
+{
+    return qlk_rmsnorm_bwd(x, ql_tensor_data(w), w->dtype, r, dy, n, c->m->cfg.hidden, dx);
+}
+
+static ql_status cu_residual(ql_dec_ctx *c, float *out, const float *a, const void *b, int64_t count)
+{
+    (void)c;
+    return qlk_residual(out, a, (const uint16_t *)b, count);
+}
+
+static const void *cu_as_act(ql_dec_ctx *c, const float *src, int64_t count, void *dst, ql_status *st)
+{
+    (void)c;
+    *st = qlk_to_bf16(src, QL_F32, (uint16_t *)dst, count);
+    return dst;
+}
+
+static ql_status cu_rope(ql_dec_ctx *c, void *x, const ql_dec_batch *b, int nh, int inverse)
+{
+    return qlk_rope((uint16_t *)x, b->d_pos, c->inv_freq, b->n, nh, c->m->cfg.head_dim, inverse);
+}
+
+static ql_status cu_attn(ql_dec_ctx *c, const ql_dec_batch *b, const void *q, const void *k, const void *v,
+                         int keys_are_batch, void *out, float *lse)
+{
+    (void)keys_are_batch;   /* the kernel follows lo/hi either way */
+    const ql_model_config *cf = &c->m->cfg;
+    return qlk_attn_fwd((const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v, b->d_lo, b->d_hi, b->n, cf->heads,
+                        cf->kv_heads, cf->head_dim, cf->sliding_window, (uint16_t *)out, lse);
+}
+
+static ql_status cu_attn_bwd(ql_dec_ctx *c, const ql_dec_batch *b, const void *q, const void *k, const void *v,
+                             const void *out, const float *lse, const float *dout, void *dq, void *dk, void *dv)
+{
+    const ql_model_config *cf = &c->m->cfg;
+    if (!b->d_qlo) return ql_fail(QL_EINVAL, "attention backward: the batch has no key ranges");
+    return qlk_attn_bwd((const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v, (const uint16_t *)out, lse, dout,
+                        b->d_lo, b->d_hi, b->d_qlo, b->d_qhi, b->n, cf->heads, cf->kv_heads, cf->head_dim,
+                        cf->sliding_window, (uint16_t *)dq, (uint16_t *)dk, (uint16_t *)dv);
+}
+
+static ql_status cu_swiglu(ql_dec_ctx *c, const void *g, const void *u, void *h, int64_t count)
+{
+    (void)c;
+    return qlk_swiglu((const uint16_t *)g, (const uint16_t *)u, (uint16_t *)h, count);
+}
+
+static ql_status cu_swiglu_bwd(ql_dec_ctx *c, const void *g, const void *u, const float *dh, void *dg, void *du,
+                               int64_t count)
+{
+    (void)c;
+    return qlk_swiglu_bwd((const uint16_t *)g, (const uint16_t *)u, dh, (uint16_t *)dg, (uint16_t *)du, count);
+}
+
+/* ---------------------------------------------------------------- linear + LoRA */
+
+/* the adapter's A and B as bf16 copies in aux */
+static ql_status adapter_bf16(ql_dec_ctx *c, const ql_dec_lin *L, const uint16_t **A, const uint16_t **B)
+{
+    aux_layout a = aux_of(c);
+    const ql_lora_mod *mod = L->mod;
+    QL_TRY(qlk_to_bf16(L->A, QL_F32, a.abf, (int64_t)mod->r * mod->in));
+    QL_TRY(qlk_to_bf16(L->B, QL_F32, a.bbf, (int64_t)mod->out * mod->r));
+    *A = a.abf;
+    *B = a.bbf;
+    return QL_OK;
+}
+
+static ql_status cu_linear(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, int64_t n, void *y, void *xa)
+{
+    int dev = c->dev.index;
+    const ql_linear *base = L->base;
+    int64_t in = base->in, out = base->out;
+    if (n == 0) return QL_OK;
+    const uint16_t *W;
+    QL_TRY(weight_bf16(c, base->w, &W));
+    QL_TRY(qlk_gemm(dev, 0, 1, n, out, in, 1.0f, x, in, W, in, QL_BF16, 0.0f, y, out, QL_BF16));
+    if (base->b) QL_TRY(qlk_add_bias((uint16_t *)y, ql_tensor_data(base->b), base->b->dtype, n, out));
+    const ql_lora_mod *mod = L->mod;
+    if (!mod) return QL_OK;
+    const uint16_t *A, *B;
+    QL_TRY(adapter_bf16(c, L, &A, &B));
+    const void *xd = x;
+    if (L->dropout > 0) {
+        QL_TRY(qlk_dropout((const uint16_t *)x, (uint16_t *)c->tmp, n * in, L->dropout, L->seed, L->stream));
+        xd = c->tmp;
+    }
+    int r = mod->r;
+    QL_TRY(qlk_gemm(dev, 0, 1, n, r, in, 1.0f, xd, in, A, in, QL_BF16, 0.0f, xa, r, QL_BF16));
+    return qlk_gemm(dev, 0, 1, n, out, r, mod->scale, xa, r, B, r, QL_BF16, 1.0f, y, out, QL_BF16);
+}
+
+static ql_status cu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, const void *xa, const void *dy,
+                               int64_t n, float *dx, int accumulate)
+{
+    int dev = c->dev.index;
+    const ql_linear *base = L->base;
+    int64_t in = base->in, out = base->out;
+    if (n == 0) return QL_OK;
+    const uint16_t *W;
+    QL_TRY(weight_bf16(c, base->w, &W));
+    /* dx [n, in] (+)= dy [n, out] @ W [out, in] */
+    QL_TRY(qlk_gemm(dev, 0, 0, n, in, out, 1.0f, dy, out, W, in, QL_BF16, accumulate ? 1.0f : 0.0f, dx, in, QL_F32));
+    const ql_lora_mod *mod = L->mod;
+    if (!mod) return QL_OK;
+    int r = mod->r;
+    const uint16_t *A, *B;
+    QL_TRY(adapter_bf16(c, L, &A, &B));
+    /* gB [out, r] += scale dy^T xa */
+    QL_TRY(qlk_gemm(dev, 1, 0, out, r, n, mod->scale, dy, out, xa, r, QL_BF16, 1.0f, L->gB, r, QL_F32));
+    /* tr [n, r] = dy B */
+    QL_TRY(qlk_gemm(dev, 0, 0, n, r, out, 1.0f, dy, out, B, r, QL_BF16, 0.0f, c->tr, r, QL_BF16));
+    const void *xd = x;
+    if (L->dropout > 0) {
+        QL_TRY(qlk_dropout((const uint16_t *)x, (uint16_t *)c->tmp, n * in, L->dropout, L->seed, L->stream));
+        xd = c->tmp;
+    }
+    /* gA [r, in] += scale tr^T dropout(x) */
+    QL_TRY(qlk_gemm(dev, 1, 0, r, in, n, mod->scale, c->tr, r, xd, in, QL_BF16, 1.0f, L->gA, in, QL_F32));
+    /* dx += scale (tr A), through the dropout mask */
+    if (L->dropout > 0) {
+        aux_layout a = aux_of(c);
+        QL_TRY(qlk_gemm(dev, 0, 0, n, in, r, mod->scale, c->tr, r, A, in, QL_BF16, 0.0f, a.f32, in, QL_F32));
+        return qlk_dropout_add(a.f32, dx, n * in, L->dropout, L->seed, L->stream);
+    }
+    return qlk_gemm(dev, 0, 0, n, in, r, mod->scale, c->tr, r, A, in, QL_BF16, 1.0f, dx, in, QL_F32);
+}
+
+/* ---------------------------------------------------------------- lm_head */
+
+static ql_status cu_lm_head_ce(ql_dec_ctx *c, const ql_dec_batch *b, const int32_t *labels, const void *xf,
+                               double denom, double *sum, int64_t *count, float *dxf)
+{
+    int64_t n = b->n, H = c->m->cfg.hidden, V = c->m->cfg.vocab;
+    int dev = c->dev.index;
+    aux_layout a = aux_of(c);
+    /* the targets, chosen on the host as the CPU does (token i predicts labels[i + 1] in its document) */
+    int32_t *host = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * n));
+    if (!host) return ql_fail(QL_ENOMEM, "out of host memory");
+    int64_t k = 0;
+    ql_status s = QL_OK;
+    for (int64_t i = 0; i + 1 < n; i++) {
+        if (!(b->lo[i + 1] <= i && labels[i + 1] != -100)) continue;
+        if (labels[i + 1] < 0 || labels[i + 1] >= V) { s = ql_fail(QL_EINVAL, "label %d outside the vocabulary", labels[i + 1]); break; }
+        host[k] = (int32_t)i;
+        host[n + k] = labels[i + 1];
+        k++;
+    }
+    if (s == QL_OK && k > 0) {
+        s = cu_upload(c->dev, a.rows, host, sizeof(int32_t) * (size_t)k);
+        if (s == QL_OK) s = cu_upload(c->dev, a.tgt, host + n, sizeof(int32_t) * (size_t)k);
+    }
+    free(host);
+    if (s != QL_OK || k == 0) return s;
+    const uint16_t *W;
+    QL_TRY(weight_bf16(c, c->m->lm_head.w, &W));
+    QL_TRY(cu_memset0(c->dev, a.loss, sizeof(double)));
+    for (int64_t c0 = 0; c0 < k; c0 += CE_CHUNK) {
+        int64_t tc = k - c0 < CE_CHUNK ? k - c0 : CE_CHUNK;
+        QL_TRY(qlk_gather_rows((const uint16_t *)xf, a.rows + c0, tc, H, a.xs));
+        QL_TRY(qlk_gemm(dev, 0, 1, tc, V, H, 1.0f, a.xs, H, W, H, QL_BF16, 0.0f, a.logits, V, QL_F32));
+        QL_TRY(qlk_ce_rows(a.logits, a.tgt + c0, tc, V, denom, a.loss, dxf ? a.dz : NULL));
+        if (dxf) {
+            QL_TRY(qlk_gemm(dev, 0, 0, tc, H, V, 1.0f, a.dz, V, W, H, QL_BF16, 0.0f, a.dxs, H, QL_F32));
+            QL_TRY(qlk_scatter_add_rows(a.dxs, a.rows + c0, tc, H, dxf));
+        }
+    }
+    double got = 0;
+    QL_TRY(cu_download(c->dev, &got, a.loss, sizeof got));
+    *sum += got;
+    *count += k;
+    return QL_OK;
+}
+
+static ql_status cu_lm_head_logits(ql_dec_ctx *c, const void *xf, int64_t r0, int64_t rows, float *host)
+{
+    int64_t H = c->m->cfg.hidden, V = c->m->cfg.vocab;
+    aux_layout a = aux_of(c);
+    const uint16_t *W;
+    QL_TRY(weight_bf16(c, c->m->lm_head.w, &W));
+    for (int64_t i = 0; i < rows; i += CE_CHUNK) {
+        int64_t tc = rows - i < CE_CHUNK ? rows - i : CE_CHUNK;
+        const uint16_t *x = (const uint16_t *)xf + (r0 + i) * H;
+        QL_TRY(qlk_gemm(c->dev.index, 0, 1, tc, V, H, 1.0f, x, H, W, H, QL_BF16, 0.0f, a.logits, V, QL_F32));
+        QL_TRY(cu_download(c->dev, host + i * V, a.logits, sizeof(float) * (size_t)(tc * V)));
+    }
+    if (c->m->lm_head.b) return ql_fail(QL_EUNSUPPORTED, "an lm_head bias on the GPU");
+    return QL_OK;
+}
+
+static ql_status cu_kv_store(ql_dec_ctx *c, ql_kv_cache *kv, int l, const ql_dec_batch *b, const void *k, const void *v)
+{
+    int64_t KV = (int64_t)c->m->cfg.kv_heads * c->m->cfg.head_dim;
+    QL_TRY(qlk_kv_store((uint16_t *)ql_tensor_data(kv->dk[l]), (const uint16_t *)k, b->d_pos, b->n, KV));
+    return qlk_kv_store((uint16_t *)ql_tensor_data(kv->dv[l]), (const uint16_t *)v, b->d_pos, b->n, KV);
+}
+
+/* ---------------------------------------------------------------- optimizer */
+
+static ql_status cu_adamw(ql_device dev, float *p, const float *g, float *m, float *v, int64_t count, double lr,
+                          double b1, double b2, double eps, double wd, int64_t step)
+{
+    QL_TRY(ql_cuda_set_device(dev.index));
+    /* the scalars exactly as ql_adamw_f32 computes them */
+    double bc1 = 1.0 - pow(b1, (double)step), bc2 = 1.0 - pow(b2, (double)step);
+    float decay = (float)(1.0 - lr * wd), w1 = (float)(1.0 - b1), fb2 = (float)b2, w2 = (float)(1.0 - b2);
+    float neg_step = (float)(-(lr / bc1)), bc2_sqrt = (float)sqrt(bc2), feps = (float)eps;
+    return qlk_adamw(p, g, m, v, count, decay, w1, fb2, w2, neg_step, bc2_sqrt, feps);
+}
+
+static ql_status cu_sumsq(ql_device dev, const float *g, int64_t count, double *out)
+{
+    QL_TRY(ql_cuda_set_device(dev.index));
+    double *d = (double *)ql_cuda_tmp_alloc(dev.index, sizeof(double));
+    if (!d) return QL_ENOMEM;
+    ql_status s = qlk_sumsq(g, count, d);
+    if (s == QL_OK) s = cu_download(dev, out, d, sizeof(double));
+    ql_cuda_tmp_free(dev.index, d);
+    return s;
+}
+
+static ql_status cu_scale(ql_device dev, float *g, int64_t count, float s)
+{
+    QL_TRY(ql_cuda_set_device(dev.index));
+    return qlk_scale(g, count, s);
+}
+
+static ql_dec_ops make_ops(void)
+{
+    ql_dec_ops o;
+    memset(&o, 0, sizeof o);
+    o.name = "cuda";
+    o.act = QL_BF16;
+    o.alloc = cu_alloc;
+    o.free = cu_free;
+    o.upload = cu_upload;
+    o.download = cu_download;
+    o.memset0 = cu_memset0;
+    o.aux_size = cu_aux_size;
+    o.sync = cu_sync;
+    o.embed = cu_embed;
+    o.rmsnorm = cu_rmsnorm;
+    o.rmsnorm_bwd = cu_rmsnorm_bwd;
+    o.residual = cu_residual;
+    o.as_act = cu_as_act;
+    o.rope = cu_rope;
+    o.attn = cu_attn;
+    o.attn_bwd = cu_attn_bwd;
+    o.swiglu = cu_swiglu;
+    o.swiglu_bwd = cu_swiglu_bwd;
+    o.linear = cu_linear;
+    o.linear_bwd = cu_linear_bwd;
+    o.lm_head_ce = cu_lm_head_ce;
+    o.lm_head_logits = cu_lm_head_logits;
+    o.kv_store = cu_kv_store;
+    o.adamw = cu_adamw;
+    o.sumsq = cu_sumsq;
+    o.scale = cu_scale;
+    return o;
+}
+
+extern "C" const ql_dec_ops ql_dec_cuda_ops = make_ops();
