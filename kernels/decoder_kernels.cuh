@@ -89,6 +89,24 @@ ql_status qlk_attn_bwd(const uint16_t *q, const uint16_t *k, const uint16_t *v, 
                        const float *dout, const int32_t *lo, const int32_t *hi, const int32_t *qlo, const int32_t *qhi,
                        int64_t n, int heads, int kvh, int hd, int window, uint16_t *dq, uint16_t *dk, uint16_t *dv);
 
+/* ---------------------------------------------------------------- attention_gemm.cu */
+
+/* The training path of attention through tensor-core products, per segment of the batch
+   (documents no outside query looks into) of at most QL_ATTN_GEMM_MAX tokens; same
+   contracts as qlk_attn_fwd / qlk_attn_bwd over the batch's own keys, plus the host copies
+   lo_h, hi_h of the ranges and device scratch of qlk_attn_gemm_scratch bytes. */
+#define QL_ATTN_GEMM_MAX 4096
+/* 1 when the batch's ranges split into such segments */
+int qlk_attn_gemm_fits(const int32_t *lo_h, const int32_t *hi_h, int64_t n);
+size_t qlk_attn_gemm_scratch(int64_t n, int heads, int kvh, int hd);
+ql_status qlk_attn_fwd_gemm(int dev, const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *lo_h,
+                            const int32_t *hi_h, const int32_t *lo, const int32_t *hi, int64_t n, int heads, int kvh,
+                            int hd, int window, uint16_t *out, float *lse, void *scratch);
+ql_status qlk_attn_bwd_gemm(int dev, const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out,
+                            const float *lse, const float *dout, const int32_t *lo_h, const int32_t *hi_h,
+                            const int32_t *lo, const int32_t *hi, int64_t n, int heads, int kvh, int hd, int window,
+                            uint16_t *dq, uint16_t *dk, uint16_t *dv, void *scratch);
+
 /* ---------------------------------------------------------------- gemm.cu */
 
 /* Row-major C [M, N] = alpha * op(A) @ op(B) + beta * C through cuBLASLt with f32 compute.

@@ -72,6 +72,7 @@ struct aux_layout {
     float *dxs;                  /* [CE_CHUNK, H] */
     int32_t *rows, *tgt;         /* [n] */
     double *loss;                /* [1] */
+    void *attn;                  /* attention_gemm.cu's scratch */
     size_t bytes;
 };
 
@@ -122,6 +123,7 @@ static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, char *base,
     TAKE(rows, int32_t, n);
     TAKE(tgt, int32_t, n);
     TAKE(loss, double, 1);
+    TAKE(attn, char, qlk_attn_gemm_scratch(n, c->heads, c->kv_heads, c->head_dim));
 #undef TAKE
     a->bytes = off;
 }
@@ -205,11 +207,24 @@ static ql_status cu_rope(ql_dec_ctx *c, void *x, const ql_dec_batch *b, int nh, 
     return qlk_rope((uint16_t *)x, b->d_pos, c->inv_freq, b->n, nh, c->m->cfg.head_dim, inverse);
 }
 
+/* QL_ATTN_WARP=1 sends every batch to the warp kernels (their tests) */
+static int gemm_attention(const ql_dec_batch *b)
+{
+    const char *e = getenv("QL_ATTN_WARP");
+    return !(e && e[0] == '1') && qlk_attn_gemm_fits(b->lo, b->hi, b->n);
+}
+
 static ql_status cu_attn(ql_dec_ctx *c, const ql_dec_batch *b, const void *q, const void *k, const void *v,
                          int keys_are_batch, void *out, float *lse)
 {
-    (void)keys_are_batch;   /* the kernel follows lo/hi either way */
     const ql_model_config *cf = &c->m->cfg;
+    if (keys_are_batch && gemm_attention(b)) {   /* tensor-core products per segment */
+        aux_layout a = aux_of(c);
+        return qlk_attn_fwd_gemm(c->dev.index, (const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v, b->lo, b->hi,
+                                 b->d_lo, b->d_hi, b->n, cf->heads, cf->kv_heads, cf->head_dim, cf->sliding_window,
+                                 (uint16_t *)out, lse, a.attn);
+    }
+    /* the warp kernels: KV-cache decoding, segments too long for the score scratch */
     return qlk_attn_fwd((const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v, b->d_lo, b->d_hi, b->n, cf->heads,
                         cf->kv_heads, cf->head_dim, cf->sliding_window, (uint16_t *)out, lse);
 }
@@ -218,6 +233,13 @@ static ql_status cu_attn_bwd(ql_dec_ctx *c, const ql_dec_batch *b, const void *q
                              const void *out, const float *lse, const float *dout, void *dq, void *dk, void *dv)
 {
     const ql_model_config *cf = &c->m->cfg;
+    if (gemm_attention(b)) {
+        aux_layout a = aux_of(c);
+        return qlk_attn_bwd_gemm(c->dev.index, (const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v,
+                                 (const uint16_t *)out, lse, dout, b->lo, b->hi, b->d_lo, b->d_hi, b->n, cf->heads,
+                                 cf->kv_heads, cf->head_dim, cf->sliding_window, (uint16_t *)dq, (uint16_t *)dk,
+                                 (uint16_t *)dv, a.attn);
+    }
     if (!b->d_qlo) return ql_fail(QL_EINVAL, "attention backward: the batch has no key ranges");
     return qlk_attn_bwd((const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v, (const uint16_t *)out, lse, dout,
                         b->d_lo, b->d_hi, b->d_qlo, b->d_qhi, b->n, cf->heads, cf->kv_heads, cf->head_dim,

@@ -283,9 +283,18 @@ static void attention_case(int64_t n, int window)
     teardown(&f);
 }
 
-QL_TEST(decoder_ops_attention) { attention_case(37, 0); }
-QL_TEST(decoder_ops_attention_window) { attention_case(61, 5); }
-QL_TEST(decoder_ops_attention_long) { attention_case(700, 0); }
+/* the tensor-core path (attention_gemm.cu), then the warp kernels (attention.cu) that serve
+   KV-cache decoding and segments longer than the score scratch */
+static void attention_both(int64_t n, int window)
+{
+    attention_case(n, window);
+    setenv("QL_ATTN_WARP", "1", 1);
+    attention_case(n, window);
+    unsetenv("QL_ATTN_WARP");
+}
+QL_TEST(decoder_ops_attention) { attention_both(37, 0); }
+QL_TEST(decoder_ops_attention_window) { attention_both(61, 5); }
+QL_TEST(decoder_ops_attention_long) { attention_both(700, 0); }
 
 static void linear_case(int target, float dropout)
 {
