@@ -108,6 +108,9 @@ static int cache_on(void)
 static size_t round_size(size_t n)
 {
     if (n <= 512) return 512;
+    /* large blocks (model weights, the decoder's plan) to whole 2 MiB pages, cudaMalloc's own
+       granularity: a quarter-power-of-two class would waste up to 25 % of a 7B's weights */
+    if (n >= ((size_t)32 << 20)) return (n + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1);
     size_t p = 512;
     while (p * 2 <= n && p * 2 > p) p *= 2;
     size_t q = p / 4;

@@ -115,7 +115,7 @@ static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, char *base,
     TAKE(absmax, float, bmax);
     TAKE(abf, uint16_t, amax);
     TAKE(bbf, uint16_t, bbmax);
-    TAKE(f32, float, n * W);
+    TAKE(f32, float, l && l->dropout > 0 ? n * W : 0);   /* only the dropout path of the backward */
     TAKE(logits, float, (int64_t)CE_CHUNK * V);
     TAKE(dz, uint16_t, (int64_t)CE_CHUNK * V);
     TAKE(xs, uint16_t, (int64_t)CE_CHUNK * H);
@@ -150,16 +150,12 @@ static ql_status weight_bf16(ql_dec_ctx *c, const ql_tensor *w, const uint16_t *
     int64_t n = ql_tensor_numel(w);
     if (w->dtype == QL_NF4) {
         const ql_quant *q = w->quant;
-        int64_t nb = (n + q->blocksize - 1) / q->blocksize;
-        const float *absmax = (const float *)ql_tensor_data(q->absmax);
-        if (q->double_quant) {
-            QL_TRY(ql_cuda_nf4_absmax_dequant((const uint8_t *)ql_tensor_data(q->absmax),
-                                              (const float *)ql_tensor_data(q->nested_absmax),
-                                              (const float *)ql_tensor_data(q->nested_code), q->nested_offset, nb,
-                                              a.absmax, NULL));
-            absmax = a.absmax;
-        }
-        QL_TRY(ql_cuda_nf4_dequantize_bf16((const uint8_t *)ql_tensor_data(w), absmax, n, q->blocksize, a.wbuf, NULL));
+        int dq = q->double_quant;
+        QL_TRY(ql_cuda_nf4_dequantize_bf16_fast(
+            (const uint8_t *)ql_tensor_data(w), dq, dq ? (const uint8_t *)ql_tensor_data(q->absmax) : NULL,
+            dq ? NULL : (const float *)ql_tensor_data(q->absmax), dq ? (const float *)ql_tensor_data(q->nested_absmax) : NULL,
+            dq ? (const float *)ql_tensor_data(q->nested_code) : NULL, q->nested_offset, n, q->blocksize, a.wbuf, a.absmax,
+            NULL));
     } else {
         if (!ql_tensor_is_contiguous(w)) return ql_fail(QL_EUNSUPPORTED, "a strided frozen weight on the GPU");
         QL_TRY(qlk_to_bf16(ql_tensor_data(w), w->dtype, a.wbuf, n));

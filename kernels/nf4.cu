@@ -161,6 +161,34 @@ __global__ void k_nf4_dequantize(const uint8_t *__restrict__ packed, const float
     }
 }
 
+/* 16 elements per thread: one 8-byte load of packed values, the block scale decoded
+   inline (double quantization: the same two roundings as k_nf4_absmax_dequant), two
+   16-byte stores of bf16. blocksize >= 16, so the 16 elements share one scale. */
+template <bool DQ>
+__global__ void k_nf4_dequantize_bf16_x16(const uint2 *__restrict__ packed, const uint8_t *__restrict__ absmax_q,
+                                          const float *__restrict__ absmax, const float *__restrict__ nested_absmax,
+                                          const float *__restrict__ code, float offset, int64_t groups, int bs_log2,
+                                          uint4 *__restrict__ out)
+{
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= groups) return;
+    const int64_t b = (t * 16) >> bs_log2;
+    float s;
+    if (DQ) s = __fadd_rn(__fmul_rn(__ldg(&code[absmax_q[b]]), __ldg(&nested_absmax[b / NESTED])), offset);
+    else s = __ldg(&absmax[b]);
+    const uint2 p = packed[t];
+    uint32_t w[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        const uint32_t byte = ((k < 4 ? p.x : p.y) >> (8 * (k & 3))) & 0xffu;
+        const uint32_t hi = f32_to_bf16_rne(__fmul_rn(c_nf4[byte >> 4], s));
+        const uint32_t lo = f32_to_bf16_rne(__fmul_rn(c_nf4[byte & 15], s));
+        w[k] = hi | (lo << 16);   /* element 2k (high nibble) first in memory */
+    }
+    out[2 * t] = make_uint4(w[0], w[1], w[2], w[3]);
+    out[2 * t + 1] = make_uint4(w[4], w[5], w[6], w[7]);
+}
+
 /* ---------------------------------------------------------------- launchers */
 
 static ql_status launch_check(const char *what)
@@ -249,4 +277,35 @@ extern "C" ql_status ql_cuda_nf4_dequantize_bf16(const uint8_t *packed, const fl
                                                  int blocksize, uint16_t *out, void *stream)
 {
     return dequant_launch<true>(packed, absmax_f32, n, blocksize, out, stream, "cuda dequantize bf16");
+}
+
+extern "C" ql_status ql_cuda_nf4_dequantize_bf16_fast(const uint8_t *packed, int double_quant, const uint8_t *absmax_q,
+                                                      const float *absmax_f32, const float *nested_absmax,
+                                                      const float *nested_code, float offset, int64_t n,
+                                                      int blocksize, uint16_t *out, float *absmax_tmp, void *stream)
+{
+    if (!bs_ok(blocksize)) return ql_fail(QL_EINVAL, "nf4 dequantize: blocksize %d is not a power of two in 32..4096", blocksize);
+    if (n <= 0) return n == 0 ? QL_OK : ql_fail(QL_EINVAL, "nf4 dequantize: negative size");
+    const bool vec = n % 16 == 0 && ((uintptr_t)packed & 7) == 0 && ((uintptr_t)out & 15) == 0;
+    if (!vec) {   /* the one-thread-per-byte path */
+        const float *am = absmax_f32;
+        if (double_quant) {
+            int64_t nb = (n + blocksize - 1) / blocksize;
+            QL_TRY(ql_cuda_nf4_absmax_dequant(absmax_q, nested_absmax, nested_code, offset, nb, absmax_tmp, stream));
+            am = absmax_tmp;
+        }
+        return ql_cuda_nf4_dequantize_bf16(packed, am, n, blocksize, out, stream);
+    }
+    int lg = 0;
+    while ((1 << lg) < blocksize) lg++;
+    const int64_t groups = n / 16;
+    unsigned grid = 0;
+    QL_TRY(grid_for(groups, 256, "dequantize bf16", &grid));
+    if (double_quant)
+        k_nf4_dequantize_bf16_x16<true><<<grid, 256, 0, (cudaStream_t)stream>>>(
+            (const uint2 *)packed, absmax_q, NULL, nested_absmax, nested_code, offset, groups, lg, (uint4 *)out);
+    else
+        k_nf4_dequantize_bf16_x16<false><<<grid, 256, 0, (cudaStream_t)stream>>>(
+            (const uint2 *)packed, NULL, absmax_f32, NULL, NULL, 0.0f, groups, lg, (uint4 *)out);
+    return launch_check("dequantize bf16");
 }

@@ -136,6 +136,16 @@ ql_status ql_cuda_nf4_dequantize_f32(const uint8_t *packed, const float *absmax_
                                      int blocksize, float *out, void *stream);
 ql_status ql_cuda_nf4_dequantize_bf16(const uint8_t *packed, const float *absmax_f32, int64_t n,
                                       int blocksize, uint16_t *out, void *stream);
+/* The decoder's dequantization: packed -> bf16 with the double-quantized scales decoded
+   inline (absmax_q u8 + nested_absmax + nested_code + offset when double_quant, else
+   absmax f32 in absmax_f32), 8 packed bytes in and 32 bytes out per thread; byte-identical
+   to ql_cuda_nf4_absmax_dequant followed by ql_cuda_nf4_dequantize_bf16 (which it falls
+   back to for sizes that are not a multiple of 16 or unaligned pointers, with absmax_tmp
+   [nblocks] f32 as the scratch for the decoded scales). */
+ql_status ql_cuda_nf4_dequantize_bf16_fast(const uint8_t *packed, int double_quant, const uint8_t *absmax_q,
+                                           const float *absmax_f32, const float *nested_absmax,
+                                           const float *nested_code, float offset, int64_t n, int blocksize,
+                                           uint16_t *out, float *absmax_tmp, void *stream);
 #endif
 
 #endif

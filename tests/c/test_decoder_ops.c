@@ -26,6 +26,7 @@
 #include "backend.h"
 #include "decoder.h"
 #include "model.h"
+#include "nf4.h"
 #include "rng.h"
 
 #define TOL_ACT 1e-2
@@ -34,7 +35,7 @@
 
 typedef struct fixture {
     ql_model *mc, *mg;
-    ql_lora *lora;               /* only sizes the CUDA scratch for rank-8 adapters */
+    ql_lora *lora;               /* only sizes the CUDA scratch (rank-8 adapters with dropout) */
     ql_dec_ctx cc, cg;
     int64_t n;
     int32_t *ids, *pos, *lo, *hi, *qlo, *qhi;   /* host */
@@ -150,7 +151,8 @@ static int setup(fixture *f, int64_t n, int window)
     ql_dec_ctx cc = { CPU, f->mc, ql_cpu(), n, NULL, f->mc->inv_freq, malloc(4 * (size_t)(n * W)),
                       malloc(4 * (size_t)(n * r)), NULL, 0 };
     f->cc = cc;
-    f->lora = ql_lora_new(f->mg, (int)r, 16, 0, 0, (1u << QL_NTARGETS) - 1, NULL, 1);
+    /* dropout > 0 so that the scratch of the dropout path is planned too */
+    f->lora = ql_lora_new(f->mg, (int)r, 16, 0, 0.25f, (1u << QL_NTARGETS) - 1, NULL, 1);
     CHECK(f->lora != NULL);
     size_t ab = GPU->aux_size(f->mg, f->lora, n);
     ql_dec_ctx cg = { GPU, f->mg, ql_cuda(0), n, f->lora, up_f32(f, f->mc->inv_freq, c->head_dim / 2),
@@ -389,6 +391,43 @@ QL_TEST(decoder_ops_optimizer)
     CHECK_MSG(!memcmp(gg, g, 4 * (size_t)n), "gradient scaling differs");
     free(p); free(g); free(m); free(v); free(pg); free(mg); free(vg); free(gg);
     teardown(&f);
+}
+
+/* The decoder's NF4 -> bf16 dequantization (16 elements a thread, scales decoded inline)
+   gives the CPU's bytes, with and without double quantization, over block sizes and
+   lengths that take the vector path and the fallback. */
+QL_TEST(decoder_ops_nf4_dequant_bytes_equal_cpu)
+{
+    if (ql_cuda_backend.device_count() <= 0) { qltest_skip("no CUDA device"); return; }
+    const int64_t lens[] = { 4096 * 16, 1000 * 64 + 16, 4096 * 16 + 2 };
+    const int bss[] = { 64, 128, 32 };
+    for (int li = 0; li < 3; li++)
+        for (int bi = 0; bi < 3; bi++)
+            for (int dq = 0; dq <= 1; dq++) {
+                int64_t n = lens[li];
+                ql_tensor *x = ql_tensor_rand(QL_F32, 1, &n, 1, 9, (uint64_t)(li * 7 + bi * 2 + dq), ql_cpu());
+                ql_tensor *qc = x ? ql_tensor_quantize_nf4(x, bss[bi], dq, ql_cpu()) : NULL;
+                ql_tensor *qg = qc ? ql_tensor_to(qc, QL_NF4, ql_cuda(0)) : NULL;
+                ql_tensor *ref = qc ? ql_tensor_to(qc, QL_BF16, ql_cpu()) : NULL;
+                CHECK_MSG(x && qc && qg && ref, "setup: %s", ql_last_error());
+                if (!(x && qc && qg && ref)) { ql_tensor_release(x); ql_tensor_release(qc); ql_tensor_release(qg); ql_tensor_release(ref); return; }
+                const ql_quant *q = qg->quant;
+                int64_t nb = (n + q->blocksize - 1) / q->blocksize;
+                uint16_t *out = ql_cuda_backend.alloc(0, 2 * (size_t)n);
+                float *tmp = ql_cuda_backend.alloc(0, 4 * (size_t)nb);
+                CHECK_OK(ql_cuda_nf4_dequantize_bf16_fast(
+                    ql_tensor_data(qg), dq, dq ? ql_tensor_data(q->absmax) : NULL, dq ? NULL : ql_tensor_data(q->absmax),
+                    dq ? ql_tensor_data(q->nested_absmax) : NULL, dq ? ql_tensor_data(q->nested_code) : NULL,
+                    q->nested_offset, n, q->blocksize, out, tmp, NULL));
+                uint16_t *host = malloc(2 * (size_t)n);
+                CHECK_OK(ql_cuda_backend.to_host(0, host, out, 2 * (size_t)n));
+                CHECK_MSG(!memcmp(host, ql_tensor_data(ref), 2 * (size_t)n),
+                          "n %lld, blocksize %d, double quant %d: bf16 bytes differ from the CPU's", (long long)n, bss[bi], dq);
+                free(host);
+                ql_cuda_backend.free(0, out);
+                ql_cuda_backend.free(0, tmp);
+                ql_tensor_release(x); ql_tensor_release(qc); ql_tensor_release(qg); ql_tensor_release(ref);
+            }
 }
 
 #endif

@@ -12,6 +12,9 @@
 #                                   runs the CUDA tests, `qlora doctor`, the
 #                                   timing table and a PyTorch ceiling on the
 #                                   same card; logs under $OUT (or ./gpu-out).
+#   QL_GPU_ONLY_TRAIN=1  stop after the GPU training tests and the recipes run
+#   QL_GPU_BENCH="05b|7b|all both|peer|qlora"  also run bench/train_gpu.sh
+#   QL_GPU_SANITIZE=1  run the decoder's op tests under compute-sanitizer memcheck
 #
 # Libraries: everything `ldd` lists except glibc (libc, libm, libpthread, libdl,
 # librt, ld-linux), libstdc++/libgcc and CUDA's own (cuBLASLt comes from the
@@ -118,6 +121,13 @@ device() {
   if [ -x "$g/bin/qlora" ]; then
     echo "== qlora doctor"
     ( cd "$g" && timeout 60 ./bin/qlora doctor ) 2>&1 | tee "$out/doctor.log"
+  fi
+  if [ "${QL_GPU_SANITIZE:-0}" = 1 ]; then
+    echo "== compute-sanitizer memcheck over the decoder's kernels (caching allocator off)"
+    local cs; cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    ( cd "$g" && QL_CUDA_NO_CACHE=1 timeout 300 "$cs" --tool memcheck --error-exitcode 9 \
+        ./bin/qltest decoder_ops ) > "$out/sanitizer.log" 2>&1; echo "compute-sanitizer exit $?"
+    grep -E "ERROR SUMMARY|LEAK SUMMARY|passed|Invalid|Leaked" "$out/sanitizer.log" | head -12
   fi
   echo "== Lua tests on the GPU: the decoder against transformers and the CPU, GPU training"
   for t in test_model test_gpu_train; do
