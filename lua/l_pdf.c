@@ -6,13 +6,22 @@
  *        spans = {{text, font, size, bold, italic, mono, super, x0,y0,x1,y1}}}},
  *        rules = {{kind = "h"|"v"|"dot", x0,y0,x1,y1}}}
  *   doc:close()  (also __gc / __close)
- *   pdf.to_markdown(path [, opts]) -> markdown, stats | nil, msg
- *        opts: page_markers, use_outline, keep_furniture, inline_styles, password
+ *   pdf.to_markdown(path [, opts]) -> markdown, stats | nil, msg, status
+ *        opts: page_markers, use_outline, keep_furniture, inline_styles, password,
+ *        timeout (seconds for the file; 0 or nil: none)
+ *        stats: pages, chars, headings, furniture_lines, seconds, and the damage
+ *        seen: unmapped_pages (text without a Unicode mapping: garbage, OCR it),
+ *        first_unmapped (1-based page or nil), damaged_pages, repaired
+ *        status: "timeout" when the time limit stopped it, else "error"
  *   pdf.convert(jobs [, opts])  jobs = {{src=, dst=}, ...}: converts in parallel
  *        (one MuPDF context per file), writes each dst atomically, shows a
  *        progress bar with pages/s on a terminal (opts.progress=false to hide);
- *        returns {{src, dst, ok, pages, error}, ...} in job order
- *   pdf.list_files(dir, ext) -> sorted paths under dir ending in ext (recursive)
+ *        opts.timeout limits each file (a file past it fails with timeout=true
+ *        and the others go on); returns {{src, dst, ok, pages, error, timeout,
+ *        stats}, ...} in job order (stats as to_markdown's, for converted files)
+ *   pdf.list_files(dir, ext) -> sorted paths under dir ending in ext (recursive;
+ *        links to folders are not followed, so a link cannot make a cycle or
+ *        list a file twice; links to files are listed)
  */
 #include "qlora.h"
 
@@ -46,6 +55,14 @@ static void read_opts(lua_State *L, int idx, ql_pdf_md_opts *o)
     lua_getfield(L, idx, "inline_styles"); if (!lua_isnil(L, -1)) o->inline_styles = lua_toboolean(L, -1); lua_pop(L, 1);
     /* the password string stays alive: it is in the caller's table */
     lua_getfield(L, idx, "password"); o->password = lua_isstring(L, -1) ? lua_tostring(L, -1) : NULL; lua_pop(L, 1);
+    lua_getfield(L, idx, "timeout");
+    if (!lua_isnil(L, -1)) {
+        int isnum;
+        lua_Number t = lua_tonumberx(L, -1, &isnum);
+        if (!isnum || !(t >= 0)) luaL_error(L, "qlora.pdf: timeout must be a number of seconds >= 0 (0: no limit)");
+        o->timeout = (double)t;
+    }
+    lua_pop(L, 1);
 }
 
 static int l_open(lua_State *L)
@@ -157,11 +174,15 @@ static int l_page(lua_State *L)
 
 static void push_stats(lua_State *L, const ql_pdf_md_stats *st)
 {
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 10);
     lua_pushinteger(L, st->pages); lua_setfield(L, -2, "pages");
     lua_pushinteger(L, st->chars); lua_setfield(L, -2, "chars");
     lua_pushinteger(L, st->headings); lua_setfield(L, -2, "headings");
     lua_pushinteger(L, st->furniture_lines); lua_setfield(L, -2, "furniture_lines");
+    lua_pushinteger(L, st->unmapped_pages); lua_setfield(L, -2, "unmapped_pages");
+    if (st->first_unmapped >= 0) { lua_pushinteger(L, st->first_unmapped + 1); lua_setfield(L, -2, "first_unmapped"); }
+    lua_pushinteger(L, st->damaged_pages); lua_setfield(L, -2, "damaged_pages");
+    lua_pushboolean(L, st->repaired); lua_setfield(L, -2, "repaired");
     lua_pushnumber(L, st->seconds); lua_setfield(L, -2, "seconds");
 }
 
@@ -171,7 +192,12 @@ static int l_to_markdown(lua_State *L)
     ql_pdf_md_opts o;
     read_opts(L, 2, &o);
     char *md; size_t n; ql_pdf_md_stats st;
-    if (ql_pdf_to_markdown(path, &o, &md, &n, &st) != QL_OK) return ql_lua_fail(L);
+    ql_status s = ql_pdf_to_markdown(path, &o, &md, &n, &st);
+    if (s != QL_OK) {
+        ql_lua_fail(L);
+        lua_pushstring(L, s == QL_ETIMEOUT ? "timeout" : "error");
+        return 3;
+    }
     lua_pushlstring(L, md, n);
     free(md);
     push_stats(L, &st);
@@ -181,7 +207,8 @@ static int l_to_markdown(lua_State *L)
 /* ---- parallel conversion ---- */
 typedef struct {
     const char *src, *dst;
-    int ok, pages;
+    int ok, pages, timeout;
+    ql_pdf_md_stats st;
     char err[512];
 } job;
 
@@ -216,13 +243,15 @@ static void convert_range(void *arg, int64_t begin, int64_t end)
     for (int64_t i = begin; i < end; i++) {
         job *j = &b->jobs[i];
         char *md = NULL; size_t n = 0; ql_pdf_md_stats st; memset(&st, 0, sizeof st);
-        if (ql_pdf_to_markdown(j->src, &b->opts, &md, &n, &st) == QL_OK) {
+        ql_status s = ql_pdf_to_markdown(j->src, &b->opts, &md, &n, &st);
+        if (s == QL_OK) {
             ql_atomic_file af;
             if (ql_atomic_open(&af, j->dst) == QL_OK) {
                 fwrite(md, 1, n, af.fp);
-                if (ql_atomic_commit(&af) == QL_OK) { j->ok = 1; j->pages = st.pages; }
+                if (ql_atomic_commit(&af) == QL_OK) { j->ok = 1; j->pages = st.pages; j->st = st; }
             }
         }
+        j->timeout = s == QL_ETIMEOUT;
         if (!j->ok) snprintf(j->err, sizeof j->err, "%s", ql_last_error());
         free(md);
         ql_mutex_lock(b->mu);
@@ -263,12 +292,14 @@ static int l_convert(lua_State *L)
     if (b.progress && n) fputc('\n', stderr);
     lua_createtable(L, n, 0);
     for (int i = 0; i < n; i++) {
-        lua_createtable(L, 0, 5);
+        lua_createtable(L, 0, 7);
         lua_pushstring(L, b.jobs[i].src); lua_setfield(L, -2, "src");
         lua_pushstring(L, b.jobs[i].dst); lua_setfield(L, -2, "dst");
         lua_pushboolean(L, b.jobs[i].ok); lua_setfield(L, -2, "ok");
         lua_pushinteger(L, b.jobs[i].pages); lua_setfield(L, -2, "pages");
         if (!b.jobs[i].ok) { lua_pushstring(L, b.jobs[i].err); lua_setfield(L, -2, "error"); }
+        if (b.jobs[i].timeout) { lua_pushboolean(L, 1); lua_setfield(L, -2, "timeout"); }
+        if (b.jobs[i].ok) { push_stats(L, &b.jobs[i].st); lua_setfield(L, -2, "stats"); }
         lua_rawseti(L, -2, i + 1);
     }
     lua_pushnumber(L, ql_now() - b.t0);
@@ -294,7 +325,12 @@ static void walk(const char *dir, const char *ext, strvec *out, int depth)
         char *p = malloc(need);
         if (!p) break;
         snprintf(p, need, "%s/%s", dir, e->d_name);
-        if (ql_is_dir(p)) { walk(p, ext, out, depth + 1); free(p); continue; }
+        /* a link to a folder is not followed: two links to "." would loop, and
+           one would list the same files again under other names */
+        struct stat ls;
+        if (lstat(p, &ls) != 0) { free(p); continue; }
+        if (S_ISLNK(ls.st_mode) && ql_is_dir(p)) { free(p); continue; }
+        if (S_ISDIR(ls.st_mode)) { walk(p, ext, out, depth + 1); free(p); continue; }
         size_t pl = strlen(p);
         if (pl < el || strcasecmp(p + pl - el, ext) != 0) { free(p); continue; }
         if (out->n == out->cap) {

@@ -51,6 +51,7 @@ const char *ql_status_name(ql_status s)
     case QL_ENODEV: return "no device";
     case QL_EUNSUPPORTED: return "unsupported";
     case QL_EDEVICE: return "device error";
+    case QL_ETIMEOUT: return "time limit reached";
     }
     return "unknown";
 }

@@ -6,11 +6,13 @@
 #endif
 #include "platform.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -138,6 +140,68 @@ void ql_mutex_free(ql_mutex *m) { if (m) { pthread_mutex_destroy(&m->m); free(m)
 void ql_mutex_lock(ql_mutex *m) { pthread_mutex_lock(&m->m); }
 void ql_mutex_unlock(ql_mutex *m) { pthread_mutex_unlock(&m->m); }
 
+struct ql_alarm {
+    pthread_t thread;
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    struct timespec when;     /* CLOCK_MONOTONIC */
+    volatile int *flag;
+    int stop;
+};
+
+static void *alarm_main(void *arg)
+{
+    ql_alarm *a = arg;
+    pthread_mutex_lock(&a->m);
+    while (!a->stop) {
+        int rc = pthread_cond_timedwait(&a->cv, &a->m, &a->when);
+        if (rc == ETIMEDOUT && !a->stop) { __atomic_store_n(a->flag, 1, __ATOMIC_RELAXED); break; }
+    }
+    pthread_mutex_unlock(&a->m);
+    return NULL;
+}
+
+ql_alarm *ql_alarm_start(double seconds, volatile int *flag)
+{
+    ql_alarm *a = calloc(1, sizeof *a);
+    if (!a) return NULL;
+    if (!(seconds > 0)) seconds = 0;
+    if (seconds > 1e9) seconds = 1e9;
+    clock_gettime(CLOCK_MONOTONIC, &a->when);
+    double s = (double)a->when.tv_sec + a->when.tv_nsec * 1e-9 + seconds;
+    a->when.tv_sec = (time_t)s;
+    a->when.tv_nsec = (long)((s - (double)a->when.tv_sec) * 1e9);
+    if (a->when.tv_nsec >= 1000000000L) { a->when.tv_sec++; a->when.tv_nsec -= 1000000000L; }
+    if (a->when.tv_nsec < 0) a->when.tv_nsec = 0;
+    a->flag = flag;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int okm = pthread_mutex_init(&a->m, NULL) == 0;
+    int okc = okm && pthread_cond_init(&a->cv, &ca) == 0;
+    pthread_condattr_destroy(&ca);
+    if (!okc || pthread_create(&a->thread, NULL, alarm_main, a) != 0) {
+        if (okc) pthread_cond_destroy(&a->cv);
+        if (okm) pthread_mutex_destroy(&a->m);
+        free(a);
+        return NULL;
+    }
+    return a;
+}
+
+void ql_alarm_stop(ql_alarm *a)
+{
+    if (!a) return;
+    pthread_mutex_lock(&a->m);
+    a->stop = 1;
+    pthread_cond_signal(&a->cv);
+    pthread_mutex_unlock(&a->m);
+    pthread_join(a->thread, NULL);
+    pthread_cond_destroy(&a->cv);
+    pthread_mutex_destroy(&a->m);
+    free(a);
+}
+
 /* ---------------- files ---------------- */
 
 ql_status ql_map_file(const char *path, ql_mapping *out)
@@ -224,6 +288,17 @@ void ql_atomic_abort(ql_atomic_file *af)
     memset(af, 0, sizeof *af);
 }
 
+ql_status ql_check_file_name(const char *name, size_t len, const char *source, const char *what)
+{
+    if (!name) return ql_fail(QL_EFORMAT, "%s: %s is not a string naming a file", source, what);
+    int bad = len == 0 || len > 255 || strlen(name) != len || !strcmp(name, ".") || !strcmp(name, "..") ||
+              strchr(name, '/') || strchr(name, '\\');
+    if (bad)
+        return ql_fail(QL_EFORMAT, "%s: %s \"%.80s\" is not a plain file name inside the folder; names from "
+                                   "this file may not point elsewhere (fix or re-download it)", source, what, name);
+    return QL_OK;
+}
+
 int ql_file_exists(const char *path) { struct stat st; return stat(path, &st) == 0; }
 int ql_is_dir(const char *path) { struct stat st; return stat(path, &st) == 0 && S_ISDIR(st.st_mode); }
 int64_t ql_file_size(const char *path) { struct stat st; return stat(path, &st) == 0 ? (int64_t)st.st_size : -1; }
@@ -277,6 +352,41 @@ ql_status ql_rename(const char *from, const char *to)
 
 long ql_pid(void) { return (long)getpid(); }
 
+int ql_pid_alive(long pid)
+{
+    if (pid <= 0) return 0;
+    return kill((pid_t)pid, 0) == 0 || errno == EPERM;
+}
+
+ql_status ql_list_dir(const char *path, char **names, size_t *len)
+{
+    *names = NULL;
+    *len = 0;
+    DIR *d = opendir(path);
+    if (!d) return ql_fail(QL_EIO, "%s: cannot list the folder (%s)", path, strerror(errno));
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        size_t k = strlen(e->d_name) + 1;
+        if (n + k > cap) {
+            size_t nc = cap ? 2 * cap : 1024;
+            while (nc < n + k) nc *= 2;
+            char *nb = realloc(buf, nc);
+            if (!nb) { free(buf); closedir(d); return ql_fail(QL_ENOMEM, "%s: out of memory listing the folder", path); }
+            buf = nb;
+            cap = nc;
+        }
+        memcpy(buf + n, e->d_name, k);
+        n += k;
+    }
+    closedir(d);
+    *names = buf;
+    *len = n;
+    return QL_OK;
+}
+
 const char *ql_exe_dir(void)
 {
     static char dir[4096];
@@ -324,6 +434,7 @@ void ql_sigint_trap(int on)
 int ql_sigint_trapped(void) { return sig_trapped; }
 void ql_sigint_note(void) { sig_hit = 1; }
 int ql_sigint_take(void) { int h = sig_hit; sig_hit = 0; return h; }
+int ql_sigint_pending(void) { return sig_hit; }
 
 /* ---------------- terminal and clock ---------------- */
 

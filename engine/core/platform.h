@@ -26,6 +26,16 @@ void ql_mutex_free(ql_mutex *m);
 void ql_mutex_lock(ql_mutex *m);
 void ql_mutex_unlock(ql_mutex *m);
 
+/* A time limit for work that polls a flag (MuPDF's fz_cookie.abort, or a
+   loop's own check): ql_alarm_start arms a timer on a thread of its own that
+   sets *flag = 1 once `seconds` have passed, unless ql_alarm_stop came first.
+   ql_alarm_stop disarms, waits for the thread and frees (NULL: nothing).
+   The store is atomic (__atomic, relaxed): readers load it the same way.
+   Returns NULL when no thread can be started (then nothing is limited). */
+typedef struct ql_alarm ql_alarm;
+ql_alarm *ql_alarm_start(double seconds, volatile int *flag);
+void ql_alarm_stop(ql_alarm *a);
+
 /* ---- files ---- */
 typedef struct ql_mapping {
     void  *data;
@@ -50,6 +60,13 @@ ql_status ql_atomic_open(ql_atomic_file *af, const char *path);
 ql_status ql_atomic_commit(ql_atomic_file *af);
 void      ql_atomic_abort(ql_atomic_file *af);
 
+/* A file name read from a file (an index's weight_map, a config, metadata) must be a
+   plain name inside its folder: not empty, not "." or "..", no '/' or '\\', no NUL
+   (len: its length as stored, since a JSON string may hold an escaped NUL; name NULL: not a
+   string). Otherwise fails with QL_EFORMAT: "<source>: <what> ... is not a plain file
+   name". The one check every reader of such names goes through. */
+ql_status ql_check_file_name(const char *name, size_t len, const char *source, const char *what);
+
 int     ql_file_exists(const char *path);
 int     ql_is_dir(const char *path);
 int64_t ql_file_size(const char *path);   /* -1 when missing */
@@ -59,6 +76,11 @@ ql_status ql_mkdir_p(const char *path);
 ql_status ql_remove_tree(const char *path);
 ql_status ql_rename(const char *from, const char *to);
 long ql_pid(void);
+/* 1 when a process with this id exists (a temporary named after a pid is stale otherwise) */
+int  ql_pid_alive(long pid);
+/* The names in a folder, without "." and "..", in no particular order: one malloc'd
+   block of NUL-terminated names, *len bytes in all, that the caller frees. */
+ql_status ql_list_dir(const char *path, char **names, size_t *len);
 /* Directory of the running executable (or of the loaded module), without the
    trailing slash; "" when it cannot be found. */
 const char *ql_exe_dir(void);
@@ -75,6 +97,7 @@ void ql_sigint_trap(int on);
 int  ql_sigint_trapped(void);
 void ql_sigint_note(void);          /* called by a SIGINT handler while trapped */
 int  ql_sigint_take(void);          /* 1 when Ctrl-C was pressed since the last call */
+int  ql_sigint_pending(void);       /* the same without clearing it: long engine work polls this to stop early */
 
 /* ---- terminal and clock ---- */
 int    ql_isatty(FILE *fp);

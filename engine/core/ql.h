@@ -27,7 +27,8 @@ typedef enum ql_status {
     QL_ENOMEM,       /* host or device allocation failed */
     QL_ENODEV,       /* no such device, or no GPU support in this build */
     QL_EUNSUPPORTED, /* valid request we do not implement */
-    QL_EDEVICE       /* a device (CUDA) call failed */
+    QL_EDEVICE,      /* a device (CUDA) call failed */
+    QL_ETIMEOUT      /* a time limit was reached (the work stopped part way) */
 } ql_status;
 
 /* Records a printf-style message for this thread and returns code. */

@@ -8,6 +8,7 @@
  * the page.
  */
 #include "pdf.h"
+#include "platform.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -15,12 +16,17 @@
 #include <string.h>
 
 #include <mupdf/fitz.h>
+#include <mupdf/pdf.h>
 
 struct ql_pdf {
     fz_context *ctx;
     fz_document *doc;
     char *path;
     int npages;
+    fz_cookie cookie;     /* passed to every page run; abort = the time limit passed */
+    ql_alarm *alarm;      /* sets cookie.abort at the time limit */
+    double limit;         /* seconds, for messages */
+    double deadline;      /* ql_now() time of the limit, 0: none */
 };
 
 /* ---------------------------------------------------------------- arena */
@@ -123,6 +129,7 @@ ql_status ql_pdf_open(ql_pdf **out, const char *path, const char *password)
 void ql_pdf_close(ql_pdf *pdf)
 {
     if (!pdf) return;
+    ql_alarm_stop(pdf->alarm);
     if (pdf->ctx) {
         fz_try(pdf->ctx) fz_drop_document(pdf->ctx, pdf->doc);
         fz_catch(pdf->ctx) {}
@@ -134,6 +141,44 @@ void ql_pdf_close(ql_pdf *pdf)
 
 const char *ql_pdf_path(const ql_pdf *pdf) { return pdf->path; }
 int ql_pdf_page_count(ql_pdf *pdf) { return pdf->npages; }
+
+int ql_pdf_repaired(ql_pdf *pdf)
+{
+    volatile int r = 0;
+    fz_try(pdf->ctx) {
+        pdf_document *pd = pdf_specifics(pdf->ctx, pdf->doc);
+        r = pd ? pdf_was_repaired(pdf->ctx, pd) : 0;
+    }
+    fz_catch(pdf->ctx) r = 0;
+    return r;
+}
+
+void ql_pdf_set_time_limit(ql_pdf *pdf, double seconds)
+{
+    ql_alarm_stop(pdf->alarm);
+    pdf->alarm = NULL;
+    pdf->limit = seconds;
+    pdf->deadline = seconds > 0 ? ql_now() + seconds : 0;
+    if (seconds > 0) pdf->alarm = ql_alarm_start(seconds, &pdf->cookie.abort);
+}
+
+int ql_pdf_timed_out(ql_pdf *pdf)
+{
+    /* the alarm thread stores the flag atomically; MuPDF reads it in its loops */
+    if (__atomic_load_n(&pdf->cookie.abort, __ATOMIC_RELAXED)) return 1;
+    if (pdf->deadline > 0 && ql_now() >= pdf->deadline) {
+        __atomic_store_n(&pdf->cookie.abort, 1, __ATOMIC_RELAXED);
+        return 1;
+    }
+    return 0;
+}
+
+static ql_status fail_timeout(ql_pdf *pdf, int page)
+{
+    return ql_fail(QL_ETIMEOUT, "%s: stopped at page %d of %d: the time limit of %g s was reached "
+                   "(a slow or pathological file; raise timeout= or convert it alone)",
+                   pdf->path, page + 1, pdf->npages, pdf->limit);
+}
 
 ql_status ql_pdf_metadata(ql_pdf *pdf, const char *key, char *buf, size_t size)
 {
@@ -321,6 +366,7 @@ typedef struct {
 static int sbuf_putc8(sbuf *b, int c)
 {
     if (b->n + 8 > b->cap) {
+        if (b->cap > SIZE_MAX / 4) return -1;   /* checked growth, never a wrap-around */
         size_t cap = b->cap ? b->cap * 2 : 256;
         char *p = realloc(b->buf, cap);
         if (!p) return -1;
@@ -351,6 +397,14 @@ static void line_mark_super(ql_pdf_line *ln, const float *base)
         if (s->size < 0.85f * dom && base[i] < mainbase - 0.15f * dom && strlen(s->text) <= 4)
             s->flags |= QL_PDF_SUPER;
     }
+}
+
+/* A character that stands for no text: what a font without a Unicode map
+   (ToUnicode) gives: control codes, private use, the replacement character. */
+static int no_unicode(int c)
+{
+    return (c >= 0 && c < 0x20) || (c >= 0x7F && c < 0xA0) || (c >= 0xE000 && c <= 0xF8FF) ||
+           c == 0xFFFD || c >= 0xF0000;
 }
 
 static ql_status build_page(fz_context *ctx, fz_stext_page *tp, ql_pdf_page *pg)
@@ -396,6 +450,7 @@ static ql_status build_page(fz_context *ctx, fz_stext_page *tp, ql_pdf_page *pg)
                     }
                     fl = cache[k].flags; fname = cache[k].name;
                     if (pg->nchars < 0x7fffffff) pg->nchars++;
+                    if (no_unicode(ch->c) && pg->nunmapped < 0x7fffffff) pg->nunmapped++;
                 }
                 int gap = !is_space && lastx1 > -1e8f && qr.x0 - lastx1 > 0.9f * ch->size;
                 int newspan = spans.n == 0 || gap ||
@@ -507,39 +562,52 @@ ql_status ql_pdf_page_load(ql_pdf *pdf, int number, ql_pdf_page **out)
     if (number < 0 || number >= pdf->npages)
         return ql_fail(QL_EINVAL, "%s: page %d out of range (the document has %d pages)",
                        pdf->path, number + 1, pdf->npages);
+    if (ql_pdf_timed_out(pdf)) return fail_timeout(pdf, number);
     fz_context *ctx = pdf->ctx;
     ql_pdf_page *pg = calloc(1, sizeof *pg);
     if (!pg) return ql_fail(QL_ENOMEM, "%s: out of memory", pdf->path);
     pg->number = number;
+    fz_cookie *cookie = &pdf->cookie;
+    int errors0 = cookie->errors;
+    fz_device *ldev = NULL;
     fz_page *page = NULL;
     fz_display_list *list = NULL;
     fz_stext_page *tp = NULL;
     fz_device *dev = NULL;
     rule_device *rdev = NULL;
     ql_status st = QL_OK;
-    fz_var(page); fz_var(list); fz_var(tp); fz_var(dev); fz_var(rdev);
+    fz_var(page); fz_var(list); fz_var(tp); fz_var(dev); fz_var(rdev); fz_var(ldev);
     fz_try(ctx) {
         page = fz_load_page(ctx, pdf->doc, number);
         fz_rect mb = fz_bound_page(ctx, page);
         pg->width = mb.x1 - mb.x0; pg->height = mb.y1 - mb.y0;
-        list = fz_new_display_list_from_page(ctx, page);
+        /* the page's content runs once, into a display list, under the cookie:
+           MuPDF polls its abort flag (the time limit) and counts errors there */
+        list = fz_new_display_list(ctx, mb);
+        ldev = fz_new_list_device(ctx, list);
+        fz_run_page(ctx, page, ldev, fz_identity, cookie);
+        fz_close_device(ctx, ldev);
+        fz_drop_device(ctx, ldev); ldev = NULL;
         fz_stext_options opts = {0};
         opts.flags = FZ_STEXT_MEDIABOX_CLIP;
         tp = fz_new_stext_page(ctx, mb);
         dev = fz_new_stext_device(ctx, tp, &opts);
-        fz_run_display_list(ctx, list, dev, fz_identity, fz_infinite_rect, NULL);
+        fz_run_display_list(ctx, list, dev, fz_identity, fz_infinite_rect, cookie);
         fz_close_device(ctx, dev);
         fz_drop_device(ctx, dev); dev = NULL;
         rdev = fz_new_derived_device(ctx, rule_device);
         rdev->super.fill_path = rules_fill_path;
         rdev->super.stroke_path = rules_stroke_path;
         rdev->super.fill_image = rules_fill_image;
-        fz_run_display_list(ctx, list, &rdev->super, fz_identity, mb, NULL);
+        fz_run_display_list(ctx, list, &rdev->super, fz_identity, mb, cookie);
         fz_close_device(ctx, &rdev->super);
     }
     fz_catch(ctx) {
-        st = ql_fail(QL_EFORMAT, "%s: page %d is damaged: %s", pdf->path, number + 1, fz_caught_message(ctx));
+        if (!ql_pdf_timed_out(pdf))
+            st = ql_fail(QL_EFORMAT, "%s: page %d is damaged: %s", pdf->path, number + 1, fz_caught_message(ctx));
     }
+    if (ql_pdf_timed_out(pdf)) st = fail_timeout(pdf, number);
+    pg->errors = cookie->errors - errors0;
     if (st == QL_OK) {
         st = build_page(ctx, tp, pg);
         if (st == QL_ENOMEM) ql_fail(st, "%s: out of memory reading page %d", pdf->path, number + 1);
@@ -553,6 +621,7 @@ ql_status ql_pdf_page_load(ql_pdf *pdf, int number, ql_pdf_page **out)
     }
     if (rdev) { free(rdev->v); fz_drop_device(ctx, &rdev->super); }
     if (dev) fz_drop_device(ctx, dev);
+    if (ldev) fz_drop_device(ctx, ldev);
     fz_drop_stext_page(ctx, tp);
     fz_drop_display_list(ctx, list);
     fz_drop_page(ctx, page);

@@ -58,6 +58,9 @@ typedef struct ql_pdf_page {
     int nrules;
     ql_pdf_rule *rules;
     int nchars;          /* non-space characters on the page */
+    int nunmapped;       /* of those, characters with no Unicode meaning: controls,
+                            private use, U+FFFD (fonts without a ToUnicode map) */
+    int errors;          /* errors MuPDF met (and skipped) running the page */
     int nimages;         /* images drawn on the page */
     struct ql_pdf_arena *arena;
 } ql_pdf_page;
@@ -75,6 +78,17 @@ ql_status ql_pdf_open(ql_pdf **out, const char *path, const char *password);
 void ql_pdf_close(ql_pdf *pdf);
 const char *ql_pdf_path(const ql_pdf *pdf);
 int ql_pdf_page_count(ql_pdf *pdf);
+/* 1 when MuPDF had to rebuild the file's cross-reference table (a damaged or
+   truncated file); may turn true only after pages are loaded. */
+int ql_pdf_repaired(ql_pdf *pdf);
+
+/* A time limit on everything done with pdf from now on (seconds; <= 0 lifts
+   it). Past it, MuPDF's own loops stop (the abort flag of its cookie, set by
+   an alarm thread), ql_pdf_timed_out turns 1, and page loads fail with
+   QL_ETIMEOUT. Callers' own loops poll ql_pdf_timed_out (it also reads the
+   clock, so the limit holds even before the alarm thread runs). */
+void ql_pdf_set_time_limit(ql_pdf *pdf, double seconds);
+int ql_pdf_timed_out(ql_pdf *pdf);
 /* key: "title", "author", "subject", "keywords", "creator", "producer",
    "format", "encryption", "creationDate", "modDate". Writes "" when absent. */
 ql_status ql_pdf_metadata(ql_pdf *pdf, const char *key, char *buf, size_t size);
@@ -95,6 +109,8 @@ typedef struct ql_pdf_md_opts {
     int keep_furniture;   /* keep running headers/footers/page numbers */
     int inline_styles;    /* **bold**, *italic*, `code` inside paragraphs (default 1) */
     const char *password;
+    double timeout;       /* seconds for the whole file, 0: none; past it the
+                             conversion stops with QL_ETIMEOUT */
 } ql_pdf_md_opts;
 
 void ql_pdf_md_opts_default(ql_pdf_md_opts *o);
@@ -104,11 +120,18 @@ typedef struct ql_pdf_md_stats {
     int chars;
     int headings;
     int furniture_lines;  /* lines dropped as running headers/footers/page numbers */
+    /* damage, for the user to hear about (the Markdown is still written) */
+    int unmapped_pages;   /* pages whose text is mostly characters without a
+                             Unicode mapping: garbage, needs OCR */
+    int first_unmapped;   /* 0-based page of the first such page, -1 if none */
+    int damaged_pages;    /* pages that failed to load or ran with errors */
+    int repaired;         /* the file was damaged and rebuilt by MuPDF */
     double seconds;
 } ql_pdf_md_stats;
 
 /* Converts a whole file; *md is malloc'd (free it). Scanned (text-less) PDFs
-   fail with QL_EUNSUPPORTED and a message saying so. stats may be NULL. */
+   fail with QL_EUNSUPPORTED and a message saying so; a file past
+   opts->timeout with QL_ETIMEOUT. stats may be NULL. */
 ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts,
                              char **md, size_t *len, ql_pdf_md_stats *stats);
 

@@ -19,6 +19,9 @@
  *      de-hyphenation; code blocks with indentation; lists with nesting; GFM
  *      tables; footnotes at the end.
  * Units are PDF points. Nothing here touches MuPDF directly.
+ * opts->timeout bounds a file: the loops poll ql_pdf_timed_out() (MuPDF's own
+ * stop through its cookie) and the file fails with QL_ETIMEOUT. Damage seen on
+ * the way (unmapped text, damaged pages, a repaired file) goes to the stats.
  */
 #include "pdf.h"
 #include "platform.h"
@@ -38,23 +41,28 @@ void ql_pdf_md_opts_default(ql_pdf_md_opts *o)
 }
 
 /* ---------------------------------------------------------------- strings */
+/* A growable NUL-terminated buffer. Growth is checked: a size that would
+   overflow, or memory that runs out, sets `oom` and makes further appends
+   no-ops (the caller checks once at the end and fails). Never keep a pointer
+   into p across an append: appends may move it; keep offsets instead. */
 typedef struct { char *p; size_t n, cap; int oom; } str;
 
-static void s_grow(str *s, size_t add)
+static int s_grow(str *s, size_t add)
 {
-    if (s->oom) return;
-    if (s->n + add + 1 > s->cap) {
-        size_t cap = s->cap ? s->cap : 256;
-        while (cap < s->n + add + 1) cap *= 2;
-        char *q = realloc(s->p, cap);
-        if (!q) { s->oom = 1; return; }
-        s->p = q; s->cap = cap;
-    }
+    if (s->oom) return -1;
+    if (add > SIZE_MAX - 1 - s->n) { s->oom = 1; return -1; }
+    size_t need = s->n + add + 1;
+    if (need <= s->cap) return 0;
+    size_t cap = s->cap ? s->cap : 256;
+    while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    char *q = realloc(s->p, cap);
+    if (!q) { s->oom = 1; return -1; }
+    s->p = q; s->cap = cap;
+    return 0;
 }
 static void s_addn(str *s, const char *t, size_t n)
 {
-    s_grow(s, n);
-    if (s->oom) return;
+    if (s_grow(s, n)) return;
     memcpy(s->p + s->n, t, n); s->n += n; s->p[s->n] = 0;
 }
 static void s_add(str *s, const char *t) { s_addn(s, t, strlen(t)); }
@@ -197,14 +205,14 @@ static int line_alone(const ql_pdf_page *pg, int i)
 }
 
 /* Marks furniture lines: *furn[p][i] = 1. Returns lines marked. */
-static int find_furniture(ql_pdf_page **pages, int np, unsigned char **furn)
+static int find_furniture(ql_pdf *pdf, ql_pdf_page **pages, int np, unsigned char **furn)
 {
     typedef struct { char key[96]; int band; int pages; int last_page; } cand;
     int ncand = 0, capc = 0; cand *cs = NULL;
     int marked = 0;
     enum { K = 3 };
     /* candidates: up to K lines nearest the top and the bottom of each page */
-    for (int p = 0; p < np; p++) {
+    for (int p = 0; p < np && !ql_pdf_timed_out(pdf); p++) {
         ql_pdf_page *pg = pages[p];
         for (int band = 0; band < 2; band++) {
             /* pick the K extreme distinct lines */
@@ -254,7 +262,7 @@ static int find_furniture(ql_pdf_page **pages, int np, unsigned char **furn)
     }
     int need = np >= 4 ? (np + 1) / 2 : 2;
     if (np >= 2) {
-        for (int p = 0; p < np; p++) {
+        for (int p = 0; p < np && !ql_pdf_timed_out(pdf); p++) {
             ql_pdf_page *pg = pages[p];
             for (int i = 0; i < pg->nlines; i++) {
                 if (furn[p][i]) continue;
@@ -867,6 +875,7 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch, const q
         for (int c = 0; c < nc; c++) {
             s_addc(&e->out, ' ');
             if (cells[c].p) s_add(&e->out, cells[c].p);
+            if (cells[c].oom) e->out.oom = 1;
             s_add(&e->out, " |");
             free(cells[c].p);
             memset(&cells[c], 0, sizeof cells[c]);
@@ -884,6 +893,12 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch, const q
 }
 
 /* ---------------------------------------------------------------- main */
+/* A page counts as unmapped when most of its text has no Unicode meaning. */
+static int page_unmapped(const ql_pdf_page *pg)
+{
+    return pg->nunmapped >= 10 && (long)pg->nunmapped * 10 >= (long)pg->nchars * 3;
+}
+
 ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
                              char **md, size_t *len, ql_pdf_md_stats *stats)
 {
@@ -893,6 +908,10 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
     *md = NULL; if (len) *len = 0;
     ql_pdf *pdf = NULL;
     QL_TRY(ql_pdf_open(&pdf, path, opts.password));
+    if (opts.timeout > 0) ql_pdf_set_time_limit(pdf, opts.timeout);
+    /* the time limit, polled by the loops below (MuPDF's own loops stop by themselves) */
+    #define TIME_UP() (ql_pdf_timed_out(pdf) && (st = ql_fail(QL_ETIMEOUT, "%s: stopped after the time limit of %g s " \
+        "(a slow or pathological file; raise timeout= or convert it alone)", path, opts.timeout)))
     int np = ql_pdf_page_count(pdf);
     ql_pdf_page **pages = calloc((size_t)np, sizeof *pages);
     unsigned char **furn = calloc((size_t)np, sizeof *furn);
@@ -901,12 +920,16 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
     emitter e; memset(&e, 0, sizeof e);
     e.page_markers = opts.page_markers; e.inline_styles = opts.inline_styles; e.last_page_marked = -1;
     ql_status st = QL_OK;
-    int loaded = 0, bad_pages = 0;
+    int loaded = 0, bad_pages = 0, unmapped = 0, first_unmapped = -1;
     long chars = 0; int images = 0;
     if (!pages || !furn) { st = ql_fail(QL_ENOMEM, "%s: out of memory", path); goto done; }
     for (int p = 0; p < np; p++) {
-        if (ql_pdf_page_load(pdf, p, &pages[p]) != QL_OK) { bad_pages++; continue; }
+        ql_status ps = ql_pdf_page_load(pdf, p, &pages[p]);
+        if (ps == QL_ETIMEOUT || ps == QL_ENOMEM) { st = ps; goto done; }
+        if (ps != QL_OK) { bad_pages++; continue; }
         loaded++;
+        if (pages[p]->errors) bad_pages++;
+        if (page_unmapped(pages[p])) { unmapped++; if (first_unmapped < 0) first_unmapped = p; }
         chars += pages[p]->nchars; images += pages[p]->nimages;
         furn[p] = calloc((size_t)pages[p]->nlines + 1, 1);
         if (!furn[p]) { st = ql_fail(QL_ENOMEM, "%s: out of memory", path); goto done; }
@@ -925,9 +948,9 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
         int nl = 0;
         if (!live || !lfurn) { free(live); free(lfurn); st = ql_fail(QL_ENOMEM, "%s: out of memory", path); goto done; }
         for (int p = 0; p < np; p++) if (pages[p]) { live[nl] = pages[p]; lfurn[nl] = furn[p]; nl++; }
-        if (!opts.keep_furniture) nfurn = find_furniture(live, nl, lfurn);
+        if (!opts.keep_furniture) nfurn = find_furniture(pdf, live, nl, lfurn);
         int ncols = 0;
-        for (int i = 0; i < nl && st == QL_OK; i++)
+        for (int i = 0; i < nl && st == QL_OK && !TIME_UP(); i++)
             if (page_rows(live[i], lfurn[i], &rv, &ncols)) st = ql_fail(QL_ENOMEM, "%s: out of memory", path);
         free(live); free(lfurn);
         if (st) goto done;
@@ -989,7 +1012,8 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
         }
     }
     /* drawn bullets */
-    for (int i = 0; i < nr; i++) {
+    if (TIME_UP()) goto done;
+    for (int i = 0; i < nr && !ql_pdf_timed_out(pdf); i++) {
         row *r = &R[i];
         if (r->kind != R_TEXT && r->kind != R_TABLE) continue;
         ql_pdf_page *pg = pages[r->page];
@@ -1044,7 +1068,7 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
         int matched = 0;
         char a[256], b[256];
         int *olhit = calloc((size_t)nol, sizeof *olhit);
-        for (int i = 0; i < nr; i++) {
+        for (int i = 0; i < nr && !ql_pdf_timed_out(pdf); i++) {
             row *r = &R[i];
             if (r->kind == R_CODE || r->kind == R_TABLE) continue;
             norm_key(r->text, a, sizeof a, 0);
@@ -1119,12 +1143,13 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
             }
     }
     /* ---- blocks ---- */
+    if (TIME_UP()) goto done;
     int headings = 0;
     str para = {0}; int para_open = 0;
     int in_list = 0; float list_x[8]; int list_depth = 0; int prev_was_list = 0;
     #define FLUSH_PARA() do { if (para_open) { emit_block_sep(&e); size_t st0 = e.out.n; s_add(&e.out, para.p ? para.p : ""); \
         md_escape_line_start(&e.out, st0); s_addc(&e.out, '\n'); para.n = 0; if (para.p) para.p[0] = 0; para_open = 0; } } while (0)
-    for (int i = 0; i < nr;) {
+    for (int i = 0; i < nr && !ql_pdf_timed_out(pdf);) {
         row *r = &R[i];
         row *prev = i > 0 ? &R[i - 1] : NULL;
         int same_flow = prev && prev->page == r->page && prev->col == r->col;
@@ -1147,6 +1172,7 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
             s_addc(&e.out, ' ');
             s_add(&e.out, h.p ? h.p : "");
             s_addc(&e.out, '\n');
+            if (h.oom) e.out.oom = 1;
             free(h.p);
             headings++;
             i = j;
@@ -1203,17 +1229,20 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
         case R_FOOT: {
             str f = {0};
             row_rich_text(&f, r, 0, 0);
-            /* "[^1]text" -> "[^1]: text" */
-            char *close = f.p ? strchr(f.p, ']') : NULL;
+            /* "[^1]text" -> "[^1]: text"; the mark's end is kept as an offset,
+               since joining the continuation rows below may move f.p */
+            const char *cl = f.p ? strchr(f.p, ']') : NULL;
+            size_t close = cl ? (size_t)(cl - f.p) : SIZE_MAX;
             int j = i + 1;
             while (j < nr && R[j].kind == R_TEXT && R[j].page == r->page && R[j].col == r->col &&
                    fabsf(R[j].size - r->size) < 0.5f && R[j].base - R[j - 1].base < 1.6f * r->size) {
                 para_join(&f, R[j].text); j++;
             }
-            if (close && f.p[0] == '[') {
-                s_addn(&e.foot, f.p, (size_t)(close - f.p) + 1);
+            if (f.oom) e.foot.oom = 1;
+            else if (close < f.n && f.p[0] == '[') {
+                s_addn(&e.foot, f.p, close + 1);
                 s_add(&e.foot, ": ");
-                const char *rest = close + 1;
+                const char *rest = f.p + close + 1;
                 while (*rest == ' ') rest++;
                 s_add(&e.foot, rest);
                 s_addc(&e.foot, '\n');
@@ -1247,6 +1276,7 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
                 str t = {0};
                 row_rich_text(&t, &R[j], e.inline_styles, 0);
                 para_join(&item, t.p ? t.p : "");
+                if (t.oom) item.oom = 1;
                 free(t.p);
                 j++;
             }
@@ -1266,6 +1296,7 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
             } else s_add(&e.out, "- ");
             s_add(&e.out, item.p ? item.p : "");
             s_addc(&e.out, '\n');
+            if (item.oom) e.out.oom = 1;
             free(item.p);
             prev_was_list = 1;
             i = j;
@@ -1294,6 +1325,7 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
         str t = {0};
         row_rich_text(&t, r, e.inline_styles, 0);
         para_join(&para, t.p ? t.p : "");
+        if (t.oom) para.oom = 1;
         free(t.p);
         para_open = 1;
         i++;
@@ -1301,20 +1333,22 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
     FLUSH_PARA();
     #undef FLUSH_PARA
     free(para.p);
+    if (TIME_UP()) goto done;
     if (e.foot.n) {
         emit_block_sep(&e);
         s_add(&e.out, e.foot.p);
     }
-    if (e.out.oom || e.foot.oom || para.oom) { st = ql_fail(QL_ENOMEM, "%s: out of memory building Markdown", path); goto done; }
+    if (e.out.oom || e.foot.oom || para.oom) { st = ql_fail(QL_ENOMEM, "%s: out of memory building Markdown (or a text block past the size limit)", path); goto done; }
     if (!e.out.p) s_add(&e.out, "");
     *md = e.out.p; e.out.p = NULL;
     if (len) *len = *md ? strlen(*md) : 0;
     if (stats) {
         stats->pages = np; stats->chars = (int)(chars > 0x7fffffff ? 0x7fffffff : chars);
         stats->headings = headings; stats->furniture_lines = nfurn;
+        stats->unmapped_pages = unmapped; stats->first_unmapped = first_unmapped;
+        stats->damaged_pages = bad_pages; stats->repaired = ql_pdf_repaired(pdf);
         stats->seconds = ql_now() - t0;
     }
-    (void)bad_pages;
 done:
     free(e.out.p); free(e.foot.p);
     for (int i = 0; i < rv.n; i++) { free(rv.v[i].spans); free(rv.v[i].text); }
@@ -1325,4 +1359,5 @@ done:
     free(pages); free(furn);
     ql_pdf_close(pdf);
     return st;
+    #undef TIME_UP
 }

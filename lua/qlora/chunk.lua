@@ -6,6 +6,9 @@
 --     qlora.tokenizer interface); default chunk.approx_counter.
 --   Code blocks and tables are never split unless one alone is over the limit
 --   (then by lines); cuts prefer headings, then paragraphs, then sentences.
+--   Budgets are exact: a chunk is counted as written, its blocks joined by
+--   "\n\n" (and pieces of a code block in their own fences), so no chunk goes
+--   over max_tokens unless one word alone does.
 --   Page markers "<!-- page N -->" (pdf_to_md page_markers=true) give page ranges.
 --   chunk.to_jsonl(chunks, {format="text"|"chat"|"instruct", meta=false}) -> string
 --   chunk.write_jsonl(path, chunks, opts): written atomically (temp + rename)
@@ -85,29 +88,30 @@ local function split_big(b, max, count)
   else units, sep = {}, "\n"; for l in (b.text .. "\n"):gmatch("(.-)\n") do units[#units + 1] = l end end
   local pieces, cur = {}, {}
   local fence = b.kind == "code" and units[1] or nil
+  -- a piece of a code block is closed in fences of its own: they count too
+  local function piece(t)
+    if fence and not t:match("^%s*```") then t = fence .. "\n" .. t end
+    if fence and not t:match("```%s*$") then t = t .. "\n```" end
+    return t
+  end
   local function flush()
-    if #cur > 0 then
-      local t = table.concat(cur, sep)
-      if fence and not t:match("^%s*```") then t = fence .. "\n" .. t end
-      if fence and not t:match("```%s*$") then t = t .. "\n```" end
-      pieces[#pieces + 1] = t; cur = {}
-    end
+    if #cur > 0 then pieces[#pieces + 1] = piece(table.concat(cur, sep)); cur = {} end
   end
   for _, u in ipairs(units) do
-    if count(u) > max then
+    if count(piece(u)) > max then
       -- a single sentence or line over the limit: cut by words
       flush()
       local words = {}
       for w in u:gmatch("%S+") do
         words[#words + 1] = w
-        if count(table.concat(words, " ")) > max then
-          table.remove(words); pieces[#pieces + 1] = table.concat(words, " "); words = { w }
+        if #words > 1 and count(piece(table.concat(words, " "))) > max then
+          table.remove(words); pieces[#pieces + 1] = piece(table.concat(words, " ")); words = { w }
         end
       end
-      if #words > 0 then pieces[#pieces + 1] = table.concat(words, " ") end
+      if #words > 0 then pieces[#pieces + 1] = piece(table.concat(words, " ")) end
     else
       cur[#cur + 1] = u
-      if count(table.concat(cur, sep)) > max then table.remove(cur); flush(); cur = { u } end
+      if count(piece(table.concat(cur, sep))) > max then table.remove(cur); flush(); cur = { u } end
     end
   end
   flush()
@@ -121,8 +125,14 @@ function M.split(md, opts)
   local count = counter_of(opts)
   local chunks = {}
   local path = {}
+  -- cur_tokens is always the count of the chunk as written: its blocks joined
+  -- by the "\n\n" separators, counted whole (a tokenizer may merge across them)
   local cur, cur_tokens, first_page, last_page, cur_path = {}, 0, nil, nil, nil
   local last_kind
+  local function joined(text)   -- tokens of the current chunk with text appended
+    if #cur == 0 then return count(text) end
+    return count(table.concat(cur, "\n\n") .. "\n\n" .. text)
+  end
   local function heading_list() local t = {}; for i = 1, #path do t[i] = path[i] end; return t end
   local function flush(cut_inside)
     if #cur == 0 then return end
@@ -138,12 +148,20 @@ function M.split(md, opts)
         local c = count(ss[k]); if n + c > overlap then break end
         table.insert(carry, 1, ss[k]); n = n + c
       end
-      if #carry > 0 then cur[1] = table.concat(carry, ""); cur_tokens = n; first_page = last_page end
+      if #carry > 0 then cur[1] = table.concat(carry, ""); cur_tokens = count(cur[1]); first_page = last_page end
     end
   end
+  -- tokens: the count of the chunk with text appended (joined(text))
   local function add(text, page, tokens)
     if #cur == 0 or first_page == nil then first_page = first_page or page; cur_path = cur_path or heading_list() end
-    cur[#cur + 1] = text; cur_tokens = cur_tokens + tokens; last_page = page
+    cur[#cur + 1] = text; cur_tokens = tokens; last_page = page
+  end
+  -- adds text to a chunk just flushed; the overlap carried over gives way
+  -- when the two would not fit together
+  local function add_fresh(text, page)
+    local n = joined(text)
+    if n > max and #cur > 0 then cur, cur_tokens, first_page = {}, 0, nil; n = count(text) end
+    add(text, page, n)
   end
   for _, b in ipairs(blocks_of(md)) do
     if b.kind == "heading" then
@@ -157,14 +175,14 @@ function M.split(md, opts)
     local t = count(b.text)
     local prev_kind = last_kind
     last_kind = b.kind
-    if cur_tokens + t <= max then add(b.text, b.page, t)
-    elseif t <= max then last_kind = prev_kind; flush(b.kind ~= "heading"); last_kind = b.kind; add(b.text, b.page, t)
+    local nt = t <= max and joined(b.text) or max + 1
+    if nt <= max then add(b.text, b.page, nt)
+    elseif t <= max then last_kind = prev_kind; flush(b.kind ~= "heading"); last_kind = b.kind; add_fresh(b.text, b.page)
     else
       flush(true)
       for _, piece in ipairs(split_big(b, max, count)) do
-        local pt = count(piece)
-        if cur_tokens + pt > max then flush(b.kind == "para") end
-        add(piece, b.page, pt)
+        local pt = joined(piece)
+        if pt <= max then add(piece, b.page, pt) else flush(b.kind == "para"); add_fresh(piece, b.page) end
       end
     end
   end

@@ -17,3 +17,33 @@ T.test("jsonl", function()
   local s = chunk.to_jsonl({ { text = 'a "q"\n\tb', headings = {}, tokens = 3 } })
   T.eq(s, '{"text":"a \\"q\\"\\n\\tb"}\n')
 end)
+-- Issue 9: the "\n\n" between joined blocks (and the fences around pieces of
+-- a code block) were not counted, so chunks went over max_tokens. Exact now:
+-- every chunk of the sample PDFs' text, counted whole by a real tokenizer.
+T.test("exact_budgets_with_a_real_tokenizer", function()
+  local pdf, tokenizer = require("qlora").pdf, require("qlora").tokenizer
+  for _, tname in ipairs({ "qwen2.5", "llama3.1" }) do
+    local tok = assert(tokenizer.load(T.fixture("tokenizers/" .. tname)))
+    local counter = function(s) return tok:count(s) end
+    for _, f in ipairs({ "guide", "report" }) do
+      local md = assert(pdf.to_markdown("recipes/samples/" .. f .. ".pdf", { page_markers = true }))
+      local words = {}
+      for w in md:gsub("<!%-%- page %d+ %-%->", ""):gmatch("%S+") do words[w] = true end
+      for _, max in ipairs({ 32, 48, 64, 100, 128, 256, 512 }) do
+        for _, overlap in ipairs({ 0, 16 }) do
+          local cs = chunk.split(md, { max_tokens = max, counter = counter, overlap = overlap })
+          local seen = {}
+          for i, c in ipairs(cs) do
+            local n = tok:count(c.text)
+            T.eq(c.tokens, n, "tokens field")
+            T.truthy(n <= max, string.format("%s %s max=%d overlap=%d: chunk %d has %d tokens", tname, f, max, overlap, i, n))
+            for w in c.text:gmatch("%S+") do seen[w] = true end
+          end
+          for w in pairs(words) do
+            T.truthy(seen[w] or w == "```", string.format("%s max=%d: '%s' lost", f, max, w))
+          end
+        end
+      end
+    end
+  end
+end)

@@ -7,9 +7,11 @@
 #   NAME.odt.pdf      pandoc -> docx -> soffice --headless --convert-to pdf
 #   NAME.wk.pdf       pandoc -> html -> wkhtmltopdf, header and page footer
 # and for each one NAME.PRODUCER.noout.pdf, the same file with the outline
-# removed (PyMuPDF from /opt/refenv). Also a few broken files for error tests.
+# removed (PyMuPDF from /opt/refenv). Also a few broken files for error tests,
+# groff-only sources (src/*.ms -> NAME.ms.pdf), and bad-unmapped.pdf (text
+# drawn with a font that has no Unicode mapping, written by plain python3).
 # Needs: pandoc texlive-latex-base texlive-latex-recommended
-# texlive-fonts-recommended groff wkhtmltopdf libreoffice-writer(-nogui)
+# texlive-fonts-recommended groff (gropdf, not only groff-base) wkhtmltopdf libreoffice-writer(-nogui)
 # poppler-utils; python3 with PyMuPDF (pip install pymupdf). CI does not run
 # this: the PDFs are committed.
 set -euo pipefail
@@ -82,4 +84,51 @@ s = fitz.open(); pg = s.new_page(width=612, height=792)
 pg.insert_image(pg.rect, pixmap=pix)
 s.save(os.path.join(out, "bad-scanned.pdf"), deflate=True)
 PY
+
+# groff sources (tests/pdf/src/*.ms) rendered once each, with gropdf:
+#   footnote-long.ms.pdf   a footnote of more than 256 bytes over several rows
+#                          (the footnote hang of issue 9)
+for src in "$here"/src/*.ms; do
+  groff -ms -Tpdf "$src" > "$out/$(basename "$src" .ms).ms.pdf"
+done
+
+# text without a Unicode mapping: no tools needed beyond python3
+python3 - "$out" <<'PY'
+import sys, os
+# bad-unmapped.pdf: a one-page PDF whose text is drawn with a Type3 font that has no ToUnicode map
+# and glyph names that mean nothing, as some producers write subset fonts.
+def pdf(objs):
+    out = bytearray(b"%PDF-1.4\n")
+    offs = []
+    for i, o in enumerate(objs, 1):
+        offs.append(len(out))
+        out += b"%d 0 obj\n" % i + o + b"\nendobj\n"
+    x = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+    for o in offs: out += b"%010d 00000 n \n" % o
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, x)
+    return bytes(out)
+glyph = b"0 0 0 0 600 600 d1 0 0 600 600 re f"
+names = b" ".join(b"/g%d" % i for i in range(1, 27))
+procs = b" ".join(b"/g%d 6 0 R" % i for i in range(1, 27))
+lines = []
+for k in range(12):
+    s = bytes(((k * 7 + j) % 26) + 1 for j in range(40))
+    esc = s.replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)")
+    lines.append(b"BT /F1 10 Tf 72 %d Td (%s) Tj ET" % (700 - 14 * k, esc))
+content = b"\n".join(lines)
+objs = [
+    b"<< /Type /Catalog /Pages 2 0 R >>",
+    b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+    b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
+    b"<< /Type /Font /Subtype /Type3 /FontBBox [0 0 600 600] /FontMatrix [0.001 0 0 0.001 0 0] "
+    b"/Encoding << /Type /Encoding /Differences [1 " + names + b"] >> /FirstChar 1 /LastChar 26 "
+    b"/Widths [" + b" ".join([b"600"] * 26) + b"] /CharProcs 7 0 R >>",
+    b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+    b"<< /Length %d >>\nstream\n" % len(glyph) + glyph + b"\nendstream",
+    b"<< " + procs + b" >>",
+]
+open(os.path.join(sys.argv[1], "bad-unmapped.pdf"), "wb").write(pdf(objs))
+PY
+
 ls -la "$out"; du -sh "$out"
