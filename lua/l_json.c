@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "json.h"
+#include "strbuf.h"
 
 static char null_key, array_key;
 
@@ -58,56 +59,76 @@ static int l_decode(lua_State *L)
     return 1;
 }
 
-static void enc_string(luaL_Buffer *b, const char *s, size_t n)
+/* Encoding writes into a C buffer owned by a userdata on the stack (its __gc frees
+   it), never into a luaL_Buffer: the encoder pushes table entries while it runs,
+   which a luaL_Buffer forbids, and an error (a NaN, a function) then frees
+   everything through the collector. */
+#define JBUF_MT "qlora.json.buffer"
+
+static int jbuf_gc(lua_State *L)
 {
-    luaL_addchar(b, '"');
+    ql_strbuf *b = luaL_checkudata(L, 1, JBUF_MT);
+    free(b->p);
+    memset(b, 0, sizeof *b);
+    return 0;
+}
+
+static void add_str(ql_strbuf *b, const char *s) { ql_strbuf_add(b, s, strlen(s)); }
+static void add_char(ql_strbuf *b, char c) { ql_strbuf_add(b, &c, 1); }
+
+static void enc_string(ql_strbuf *b, const char *s, size_t n)
+{
+    add_char(b, '"');
+    size_t run = 0;   /* start of the bytes copied as they are */
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        ql_strbuf_add(b, s + run, i - run);
+        run = i + 1;
         char tmp[8];
         switch (c) {
-        case '"': luaL_addstring(b, "\\\""); break;
-        case '\\': luaL_addstring(b, "\\\\"); break;
-        case '\n': luaL_addstring(b, "\\n"); break;
-        case '\r': luaL_addstring(b, "\\r"); break;
-        case '\t': luaL_addstring(b, "\\t"); break;
-        default:
-            if (c < 0x20) { snprintf(tmp, sizeof tmp, "\\u%04x", c); luaL_addstring(b, tmp); }
-            else luaL_addchar(b, (char)c);
+        case '"': add_str(b, "\\\""); break;
+        case '\\': add_str(b, "\\\\"); break;
+        case '\n': add_str(b, "\\n"); break;
+        case '\r': add_str(b, "\\r"); break;
+        case '\t': add_str(b, "\\t"); break;
+        default: snprintf(tmp, sizeof tmp, "\\u%04x", c); add_str(b, tmp);
         }
     }
-    luaL_addchar(b, '"');
+    ql_strbuf_add(b, s + run, n - run);
+    add_char(b, '"');
 }
 
 static int cmp_keys(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
 
-static void indent_to(luaL_Buffer *b, int indent, int depth)
+static void indent_to(ql_strbuf *b, int indent, int depth)
 {
     if (indent <= 0) return;
-    luaL_addchar(b, '\n');
-    for (int i = 0; i < indent * depth; i++) luaL_addchar(b, ' ');
+    add_char(b, '\n');
+    for (int i = 0; i < indent * depth; i++) add_char(b, ' ');
 }
 
-/* encodes the value at idx; the buffer sits below on the stack, so use a separate
-   stack slot discipline: every push here is popped before returning */
-static void enc(lua_State *L, luaL_Buffer *b, int idx, int indent, int depth)
+/* encodes the value at idx into b; leaves the stack as it found it */
+static void enc(lua_State *L, ql_strbuf *b, int idx, int indent, int depth)
 {
     idx = lua_absindex(L, idx);
     if (depth > 100) luaL_error(L, "json.encode: nesting deeper than 100 (a cycle?)");
+    luaL_checkstack(L, 4, "json.encode: nesting too deep");
     switch (lua_type(L, idx)) {
-    case LUA_TNIL: luaL_addstring(b, "null"); return;
+    case LUA_TNIL: add_str(b, "null"); return;
     case LUA_TLIGHTUSERDATA:
-        if (lua_touserdata(L, idx) == &null_key) { luaL_addstring(b, "null"); return; }
+        if (lua_touserdata(L, idx) == &null_key) { add_str(b, "null"); return; }
         break;
-    case LUA_TBOOLEAN: luaL_addstring(b, lua_toboolean(L, idx) ? "true" : "false"); return;
+    case LUA_TBOOLEAN: add_str(b, lua_toboolean(L, idx) ? "true" : "false"); return;
     case LUA_TNUMBER: {
         char tmp[64];
         if (lua_isinteger(L, idx)) snprintf(tmp, sizeof tmp, "%lld", (long long)lua_tointeger(L, idx));
         else {
             double d = lua_tonumber(L, idx);
-            if (!isfinite(d)) luaL_error(L, "json.encode: %f cannot be written in JSON", d);
+            if (!isfinite(d)) luaL_error(L, "json.encode: %s cannot be written in JSON", d != d ? "NaN" : d > 0 ? "Inf" : "-Inf");
             snprintf(tmp, sizeof tmp, "%.17g", d);
         }
-        luaL_addstring(b, tmp);
+        add_str(b, tmp);
         return;
     }
     case LUA_TSTRING: { size_t n; const char *s = lua_tolstring(L, idx, &n); enc_string(b, s, n); return; }
@@ -120,45 +141,45 @@ static void enc(lua_State *L, luaL_Buffer *b, int idx, int indent, int depth)
             is_array = lua_toboolean(L, -1);
             lua_pop(L, 2);
         }
-        int count = 0;
+        lua_Integer count = 0;
         lua_pushnil(L);
         while (lua_next(L, idx)) { count++; lua_pop(L, 1); }
         if (is_array && count == n) {
-            luaL_addchar(b, '[');
+            add_char(b, '[');
             for (lua_Integer i = 1; i <= n; i++) {
-                if (i > 1) luaL_addchar(b, ',');
+                if (i > 1) add_char(b, ',');
                 indent_to(b, indent, depth + 1);
                 lua_rawgeti(L, idx, i);
                 enc(L, b, -1, indent, depth + 1);
                 lua_pop(L, 1);
             }
             if (n) indent_to(b, indent, depth);
-            luaL_addchar(b, ']');
+            add_char(b, ']');
             return;
         }
-        const char **keys = malloc(sizeof(char *) * (size_t)(count + 1));
-        if (!keys) luaL_error(L, "out of memory");
+        /* the sorted keys, in collectable memory so that an error cannot leak them */
+        const char **keys = lua_newuserdatauv(L, sizeof(char *) * (size_t)(count + 1), 0);
         int k = 0;
         lua_pushnil(L);
         while (lua_next(L, idx)) {
             lua_pop(L, 1);
-            if (lua_type(L, -1) != LUA_TSTRING) { free(keys); luaL_error(L, "json.encode: object keys must be strings"); }
+            if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "json.encode: object keys must be strings");
             keys[k++] = lua_tostring(L, -1);   /* stays valid: the key lives in the table */
         }
         qsort(keys, (size_t)k, sizeof *keys, cmp_keys);
-        luaL_addchar(b, '{');
+        add_char(b, '{');
         for (int i = 0; i < k; i++) {
-            if (i) luaL_addchar(b, ',');
+            if (i) add_char(b, ',');
             indent_to(b, indent, depth + 1);
             enc_string(b, keys[i], strlen(keys[i]));
-            luaL_addstring(b, indent > 0 ? ": " : ":");
+            add_str(b, indent > 0 ? ": " : ":");
             lua_getfield(L, idx, keys[i]);
             enc(L, b, -1, indent, depth + 1);
             lua_pop(L, 1);
         }
         if (k) indent_to(b, indent, depth);
-        luaL_addchar(b, '}');
-        free(keys);
+        add_char(b, '}');
+        lua_pop(L, 1);   /* keys */
         return;
     }
     default: break;
@@ -171,11 +192,14 @@ static int l_encode(lua_State *L)
     int indent = 0;
     if (lua_istable(L, 2)) { lua_getfield(L, 2, "indent"); indent = (int)luaL_optinteger(L, -1, 0); lua_pop(L, 1); }
     lua_settop(L, 1);
-    /* encode into a Lua string through a table of pieces, so errors cannot leak a luaL_Buffer */
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    enc(L, &b, 1, indent, 0);
-    luaL_pushresult(&b);
+    ql_strbuf *b = lua_newuserdatauv(L, sizeof *b, 0);
+    memset(b, 0, sizeof *b);
+    luaL_setmetatable(L, JBUF_MT);
+    enc(L, b, 1, indent, 0);
+    if (b->oom) luaL_error(L, "json.encode: out of memory");
+    lua_pushlstring(L, b->p ? b->p : "", b->n);
+    free(b->p);   /* now rather than at the next collection */
+    memset(b, 0, sizeof *b);
     return 1;
 }
 
@@ -195,6 +219,8 @@ static const luaL_Reg functions[] = { { "decode", l_decode }, { "encode", l_enco
 
 int luaopen_qlora_json(lua_State *L)
 {
+    if (luaL_newmetatable(L, JBUF_MT)) { lua_pushcfunction(L, jbuf_gc); lua_setfield(L, -2, "__gc"); }
+    lua_pop(L, 1);
     luaL_newlib(L, functions);
     lua_pushlightuserdata(L, &null_key);
     lua_setfield(L, -2, "null");

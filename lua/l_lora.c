@@ -16,6 +16,9 @@
  *   lo:params(), lo:grads() -> {PEFT key = tensor (copies)}
  *   lo:merge(base_dir, out_dir) -> note                       -- merged bf16 checkpoint
  *   lo:num_params(), lo.r, lo.alpha, lo.dropout, lo.rslora
+ *   lo:release()                                              -- also when collected or closed
+ * The adapter keeps its model's weights alive: model:release() while an adapter uses them
+ * makes the model object unusable, and the weights go with the last such adapter.
  * Layer numbers are the model's own (0-based, as in "model.layers.0").
  */
 #include "qlora.h"
@@ -28,7 +31,9 @@
 
 #define LORA_MT "qlora.Lora"
 
-typedef struct { ql_lora *l; ql_model *m; } llora;
+/* mh: the use count that keeps the C model alive while the adapter exists (qlora.h);
+   m: its model */
+typedef struct { ql_lora *l; ql_model *m; ql_lua_model *mh; } llora;
 
 static llora *check(lua_State *L, int idx)
 {
@@ -37,20 +42,41 @@ static llora *check(lua_State *L, int idx)
     return u;
 }
 
-/* pushes the adapter object; keeps the model alive through the user value */
-static int push(lua_State *L, int model_idx, ql_lora *l, ql_model *m)
+/* the adapter object for the model at model_idx, made before the adapter it will own
+   (so that nothing leaks when making it raises); holds the model through its user value
+   and a use count */
+static llora *new_object(lua_State *L, int model_idx)
 {
-    if (!l) return ql_lua_fail(L);
-    if (ql_lora_to_device(l, m->device) != QL_OK) {   /* training runs where the model lives */
-        ql_lora_free(l);
-        return ql_lua_fail(L);
-    }
     llora *u = lua_newuserdatauv(L, sizeof *u, 1);
-    u->l = l;
-    u->m = m;
+    u->l = NULL; u->m = NULL; u->mh = NULL;
+    luaL_setmetatable(L, LORA_MT);
     lua_pushvalue(L, model_idx);
     lua_setiuservalue(L, -2, 1);
-    luaL_setmetatable(L, LORA_MT);
+    u->mh = ql_lua_model_use(L, model_idx);
+    u->m = ql_lua_model_ptr(u->mh);
+    return u;
+}
+
+/* __gc, __close and release: frees the adapter, then gives up its use of the model */
+static int m_release(lua_State *L)
+{
+    llora *u = luaL_checkudata(L, 1, LORA_MT);
+    ql_lora_free(u->l);
+    u->l = NULL;
+    if (u->mh) { ql_lua_model_unuse(u->mh); u->mh = NULL; }
+    return 0;
+}
+
+/* gives the object on top of the stack its adapter l (NULL: the error of making it) */
+static int finish(lua_State *L, llora *u, ql_lora *l)
+{
+    if (!l) return ql_lua_fail(L);
+    u->l = l;
+    if (ql_lora_to_device(l, u->m->device) != QL_OK) {   /* training runs where the model lives */
+        ql_lora_free(l);
+        u->l = NULL;
+        return ql_lua_fail(L);
+    }
     return 1;
 }
 
@@ -99,21 +125,16 @@ static int l_new(lua_State *L)
         }
     }
     if (alpha < 0) alpha = (float)(2 * r);
-    return push(L, 1, ql_lora_new(m, r, alpha, rs, dropout, targets, on, seed), m);
+    llora *u = new_object(L, 1);
+    return finish(L, u, ql_lora_new(m, r, alpha, rs, dropout, targets, on, seed));
 }
 
 static int l_load(lua_State *L)
 {
-    ql_model *m = ql_lua_checkmodel(L, 1);
-    return push(L, 1, ql_lora_load_peft(m, luaL_checkstring(L, 2)), m);
-}
-
-static int m_release(lua_State *L)
-{
-    llora *u = luaL_checkudata(L, 1, LORA_MT);
-    ql_lora_free(u->l);
-    u->l = NULL;
-    return 0;
+    ql_lua_checkmodel(L, 1);
+    const char *dir = luaL_checkstring(L, 2);
+    llora *u = new_object(L, 1);
+    return finish(L, u, ql_lora_load_peft(u->m, dir));
 }
 
 static int m_save(lua_State *L)
@@ -317,8 +338,11 @@ static int m_set_dropout_step(lua_State *L)
 
 static int m_index(lua_State *L)
 {
-    llora *u = check(L, 1);
     const char *k = luaL_checkstring(L, 2);
+    lua_getfield(L, lua_upvalueindex(1), k);   /* methods first: release() stays callable on a released adapter */
+    if (!lua_isnil(L, -1)) return 1;
+    lua_pop(L, 1);
+    llora *u = check(L, 1);
     if (!strcmp(k, "r")) { lua_pushinteger(L, u->l->r); return 1; }
     if (!strcmp(k, "alpha")) { lua_pushnumber(L, u->l->alpha); return 1; }
     if (!strcmp(k, "dropout")) { lua_pushnumber(L, u->l->dropout); return 1; }
@@ -326,8 +350,7 @@ static int m_index(lua_State *L)
     if (!strcmp(k, "model")) { lua_getiuservalue(L, 1, 1); return 1; }
     if (!strcmp(k, "dropout_step")) { lua_pushinteger(L, (lua_Integer)u->l->dropout_step); return 1; }
     if (!strcmp(k, "seed")) { lua_pushinteger(L, (lua_Integer)u->l->seed); return 1; }
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_getfield(L, -1, k);
+    lua_pushnil(L);
     return 1;
 }
 

@@ -10,6 +10,8 @@
  *   m:generate(ids, {max_new_tokens = 32, temperature = 0, top_k = 0, top_p = 1, seed = 0,
  *                    stop = {ids} (default: eos), on_token = function(id) ... end}) -> array of ids
  *   m:memory()                          -> bytes of weights held in RAM
+ *   m:check_tokenizer(tok)              -> true | nil, msg  (every token id has an embedding row)
+ *   m:release()                         -> frees the weights now, or with the last adapter using them
  * Token ids are 0-based, as in the tokenizer files.
  */
 #include "qlora.h"
@@ -21,13 +23,32 @@
 
 #define MODEL_MT "qlora.Model"
 
-typedef struct { ql_model *m; } lmodel;
+/* users: adapters working on the model; released: release() was called while it had users */
+typedef struct ql_lua_model { ql_model *m; int users; int released; } lmodel;
 
 ql_model *ql_lua_checkmodel(lua_State *L, int idx)
 {
     lmodel *u = luaL_checkudata(L, idx, MODEL_MT);
-    if (!u->m) luaL_error(L, "this model was released");
+    if (!u->m || u->released) luaL_error(L, "this model was released");
     return u->m;
+}
+
+ql_lua_model *ql_lua_model_use(lua_State *L, int idx)
+{
+    ql_lua_checkmodel(L, idx);
+    lmodel *u = lua_touserdata(L, idx);
+    u->users++;
+    return u;
+}
+
+ql_model *ql_lua_model_ptr(const ql_lua_model *h) { return h->m; }
+
+void ql_lua_model_unuse(ql_lua_model *u)
+{
+    if (--u->users == 0 && u->released) {
+        ql_model_free(u->m);
+        u->m = NULL;
+    }
 }
 
 static int l_load(lua_State *L)
@@ -46,15 +67,19 @@ static int l_load(lua_State *L)
     }
     lmodel *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->m = NULL;
+    u->users = u->released = 0;
     luaL_setmetatable(L, MODEL_MT);
     u->m = ql_model_load(dir, &o);
     if (!u->m) return ql_lua_fail(L);
     return 1;
 }
 
+/* model:release(), __gc, __close; with adapters still using the model it is only marked
+   released, and the last adapter to go frees it */
 static int m_release(lua_State *L)
 {
     lmodel *u = luaL_checkudata(L, 1, MODEL_MT);
+    if (u->users > 0) { u->released = 1; return 0; }
     ql_model_free(u->m);
     u->m = NULL;
     return 0;
@@ -250,12 +275,31 @@ static int m_generate(lua_State *L)
     return 1;
 }
 
+/* m:check_tokenizer(tok) -> true | nil, message: every id of the tokenizer (tok.vocab_size,
+   its largest id + 1) has a row in the model's embedding */
+static int m_check_tokenizer(lua_State *L)
+{
+    ql_model *m = ql_lua_checkmodel(L, 1);
+    if (lua_getfield(L, 2, "vocab_size") != LUA_TNUMBER || !lua_isinteger(L, -1))
+        return luaL_argerror(L, 2, "a tokenizer (with vocab_size)");
+    lua_Integer n = lua_tointeger(L, -1);
+    if (n > m->cfg.vocab) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "the tokenizer and the model do not match: the tokenizer has ids up to %I but the model's "
+                           "vocab_size is %d (%s/config.json); give the tokenizer that belongs to this model",
+                        (lua_Integer)(n - 1), m->cfg.vocab, m->dir);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static int m_memory(lua_State *L) { lua_pushinteger(L, ql_model_weight_bytes(ql_lua_checkmodel(L, 1))); return 1; }
 
 static int m_tostring(lua_State *L)
 {
     lmodel *u = luaL_checkudata(L, 1, MODEL_MT);
-    if (!u->m) { lua_pushstring(L, "model(released)"); return 1; }
+    if (!u->m || u->released) { lua_pushstring(L, "model(released)"); return 1; }
     const ql_model_config *c = &u->m->cfg;
     lua_pushfstring(L, "model(%s, %d layers, hidden %d, vocab %d%s, %s)", c->model_type, c->layers, c->hidden, c->vocab,
                     u->m->nf4 ? ", nf4" : "", u->m->dir);
@@ -264,7 +308,7 @@ static int m_tostring(lua_State *L)
 
 static const luaL_Reg methods[] = {
     { "config", m_config }, { "logits", m_logits }, { "loss", m_loss }, { "generate", m_generate },
-    { "memory", m_memory }, { "release", m_release }, { NULL, NULL }
+    { "memory", m_memory }, { "check_tokenizer", m_check_tokenizer }, { "release", m_release }, { NULL, NULL }
 };
 
 static const luaL_Reg functions[] = { { "load", l_load }, { NULL, NULL } };

@@ -1,10 +1,13 @@
 /*
  * l_sys.c — qlora.sys: the platform layer for recipes (clocks, threads,
  * files, terminal, build facts). Everything OS-specific stays in engine/core/platform.c.
+ *   qlora.sys.list_dir(path) -> sorted names | nil, message;  qlora.sys.pid(), qlora.sys.pid_alive(pid)
  */
 #include "qlora.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "platform.h"
 
@@ -91,6 +94,43 @@ static int l_rename(lua_State *L)
     return 1;
 }
 
+/* qlora.sys.list_dir(path) -> {names...} sorted (no "." or ".."), or nil, message */
+#define NAMES_MT "qlora.sys.names"
+static int names_gc(lua_State *L)
+{
+    char **p = luaL_checkudata(L, 1, NAMES_MT);
+    free(*p);
+    *p = NULL;
+    return 0;
+}
+static int cmp_names(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+static int l_list_dir(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    char **box = lua_newuserdatauv(L, sizeof(char *), 0);   /* owns the C block, so an error frees it */
+    *box = NULL;
+    luaL_setmetatable(L, NAMES_MT);
+    size_t len;
+    if (ql_list_dir(path, box, &len) != QL_OK) return ql_lua_fail(L);
+    /* sorted, so that listings are the same on every file system */
+    size_t n = 0;
+    for (size_t at = 0; at < len; at += strlen(*box + at) + 1) n++;
+    const char **names = lua_newuserdatauv(L, sizeof(char *) * (n + 1), 0);
+    n = 0;
+    for (size_t at = 0; at < len; at += strlen(*box + at) + 1) names[n++] = *box + at;
+    qsort(names, n, sizeof *names, cmp_names);
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) { lua_pushstring(L, names[i]); lua_rawseti(L, -2, (lua_Integer)i + 1); }
+    free(*box);
+    *box = NULL;
+    return 1;
+}
+
+/* qlora.sys.pid_alive(pid) -> whether a process with this id exists */
+static int l_pid_alive(lua_State *L) { lua_pushboolean(L, ql_pid_alive((long)luaL_checkinteger(L, 1))); return 1; }
+/* qlora.sys.pid() -> this process's id */
+static int l_pid(lua_State *L) { lua_pushinteger(L, ql_pid()); return 1; }
+
 static int l_build(lua_State *L)
 {
     lua_newtable(L);
@@ -113,11 +153,14 @@ static const luaL_Reg functions[] = {
     { "size", l_size }, { "mkdir", l_mkdir }, { "exe_dir", l_exe_dir }, { "write_file", l_write_file },
     { "build", l_build }, { "trap_interrupt", l_trap_interrupt }, { "interrupted", l_interrupted },
     { "append_line", l_append_line }, { "rename", l_rename }, { "remove_tree", l_remove_tree },
+    { "list_dir", l_list_dir }, { "pid_alive", l_pid_alive }, { "pid", l_pid },
     { NULL, NULL }
 };
 
 int luaopen_qlora_sys(lua_State *L)
 {
+    if (luaL_newmetatable(L, NAMES_MT)) { lua_pushcfunction(L, names_gc); lua_setfield(L, -2, "__gc"); }
+    lua_pop(L, 1);
     luaL_newlib(L, functions);
     return 1;
 }

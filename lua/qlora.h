@@ -44,11 +44,20 @@ void ql_lua_push_metadata(lua_State *L, const struct ql_st_file *f);
 /* models (l_model.c) */
 struct ql_model;
 struct ql_model *ql_lua_checkmodel(lua_State *L, int idx);
+/* An object that works on a model (a LoRA adapter) holds it by a use count, besides
+   keeping the model userdata reachable (a user value): model:release() with users only
+   marks the model released (its methods then raise), and the last user's unuse frees
+   the C model. use checks the model at idx like ql_lua_checkmodel. */
+typedef struct ql_lua_model ql_lua_model;
+ql_lua_model *ql_lua_model_use(lua_State *L, int idx);
+struct ql_model *ql_lua_model_ptr(const ql_lua_model *h);
+void ql_lua_model_unuse(ql_lua_model *h);
 /* token ids from a Lua array, an array of rows or an integer tensor (kept in a userdata pushed on the stack) */
 int32_t *ql_lua_ids(lua_State *L, int idx, int *rows, int *T);
 /* positions and attention ranges for rows of length T, honouring opts.doc_lens */
 void ql_lua_batch_ranges(lua_State *L, int opts, int rows, int T, int32_t *pos, int32_t *lo, int32_t *hi);
 int luaopen_qlora_lora(lua_State *L);
 int luaopen_qlora_json(lua_State *L);
+int luaopen_qlora_gguf(lua_State *L);
 
 #endif

@@ -29,6 +29,8 @@ local model, err = qlora.model.load(model_dir, { quant = args.quant or "nf4", de
 if not model then io.stderr:write("train: " .. err .. "\n"); os.exit(2) end
 local tok, terr = qlora.tokenizer.load(args.tokenizer or model_dir)
 if not tok then io.stderr:write("train: " .. terr .. "\n"); os.exit(2) end
+local tok_ok, mismatch = model:check_tokenizer(tok)
+if not tok_ok then io.stderr:write("train: " .. mismatch .. "\n"); os.exit(2) end
 print(string.format("train: %s loaded in %.1f s (%s)", model_dir, qlora.sys.now() - t0, tostring(model)))
 
 local targets
@@ -53,12 +55,17 @@ print("train: " .. tr:summary())
 if tr.resumed_from then print(string.format("train: resumed from %s at step %d", tr.resumed_from, tr.state.step)) end
 -- test hook: QLORA_KILL_AT=N kills this process with SIGKILL after step N (the resume test)
 local kill_at = tonumber(os.getenv("QLORA_KILL_AT") or "")
-local res = tr:fit { on_step = function(info)
+local fit_ok, res = xpcall(tr.fit, function(e)
+  -- the trainer's own stops (a non-finite loss, a failed save) are messages, not bugs
+  if type(e) == "string" and e:match("^train: ") then return e end
+  return debug.traceback(tostring(e), 2)
+end, tr, { on_step = function(info)
   if kill_at and info.step == kill_at then
     local f = io.open("/proc/self/stat")
     local pid = f and f:read("n")
     if pid then os.execute("kill -9 " .. math.tointeger(pid)) end
   end
-end }
+end })
+if not fit_ok then io.stderr:write(res, "\n"); os.exit(1) end
 print(string.format("train: %d steps; metrics %s/metrics.jsonl, plot %s/loss.svg%s", res.steps, out, out,
                     res.adapter and (", adapter " .. res.adapter) or ""))

@@ -141,7 +141,10 @@ static ql_status cpu_mem_info(int dev, size_t *f, size_t *t)
 
 /* ---------------------------------------------------------------- fill, arange, rand, copy */
 
-typedef struct { ql_tensor *dst; const ql_tensor *src; double v, step; uint64_t seed, stream; int op; const ql_tensor *b; } job;
+typedef struct {
+    ql_tensor *dst; const ql_tensor *src; double v, step; uint64_t seed, stream; int op; const ql_tensor *b;
+    int failed;   /* set by a task that found no memory (softmax) */
+} job;
 
 static void fill_range(void *arg, int64_t b, int64_t e)
 {
@@ -356,7 +359,7 @@ static void softmax_range(void *arg, int64_t b, int64_t e)
     const void *sb = ql_tensor_data(src);
     void *db = ql_tensor_data(dst);
     float *row = malloc((size_t)(n ? n : 1) * sizeof(float));
-    if (!row) return;
+    if (!row) { __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED); return; }
     for (int64_t r = b; r < e; r++) {
         float mx = -INFINITY;
         for (int64_t k = 0; k < n; k++) { row[k] = ld_f(sb, src->dtype, r * n + k); if (row[k] > mx) mx = row[k]; }
@@ -374,6 +377,7 @@ static ql_status cpu_softmax(ql_tensor *dst, const ql_tensor *src)
     int64_t rows = n ? ql_tensor_numel(src) / n : 0;
     job j = { .dst = dst, .src = src };
     ql_parallel_for(rows, GRAIN / (n + 1) + 1, softmax_range, &j);
+    if (j.failed) return ql_fail(QL_ENOMEM, "softmax: out of memory for a row of %lld values", (long long)n);
     return QL_OK;
 }
 

@@ -659,7 +659,7 @@ ql_status ql_nf4_parse_state_json(const char *json, size_t len, ql_nf4 *q)
                 have_type = 1;
             } else if (!strcmp(key, "blocksize") || !strcmp(key, "nested_blocksize")) {
                 double v;
-                if (!jnumber(&r, &v) || v != (double)(int)v) goto bad;
+                if (!jnumber(&r, &v) || !(v >= 0 && v <= 1 << 20) || v != (double)(int)v) goto bad;
                 if (key[0] == 'b') { q->blocksize = (int)v; have_bs = 1; } else { nested_bs = (int)v; nested = 1; }
             } else if (!strcmp(key, "dtype")) {
                 if (!jstring(&r, q->dtype, sizeof q->dtype)) goto bad;
@@ -670,14 +670,14 @@ ql_status ql_nf4_parse_state_json(const char *json, size_t len, ql_nf4 *q)
                     return ql_fail(QL_EUNSUPPORTED, "nf4 quant_state: nested_dtype \"%s\" is not supported (float32 only)", v);
                 nested = 1;
             } else if (!strcmp(key, "nested_offset")) {
-                if (!jnumber(&r, &offset)) goto bad;
+                if (!jnumber(&r, &offset) || fabs(offset) > 3.4e38) goto bad;
                 nested = 1; have_offset = 1;
             } else if (!strcmp(key, "shape")) {
                 if (!jeat(&r, '[')) goto bad;
                 if (!jeat(&r, ']')) {
                     do {
                         double v;
-                        if (!jnumber(&r, &v) || v < 0 || v != (double)(int64_t)v) goto bad;
+                        if (!jnumber(&r, &v) || !(v >= 0 && v < 0x1p62) || v != (double)(int64_t)v) goto bad;
                         if (ndim == 2) {
                             /* [a, b, c...]: fold leading dims into rows */
                             if (v != 0 && dims[0] > INT64_MAX / 4 / (dims[1] ? dims[1] : 1) / (int64_t)v) goto bad;

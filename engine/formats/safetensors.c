@@ -11,6 +11,7 @@
 #include <string.h>
 
 #define ST_MAX_HEADER (100u << 20)   /* 100 MiB, as the reference implementation */
+#define ST_MAX_ELEMENTS (1ull << 53)  /* per tensor: byte sizes and strides stay far from overflow */
 
 typedef struct st_map {
     int refcount;
@@ -147,8 +148,9 @@ static ql_status jint(jr *r, int64_t *v)
     if (s >= r->end || *s < '0' || *s > '9') return jfail(r, "expected an integer");
     uint64_t x = 0;
     while (s < r->end && *s >= '0' && *s <= '9') {
-        if (x > (UINT64_MAX - 9) / 10 / 2) return jfail(r, "integer too large");
-        x = x * 10 + (uint64_t)(*s++ - '0');
+        uint64_t dgt = (uint64_t)(*s++ - '0');
+        if (x > ((uint64_t)INT64_MAX - dgt) / 10) return jfail(r, "integer too large");   /* |v| <= INT64_MAX */
+        x = x * 10 + dgt;
     }
     if (s < r->end && (*s == '.' || *s == 'e' || *s == 'E')) return jfail(r, "expected an integer, found a fraction");
     r->p = s;
@@ -340,14 +342,23 @@ ql_st_file *ql_st_open(const char *path)
         ql_st_entry *e = &f->e[i];
         int bytes = dtype_bytes(e->dtype, &e->supported, &e->qdtype);
         if (!bytes) { s = ql_fail(QL_EFORMAT, "%s: tensor '%s' has unknown dtype '%s'", path, e->name, e->dtype); break; }
-        uint64_t n = 1;
+        /* the product of the nonzero dimensions is bounded too, so that a tensor of no
+           elements cannot carry a shape whose strides overflow */
+        uint64_t n = 1, span = 1;
         for (int k = 0; k < e->ndim; k++) {
-            if (e->shape[k] && n > UINT64_MAX / 16 / (uint64_t)e->shape[k]) { n = UINT64_MAX; break; }
-            n *= (uint64_t)e->shape[k];
+            uint64_t d = (uint64_t)e->shape[k];
+            if (d && span > ST_MAX_ELEMENTS / d) {
+                s = ql_fail(QL_EFORMAT, "%s: tensor '%s': shape dimension %d (%lld) makes more than 2^53 elements; "
+                                        "the header is corrupt", path, e->name, k, (long long)e->shape[k]);
+                break;
+            }
+            if (d) span *= d;
+            n *= d;
         }
-        if (n == UINT64_MAX || n * (uint64_t)bytes != e->end - e->begin)
+        if (s != QL_OK) break;
+        if (n * (uint64_t)bytes != e->end - e->begin)
             s = ql_fail(QL_EFORMAT, "%s: tensor '%s': shape and dtype %s need %llu bytes but data_offsets give %llu",
-                        path, e->name, e->dtype, n == UINT64_MAX ? 0ull : (unsigned long long)(n * (uint64_t)bytes),
+                        path, e->name, e->dtype, (unsigned long long)(n * (uint64_t)bytes),
                         (unsigned long long)(e->end - e->begin));
         else if (e->end > f->data_size)
             s = ql_fail(QL_EFORMAT, "%s: tensor '%s' ends at byte %llu of the data but the file holds only %llu: "

@@ -109,9 +109,8 @@ static ql_status cpu_attn(ql_dec_ctx *c, const ql_dec_batch *b, const void *q, c
 {
     (void)lse;   /* the CPU backward recomputes the probabilities */
     const ql_model_config *cf = &c->m->cfg;
-    ql_attn_job j = { q, k, v, out, b->lo, b->hi, cf->heads, cf->kv_heads, cf->head_dim, cf->sliding_window, b->n };
-    ql_attention(&j, keys_are_batch);
-    return QL_OK;
+    ql_attn_job j = { q, k, v, out, b->lo, b->hi, cf->heads, cf->kv_heads, cf->head_dim, cf->sliding_window, b->n, 0 };
+    return ql_attention(&j, keys_are_batch);
 }
 
 typedef struct {
@@ -120,6 +119,7 @@ typedef struct {
     const int32_t *lo, *hi;
     int heads, kv_heads, hd, window;
     int64_t n;
+    int failed;                   /* set by a task that found no memory: its gradients are not written */
 } attn_bwd_job;
 
 /* one task per kv head: it alone writes that head's dk, dv */
@@ -131,7 +131,7 @@ static void attn_bwd_range(void *arg, int64_t b, int64_t e)
     int64_t maxlen = 1;
     for (int64_t i = 0; i < j->n; i++) if (j->hi[i] - j->lo[i] > maxlen) maxlen = j->hi[i] - j->lo[i];
     float *p = malloc(sizeof(float) * (size_t)maxlen * 2);
-    if (!p) return;
+    if (!p) { __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED); return; }
     float *dp = p + maxlen;
     for (int64_t kh = b; kh < e; kh++)
         for (int64_t i = 0; i < j->n; i++)
@@ -184,8 +184,11 @@ static ql_status cpu_attn_bwd(ql_dec_ctx *c, const ql_dec_batch *b, const void *
     memset(dk, 0, sizeof(float) * (size_t)(n * KV));
     memset(dv, 0, sizeof(float) * (size_t)(n * KV));
     attn_bwd_job j = { q, k, v, dout, dq, dk, dv, b->lo, b->hi, cf->heads, cf->kv_heads, cf->head_dim,
-                       cf->sliding_window, n };
+                       cf->sliding_window, n, 0 };
     ql_parallel_for(cf->kv_heads, 1, attn_bwd_range, &j);
+    if (j.failed)
+        return ql_fail(QL_ENOMEM, "out of host memory for the attention backward of %lld tokens; use a shorter "
+                                  "seq_len or a smaller batch", (long long)n);
     return QL_OK;
 }
 

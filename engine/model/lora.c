@@ -329,9 +329,13 @@ ql_lora *ql_lora_load_peft(const ql_model *m, const char *dir)
         ql_fail(QL_EUNSUPPORTED, "%s: rank_pattern/alpha_pattern are not supported", path);
         goto done;
     }
-    int rank = (int)ql_json_num(ql_json_get(r, "r"), 0);
-    float alpha = (float)ql_json_num(ql_json_get(r, "lora_alpha"), rank);
-    float dropout = (float)ql_json_num(ql_json_get(r, "lora_dropout"), 0);
+    double rd = ql_json_num(ql_json_get(r, "r"), 0), ad = ql_json_num(ql_json_get(r, "lora_alpha"), rd);
+    double dd = ql_json_num(ql_json_get(r, "lora_dropout"), 0);
+    if (!(rd >= 1 && rd <= 4096) || rd != floor(rd)) { ql_fail(QL_EFORMAT, "%s: \"r\" must be an integer in 1..4096", path); goto done; }
+    if (!(ad > 0 && ad <= 1e30)) { ql_fail(QL_EFORMAT, "%s: \"lora_alpha\" must be a positive number", path); goto done; }
+    if (!(dd >= 0 && dd < 1)) { ql_fail(QL_EFORMAT, "%s: \"lora_dropout\" must be in [0, 1)", path); goto done; }
+    int rank = (int)rd;
+    float alpha = (float)ad, dropout = (float)dd;
     int rs = ql_json_bool(ql_json_get(r, "use_rslora"), 0);
     const ql_json *tm = ql_json_get(r, "target_modules");
     unsigned targets = 0;
@@ -552,6 +556,7 @@ static ql_status merge_shard(const ql_lora *l, const char *in_path, const char *
         if (!w) s = QL_EIO;
     }
     for (int j = 0; s == QL_OK && j < k; j++) {
+        if (ql_sigint_pending()) { s = ql_fail(QL_EIO, "merge interrupted (Ctrl-C)"); break; }   /* trapped by the caller */
         int i = src[j];
         const ql_st_entry *en = ql_st_entry_at(f, i);
         const ql_lora_mod *mod = mod_for_key(l, en->name);
@@ -614,9 +619,14 @@ static ql_status merge_into(const ql_lora *l, const char *base_dir, const char *
         /* the shard files, in order of first appearance */
         size_t nw = ql_json_len(wm);
         const char **files = calloc(nw + 1, sizeof *files);
+        if (s == QL_OK && !files) s = ql_fail(QL_ENOMEM, "out of memory");
         int nf = 0;
-        for (size_t i = 0; s == QL_OK && files && i < nw; i++) {
-            const char *fn = ql_json_str(ql_json_value_at(wm, i));
+        for (size_t i = 0; s == QL_OK && i < nw; i++) {
+            const ql_json *fv = ql_json_value_at(wm, i);
+            const char *fn = ql_json_str(fv);
+            char what[256];
+            snprintf(what, sizeof what, "weight_map entry \"%.200s\"", ql_json_str(ql_json_key_at(wm, i)));
+            if ((s = ql_check_file_name(fn, ql_json_len(fv), path, what)) != QL_OK) break;
             int seen = 0;
             for (int j = 0; j < nf; j++) seen |= !strcmp(files[j], fn);
             if (!seen) files[nf++] = fn;
@@ -679,15 +689,104 @@ static ql_status merge_into(const ql_lora *l, const char *base_dir, const char *
     return s;
 }
 
-/* the merged folder is written beside out_dir and renamed into place at the end,
-   so a failure (disk full, a bad shard) never leaves half a model there */
-ql_status ql_lora_merge(const ql_lora *l, const char *base_dir, const char *out_dir, char *note, size_t note_cap)
+/* a non-finite value in A or B would merge into a model whose every output is NaN */
+static ql_status check_finite(const ql_lora *l)
 {
+    for (int i = 0; i < l->layers * QL_NTARGETS; i++) {
+        const ql_lora_mod *mod = &l->mods[i];
+        if (!mod->in) continue;
+        const float *w[2] = { mod->A, mod->B };
+        size_t n[2] = { (size_t)mod->r * mod->in, (size_t)mod->out * mod->r };
+        for (int k = 0; k < 2; k++)
+            for (size_t j = 0; j < n[k]; j++)
+                if (!isfinite(w[k][j]))
+                    return ql_fail(QL_EFORMAT, "the adapter's lora_%s of layer %d %s holds a non-finite value (%g): "
+                                   "training diverged; merge an earlier checkpoint (or retrain with a lower lr)",
+                                   k ? "B" : "A", i / QL_NTARGETS, ql_lora_target_names[i % QL_NTARGETS], (double)w[k][j]);
+    }
+    return QL_OK;
+}
+
+/* what a merge writes: an existing out_dir holding only these (and config.json) is a
+   previous merge, which a new merge replaces; anything else is refused, never deleted */
+static int merge_file_name(const char *name)
+{
+    static const char *const names[] = { "config.json", "model.safetensors.index.json", "tokenizer.json",
+                                         "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                                         "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja" };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) if (!strcmp(name, names[i])) return 1;
+    return ends_with(name, ".safetensors") && strcmp(name, "adapter_model.safetensors") && strcmp(name, "optimizer.safetensors");
+}
+
+static ql_status check_replaceable(const char *out_dir)
+{
+    if (!ql_file_exists(out_dir)) return QL_OK;
+    if (!ql_is_dir(out_dir))
+        return ql_fail(QL_EINVAL, "%s: exists and is not a folder; the merged model needs a folder of its own (choose another out=)", out_dir);
+    char *names;
+    size_t len;
+    QL_TRY(ql_list_dir(out_dir, &names, &len));
+    ql_status s = QL_OK;
+    int has_config = 0;
+    char path[4096];
+    for (size_t at = 0; s == QL_OK && at < len; at += strlen(names + at) + 1) {
+        const char *nm = names + at;
+        snprintf(path, sizeof path, "%s/%s", out_dir, nm);
+        if (!merge_file_name(nm) || ql_is_dir(path))
+            s = ql_fail(QL_EINVAL, "%s holds '%s', which a merge does not write: it is not a previous merge, so it is "
+                        "left as it is; choose a new or empty folder for out=", out_dir, nm);
+        has_config |= !strcmp(nm, "config.json");
+    }
+    if (s == QL_OK && len && !has_config)
+        s = ql_fail(QL_EINVAL, "%s is not empty and holds no config.json: it is not a previous merge, so it is left as it "
+                    "is; choose a new or empty folder for out=", out_dir);
+    free(names);
+    return s;
+}
+
+/* "<out_dir>.tmp.<pid>" folders of merges that were killed (their process is gone) */
+static void remove_stale_temporaries(const char *out_dir)
+{
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", out_dir);
+    char *slash = strrchr(parent, '/');
+    const char *base = slash ? slash + 1 : parent;
+    char prefix[4200];
+    snprintf(prefix, sizeof prefix, "%s.tmp.", base);
+    if (slash == parent) parent[1] = 0;
+    else if (slash) *slash = 0;
+    const char *dir = slash ? parent : ".";
+    char *names;
+    size_t len;
+    if (ql_list_dir(dir, &names, &len) != QL_OK) return;
+    for (size_t at = 0; at < len; at += strlen(names + at) + 1) {
+        const char *nm = names + at;
+        if (strncmp(nm, prefix, strlen(prefix))) continue;
+        char *end;
+        long pid = strtol(nm + strlen(prefix), &end, 10);
+        if (*end || end == nm + strlen(prefix) || pid == ql_pid() || ql_pid_alive(pid)) continue;
+        char path[8192];
+        snprintf(path, sizeof path, "%s/%s", dir, nm);
+        ql_remove_tree(path);
+    }
+    free(names);
+}
+
+/* the merged folder is written beside out_dir and renamed into place at the end,
+   so a failure (disk full, a bad shard, Ctrl-C) never leaves half a model there */
+ql_status ql_lora_merge(const ql_lora *l, const char *base_dir, const char *out_arg, char *note, size_t note_cap)
+{
+    char out_dir[4096];   /* without trailing slashes, so that the temporary lies beside it, not inside */
+    snprintf(out_dir, sizeof out_dir, "%s", out_arg);
+    for (size_t n = strlen(out_dir); n > 1 && out_dir[n - 1] == '/'; n--) out_dir[n - 1] = 0;
+    QL_TRY(check_finite(l));
+    QL_TRY(check_replaceable(out_dir));
+    remove_stale_temporaries(out_dir);
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out_dir, (long)ql_pid());
     ql_remove_tree(tmp);
     ql_status s = merge_into(l, base_dir, tmp, note, note_cap);
-    if (s == QL_OK) {
+    if (s == QL_OK && (s = check_replaceable(out_dir)) == QL_OK) {   /* again: it may have changed meanwhile */
         if (ql_file_exists(out_dir) && ql_remove_tree(out_dir) != QL_OK) s = ql_fail_context(QL_EIO, "merge: ");
         else if (ql_rename(tmp, out_dir) != QL_OK) s = QL_EIO;
     }

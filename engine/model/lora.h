@@ -91,7 +91,10 @@ ql_status ql_lora_load_state(ql_lora *l, const char *path);
    which is dequantized and said so in *note) plus scale * B A on every adapted
    projection, written to out_dir shard by shard, tensor by tensor, in the base's
    dtype (bf16 rounding to nearest even). Copies config.json (without a
-   quantization_config) and the tokenizer files. */
+   quantization_config) and the tokenizer files. Written beside out_dir as
+   "<out_dir>.tmp.<pid>" and renamed into place (such folders of dead processes are
+   removed); an existing out_dir is replaced only when it holds a previous merge, else
+   refused. Refuses adapters with NaN/Inf values; stops when ql_sigint_pending(). */
 ql_status ql_lora_merge(const ql_lora *l, const char *base_dir, const char *out_dir, char *note, size_t note_cap);
 
 #endif

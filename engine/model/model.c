@@ -157,7 +157,7 @@ void ql_attn_range(void *arg, int64_t b, int64_t e)
         if (j->hi[i] - j->lo[i] > maxlen) maxlen = j->hi[i] - j->lo[i];
     }
     float *p = malloc(sizeof(float) * (size_t)(maxlen > 0 ? maxlen : 1));
-    if (!p) return;
+    if (!p) { __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED); return; }
     for (int64_t t = b; t < e; t++) {
         int64_t i = t / j->heads;
         int h = (int)(t % j->heads), kh = h / g;
@@ -185,12 +185,30 @@ void ql_attn_range(void *arg, int64_t b, int64_t e)
     free(p);
 }
 
+/* the scalar path over queries [s, stop) of j */
+static ql_status attn_scalar(const ql_attn_job *j, int64_t s, int64_t stop)
+{
+    int64_t Q = (int64_t)j->heads * j->hd;
+    ql_attn_job sub = *j;
+    sub.q = j->q + s * Q;
+    sub.out = j->out + s * Q;
+    sub.lo = j->lo + s;
+    sub.hi = j->hi + s;
+    sub.n = stop - s;
+    sub.failed = 0;
+    ql_parallel_for(sub.n * j->heads, 16, ql_attn_range, &sub);
+    if (sub.failed)
+        return ql_fail(QL_ENOMEM, "out of host memory for the attention scores of %lld queries; use a shorter "
+                                  "seq_len or a smaller batch", (long long)sub.n);
+    return QL_OK;
+}
+
 /* Attention of a batch. Runs of queries that form one causal document over the
    batch's own keys (lo constant, hi = i + 1) go through BLAS, a (run x run) score
    matrix per head with the upper triangle masked; everything else (the KV cache,
    sliding windows) through the scalar ql_attn_range. Both compute softmax(q k^T /
    sqrt(hd)) v over the same keys. */
-void ql_attention(ql_attn_job *j, int keys_are_batch)
+ql_status ql_attention(ql_attn_job *j, int keys_are_batch)
 {
     int64_t n = j->n;
     int Q = j->heads * j->hd, KV = j->kv_heads * j->hd, g = j->heads / j->kv_heads, hd = j->hd;
@@ -204,21 +222,13 @@ void ql_attention(ql_attn_job *j, int keys_are_batch)
         if (len < 16 || (j->window > 0 && len > j->window)) {
             /* scalar: this query alone (or a short run) */
             int64_t stop = len > 0 ? e : i + 1;
-            ql_attn_job sub = *j;
-            sub.q = j->q + s * Q;
-            sub.out = j->out + s * Q;
-            sub.lo = j->lo + s;
-            sub.hi = j->hi + s;
-            sub.n = stop - s;
-            ql_parallel_for(sub.n * j->heads, 16, ql_attn_range, &sub);
+            QL_TRY(attn_scalar(j, s, stop));
             i = stop;
             continue;
         }
         float *S = malloc(sizeof(float) * (size_t)(len * len));
-        if (!S) {   /* no room for the score matrix: the scalar path needs none */
-            ql_attn_job sub = *j;
-            sub.q = j->q + s * Q; sub.out = j->out + s * Q; sub.lo = j->lo + s; sub.hi = j->hi + s; sub.n = len;
-            ql_parallel_for(sub.n * j->heads, 16, ql_attn_range, &sub);
+        if (!S) {   /* no room for the score matrix: the scalar path needs less */
+            QL_TRY(attn_scalar(j, s, e));
             i = e;
             continue;
         }
@@ -240,6 +250,7 @@ void ql_attention(ql_attn_job *j, int keys_are_batch)
         free(S);
         i = e;
     }
+    return QL_OK;
 }
 
 void ql_embed_rows(const ql_tensor *E, const int32_t *ids, int64_t n, int H, float *x)

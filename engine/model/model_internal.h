@@ -29,15 +29,17 @@ typedef struct ql_attn_job {
     const int32_t *lo, *hi;
     int heads, kv_heads, hd, window;
     int64_t n;
+    int failed;                   /* set by a task that found no memory: its outputs are not written */
 } ql_attn_job;
-/* ql_parallel_for body over n * heads (query, head) pairs */
+/* ql_parallel_for body over n * heads (query, head) pairs; sets j->failed when out of memory */
 void ql_attn_range(void *arg, int64_t b, int64_t e);
 /* cross-entropy of a batch's targets through lm_head from final-normed hidden xf [n, H];
    with dxf (not NULL) also adds d (sum / denom) / d xf, the vocabulary walked in blocks */
 ql_status ql_lm_head_ce(ql_model *m, const ql_batch *b, const int32_t *labels, const float *xf, double denom,
                         double *sum, int64_t *count, float *dxf);
-/* the whole batch: BLAS for causal documents over the batch's own keys, else ql_attn_range */
-void ql_attention(ql_attn_job *j, int keys_are_batch);
+/* the whole batch: BLAS for causal documents over the batch's own keys, else ql_attn_range;
+   QL_ENOMEM when a task found no memory for its scores */
+ql_status ql_attention(ql_attn_job *j, int keys_are_batch);
 /* n bf16 values widened to f32, on all threads */
 void ql_bf16_to_f32_n(const uint16_t *src, float *dst, int64_t n);
 

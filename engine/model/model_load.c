@@ -16,7 +16,14 @@
 
 /* ---------------------------------------------------------------- config */
 
-static ql_status cfg_int(const char *path, const ql_json *root, const char *key, int *out, int dflt, int required)
+/* Limits on the sizes config.json may give, far above every real model, so that no
+   product of two of them overflows and nothing is allocated from a corrupt value
+   before the weights are checked against it. */
+#define CFG_MAX_DIM    (1 << 22)   /* hidden, intermediate, vocab; heads x head_dim */
+#define CFG_MAX_COUNT  (1 << 14)   /* layers, heads, head_dim */
+
+/* an integer in [-1, max] (config ids use -1 for "none") */
+static ql_status cfg_int(const char *path, const ql_json *root, const char *key, int *out, int dflt, int required, int max)
 {
     const ql_json *v = ql_json_get(root, key);
     if (!v || ql_json_is(v, QL_JSON_NULL)) {
@@ -27,6 +34,9 @@ static ql_status cfg_int(const char *path, const ql_json *root, const char *key,
     double d = ql_json_num(v, NAN);
     if (!ql_json_is(v, QL_JSON_NUMBER) || d != floor(d) || d < -1 || d > 1e9)
         return ql_fail(QL_EFORMAT, "%s: \"%s\" must be an integer", path, key);
+    if (d > max)
+        return ql_fail(QL_EFORMAT, "%s: \"%s\" is %.0f, more than any model qlora can hold (at most %d); the "
+                                   "config is corrupt", path, key, d, max);
     *out = (int)d;
     return QL_OK;
 }
@@ -58,15 +68,17 @@ ql_status ql_model_config_load(const char *path, ql_model_config *c)
         goto done;
     }
     snprintf(c->model_type, sizeof c->model_type, "%s", c->arch == QL_ARCH_QWEN2 ? "qwen2" : c->arch == QL_ARCH_LLAMA ? "llama" : "mistral");
-    if ((s = cfg_int(path, r, "vocab_size", &c->vocab, 0, 1)) || (s = cfg_int(path, r, "hidden_size", &c->hidden, 0, 1)) ||
-        (s = cfg_int(path, r, "intermediate_size", &c->inter, 0, 1)) ||
-        (s = cfg_int(path, r, "num_hidden_layers", &c->layers, 0, 1)) ||
-        (s = cfg_int(path, r, "num_attention_heads", &c->heads, 0, 1)) ||
-        (s = cfg_int(path, r, "num_key_value_heads", &c->kv_heads, c->heads, 0)) ||
-        (s = cfg_int(path, r, "head_dim", &c->head_dim, 0, 0)) ||
-        (s = cfg_int(path, r, "max_position_embeddings", &c->max_pos, 4096, 0)) ||
-        (s = cfg_int(path, r, "bos_token_id", &c->bos_id, -1, 0)) ||
-        (s = cfg_int(path, r, "pad_token_id", &c->pad_id, -1, 0)))
+    const int big = 1000000000;
+    if ((s = cfg_int(path, r, "vocab_size", &c->vocab, 0, 1, CFG_MAX_DIM)) ||
+        (s = cfg_int(path, r, "hidden_size", &c->hidden, 0, 1, CFG_MAX_DIM)) ||
+        (s = cfg_int(path, r, "intermediate_size", &c->inter, 0, 1, CFG_MAX_DIM)) ||
+        (s = cfg_int(path, r, "num_hidden_layers", &c->layers, 0, 1, CFG_MAX_COUNT)) ||
+        (s = cfg_int(path, r, "num_attention_heads", &c->heads, 0, 1, CFG_MAX_COUNT)) ||
+        (s = cfg_int(path, r, "num_key_value_heads", &c->kv_heads, c->heads, 0, CFG_MAX_COUNT)) ||
+        (s = cfg_int(path, r, "head_dim", &c->head_dim, 0, 0, CFG_MAX_COUNT)) ||
+        (s = cfg_int(path, r, "max_position_embeddings", &c->max_pos, 4096, 0, big)) ||
+        (s = cfg_int(path, r, "bos_token_id", &c->bos_id, -1, 0, big)) ||
+        (s = cfg_int(path, r, "pad_token_id", &c->pad_id, -1, 0, big)))
         goto done;
     if (c->vocab <= 0 || c->hidden <= 0 || c->inter <= 0 || c->layers <= 0 || c->heads <= 0 || c->kv_heads <= 0) {
         s = ql_fail(QL_EFORMAT, "%s: sizes must be positive (vocab_size, hidden_size, intermediate_size, "
@@ -79,6 +91,12 @@ ql_status ql_model_config_load(const char *path, ql_model_config *c)
     }
     if (c->heads % c->kv_heads) {
         s = ql_fail(QL_EFORMAT, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->heads, c->kv_heads);
+        goto done;
+    }
+    if ((int64_t)c->heads * c->head_dim > CFG_MAX_DIM) {
+        s = ql_fail(QL_EFORMAT, "%s: num_attention_heads %d x head_dim %d = %lld is more than any model qlora can hold "
+                                "(at most %d); the config is corrupt", path, c->heads, c->head_dim,
+                    (long long)c->heads * c->head_dim, CFG_MAX_DIM);
         goto done;
     }
     if (c->head_dim % 2) { s = ql_fail(QL_EFORMAT, "%s: head_dim %d must be even for RoPE", path, c->head_dim); goto done; }
@@ -94,12 +112,23 @@ ql_status ql_model_config_load(const char *path, ql_model_config *c)
     }
     const ql_json *sw = ql_json_get(r, "sliding_window");
     int use_sw = c->arch == QL_ARCH_MISTRAL || ql_json_bool(ql_json_get(r, "use_sliding_window"), 0);
-    c->sliding_window = use_sw && ql_json_is(sw, QL_JSON_NUMBER) ? (int)ql_json_num(sw, 0) : 0;
+    c->sliding_window = 0;
+    if (use_sw && ql_json_is(sw, QL_JSON_NUMBER) && (s = cfg_int(path, r, "sliding_window", &c->sliding_window, 0, 0, big)))
+        goto done;
     /* eos: int or list */
     const ql_json *eos = ql_json_get(r, "eos_token_id");
-    if (ql_json_is(eos, QL_JSON_NUMBER)) c->eos_ids[c->n_eos++] = (int)ql_json_num(eos, 0);
-    else if (ql_json_is(eos, QL_JSON_ARRAY))
-        for (size_t i = 0; i < ql_json_len(eos) && c->n_eos < QL_MAX_EOS; i++) c->eos_ids[c->n_eos++] = (int)ql_json_num(ql_json_at(eos, i), -1);
+    if (ql_json_is(eos, QL_JSON_NUMBER)) {
+        if ((s = cfg_int(path, r, "eos_token_id", &c->eos_ids[0], -1, 0, big))) goto done;
+        c->n_eos = 1;
+    } else if (ql_json_is(eos, QL_JSON_ARRAY))
+        for (size_t i = 0; i < ql_json_len(eos) && c->n_eos < QL_MAX_EOS; i++) {
+            double d = ql_json_num(ql_json_at(eos, i), NAN);
+            if (!(d >= -1 && d <= big) || d != floor(d)) {
+                s = ql_fail(QL_EFORMAT, "%s: \"eos_token_id\" item %zu must be an integer token id", path, i);
+                goto done;
+            }
+            c->eos_ids[c->n_eos++] = (int)d;
+        }
     /* dtype: "torch_dtype" (4.x) or "dtype" (5.x) */
     const char *dt = ql_json_str(ql_json_get(r, "dtype"));
     if (!dt) dt = ql_json_str(ql_json_get(r, "torch_dtype"));
@@ -119,7 +148,12 @@ ql_status ql_model_config_load(const char *path, ql_model_config *c)
         c->rope_factor = cfg_num(rs, "factor", 1.0);
         c->low_freq_factor = cfg_num(rs, "low_freq_factor", 1.0);
         c->high_freq_factor = cfg_num(rs, "high_freq_factor", 4.0);
-        c->orig_max_pos = (int)cfg_num(rs, "original_max_position_embeddings", 8192);
+        double omp = cfg_num(rs, "original_max_position_embeddings", 8192);
+        if (!(omp >= 1 && omp <= big)) {
+            s = ql_fail(QL_EFORMAT, "%s: rope original_max_position_embeddings must be a positive integer", path);
+            goto done;
+        }
+        c->orig_max_pos = (int)omp;
         if (c->rope_type != QL_ROPE_DEFAULT && !(c->rope_factor > 0)) { s = ql_fail(QL_EFORMAT, "%s: rope factor must be positive", path); goto done; }
         if (c->rope_type == QL_ROPE_LLAMA3 && !(c->high_freq_factor > c->low_freq_factor)) {
             s = ql_fail(QL_EFORMAT, "%s: llama3 rope needs high_freq_factor > low_freq_factor", path);
@@ -235,8 +269,11 @@ static ql_status open_shards(loader *ld)
         m->shards = calloc(n + 1, sizeof *m->shards);
         if (!m->shards) return ql_fail(QL_ENOMEM, "out of memory");
         for (size_t i = 0; i < n; i++) {
-            const char *file = ql_json_str(ql_json_value_at(ld->weight_map, i));
-            if (!file || strchr(file, '/')) return ql_fail(QL_EFORMAT, "%s: weight_map entry %zu is not a file name", path, i);
+            const ql_json *fv = ql_json_value_at(ld->weight_map, i);
+            const char *file = ql_json_str(fv);
+            char what[256];
+            snprintf(what, sizeof what, "weight_map entry \"%.200s\"", ql_json_str(ql_json_key_at(ld->weight_map, i)));
+            QL_TRY(ql_check_file_name(file, ql_json_len(fv), path, what));
             int seen = 0;
             for (int s = 0; s < m->nshards && !seen; s++) {
                 const char *p = ql_st_path(m->shards[s]);

@@ -21,6 +21,8 @@ function M.load(dir, opts)
     return nil, dir .. ": the model loaded but its tokenizer did not (" .. tostring(terr) ..
       "); qlora.llm needs tokenizer.json beside config.json"
   end
+  local ok, mismatch = model:check_tokenizer(tok)
+  if not ok then return nil, mismatch end
   return setmetatable({ model = model, tokenizer = tok, dir = dir }, LM)
 end
 

@@ -99,10 +99,11 @@ function M.permutation(n, seed, epoch)
   return p
 end
 
+-- the records of a JSONL file and, for each, "path:line" (for messages about it)
 function M.read_jsonl(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, path .. ": cannot open (" .. tostring(err) .. ")" end
-  local recs, n = {}, 0
+  local recs, where, n = {}, {}, 0
   for line in f:lines() do
     n = n + 1
     if line:find("%S") then
@@ -110,11 +111,12 @@ function M.read_jsonl(path)
       if not v then f:close(); return nil, e end
       if type(v) ~= "table" then f:close(); return nil, path .. ":" .. n .. ": a record must be a JSON object" end
       recs[#recs + 1] = v
+      where[#recs] = path .. ":" .. n
     end
   end
   f:close()
   if #recs == 0 then return nil, path .. ": no records (an empty file?)" end
-  return recs
+  return recs, where
 end
 
 local ALPACA = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
@@ -125,7 +127,7 @@ function M.encode_record(tok, rec)
   if type(rec.text) == "string" then
     local ids = tok:encode(rec.text)
     if eos and ids[#ids] ~= eos then ids[#ids + 1] = eos end
-    return ids, { table.unpack(ids) }
+    return ids, table.move(ids, 1, #ids, 1, {})   -- a copy (table.unpack fails past ~1M tokens)
   end
   local messages = rec.messages
   if messages == nil and type(rec.instruction) == "string" and type(rec.output) == "string" then
@@ -145,14 +147,21 @@ function M.encode_record(tok, rec)
   end
   if type(messages) == "table" then
     if not tok.chat_family then return nil, "chat records need a tokenizer with a chat template" end
-    local ids = tok:apply_chat_template(messages, { tokenize = true })
+    if #messages == 0 then return nil, "\"messages\" must be a non-empty array of {\"role\": ..., \"content\": ...}" end
+    for i, msg in ipairs(messages) do
+      if type(msg) ~= "table" or type(msg.role) ~= "string" or type(msg.content) ~= "string" then
+        return nil, string.format("message %d is not an object with a string \"role\" and \"content\"", i)
+      end
+    end
+    local ok, ids = pcall(tok.apply_chat_template, tok, messages, { tokenize = true })
+    if not ok then return nil, tostring(ids) end
     local labels = {}
     for i = 1, #ids do labels[i] = -100 end
     -- each assistant turn: the tokens after the prompt that leads to it
     for i, msg in ipairs(messages) do
       if msg.role == "assistant" then
-        local before = tok:apply_chat_template({ table.unpack(messages, 1, i - 1) }, { tokenize = true, add_generation_prompt = true })
-        local through = tok:apply_chat_template({ table.unpack(messages, 1, i) }, { tokenize = true })
+        local before = tok:apply_chat_template(table.move(messages, 1, i - 1, 1, {}), { tokenize = true, add_generation_prompt = true })
+        local through = tok:apply_chat_template(table.move(messages, 1, i, 1, {}), { tokenize = true })
         for k = 1, #before do
           if before[k] ~= ids[k] then return nil, "the chat template does not render turns as prefixes; cannot mask prompts" end
         end
@@ -216,18 +225,18 @@ function M.new(cfg)
   self.seed = num(cfg.seed, 0)
   self.out = cfg.out
   -- data: records -> examples -> train / eval split (seeded)
-  local recs = cfg.records
+  local recs, where = cfg.records, {}
   if not recs then
-    local err
-    recs, err = M.read_jsonl(assert(cfg.data, "train.new: data (a JSONL file) or records is required"))
-    if not recs then error(err, 0) end
+    recs, where = M.read_jsonl(assert(cfg.data, "train.new: data (a JSONL file) or records is required"))
+    if not recs then error(where, 0) end   -- where is the message then
   end
   local examples, skipped = {}, 0
   for i, r in ipairs(recs) do
-    local ids, labels = M.encode_record(self.tok, r)
+    local ok, ids, labels = pcall(M.encode_record, self.tok, r)
+    if not ok then ids, labels = nil, tostring(ids) end
     if not ids then
       skipped = skipped + 1
-      if skipped <= 3 then io.stderr:write(string.format("train: record %d skipped: %s\n", i, labels)) end
+      if skipped <= 3 then io.stderr:write(string.format("train: %s: record skipped: %s\n", where[i] or "record " .. i, labels)) end
     elseif #ids > 1 then
       examples[#examples + 1] = { ids = ids, labels = labels }
     end
@@ -312,6 +321,10 @@ function Trainer:step()
     tokens = tokens + #ids * self.seq_len
   end
   local norm = M.clip_grad_norm(lo, num(self.cfg.max_grad_norm, 1.0))
+  if not (math.abs(sum) < math.huge and math.abs(norm) < math.huge) then   -- NaN or Inf: stop before AdamW spreads it
+    self:_diverged(st.step + 1, not (math.abs(sum) < math.huge) and "loss" or "gradient norm",
+                   not (math.abs(sum) < math.huge) and sum or norm)
+  end
   local lr = self.lr * M.schedule(self.schedule_kind, st.step, self.warmup, self.max_steps)
   st.step = st.step + 1
   lo:adamw { lr = lr, beta1 = num(self.cfg.beta1, 0.9), beta2 = num(self.cfg.beta2, 0.999), eps = num(self.cfg.eps, 1e-8),
@@ -321,6 +334,16 @@ function Trainer:step()
                  tokens = tokens, targets = count, seconds = sys.now() - t0, epoch = st.epoch }
   st.losses[#st.losses + 1] = info.loss
   return info
+end
+
+-- a non-finite loss or gradient: an error naming the step and the checkpoint to go back to
+function Trainer:_diverged(step, what, value)
+  local last = self.last_checkpoint
+  error(string.format("train: step %d: the %s is %s (not finite), so training stopped; %s. "
+    .. "Common causes: a learning rate too high (lr=%g), or NaN/Inf in the base weights or the data",
+    step, what, tostring(value),
+    last and ("the last good checkpoint is " .. last .. " (resume=" .. last .. " with a lower lr)")
+         or "no checkpoint was saved before it", self.lr), 0)
 end
 
 function Trainer:evaluate()
@@ -339,28 +362,98 @@ function Trainer:evaluate()
   return l
 end
 
--- a checkpoint: written into dir.tmp, then renamed, so a crash never leaves half of one
+-- a checkpoint: written into dir.tmp, then renamed, so a crash never leaves half of one;
+-- a failure (a full disk) removes dir.tmp again and raises
 function Trainer:save(dir)
   local tmp = dir .. ".tmp"
-  assert(sys.remove_tree(tmp))
-  assert(sys.mkdir(tmp))
-  assert(self.lora:save(tmp, self.cfg.base_name or self.model:config().dir))
-  assert(self.lora:save_state(tmp .. "/optimizer.safetensors"))
-  local st = self.state
-  local state = { step = st.step, epoch = st.epoch, pos = st.pos, tokens = st.tokens, seed = self.seed,
-                  dropout_step = self.lora.dropout_step, lora_seed = self.lora.seed, losses = json.array(st.losses), eval = json.array(st.eval),
-                  max_steps = self.max_steps, warmup = self.warmup, lr = self.lr, schedule = self.schedule_kind,
-                  seq_len = self.seq_len, batch_size = self.batch_size, grad_accum = self.grad_accum }
-  assert(sys.write_file(tmp .. "/trainer_state.json", json.encode(state, { indent = 1 })))
-  assert(sys.remove_tree(dir))
-  assert(sys.rename(tmp, dir))
+  -- adapter weights that overflowed in the last update would make a checkpoint to nowhere
+  for name, t in pairs(self.lora:params()) do
+    local v = t:sum():item()
+    if not (math.abs(v) < math.huge) then
+      self:_diverged(self.state.step, "adapter weight " .. name:gsub("^base_model%.model%.", "") .. " after the update", v)
+    end
+  end
+  local ok, err = pcall(function()
+    assert(sys.remove_tree(tmp))
+    assert(sys.mkdir(tmp))
+    assert(self.lora:save(tmp, self.cfg.base_name or self.model:config().dir))
+    assert(self.lora:save_state(tmp .. "/optimizer.safetensors"))
+    local st = self.state
+    local state = { step = st.step, epoch = st.epoch, pos = st.pos, tokens = st.tokens, seed = self.seed,
+                    dropout_step = self.lora.dropout_step, lora_seed = self.lora.seed, losses = json.array(st.losses), eval = json.array(st.eval),
+                    max_steps = self.max_steps, warmup = self.warmup, lr = self.lr, schedule = self.schedule_kind,
+                    seq_len = self.seq_len, batch_size = self.batch_size, grad_accum = self.grad_accum }
+    assert(sys.write_file(tmp .. "/trainer_state.json", json.encode(state, { indent = 1 })))
+    assert(sys.remove_tree(dir))
+    assert(sys.rename(tmp, dir))
+  end)
+  if not ok then
+    sys.remove_tree(tmp)
+    error("train: saving the checkpoint " .. dir .. " failed: " .. tostring(err), 0)
+  end
+  self.last_checkpoint = dir
   return dir
 end
 
-function Trainer:load(dir)
-  local f = assert(io.open(dir .. "/trainer_state.json", "rb"), dir .. ": no trainer_state.json (not a checkpoint?)")
-  local st = assert(json.decode(f:read("a"), dir .. "/trainer_state.json"))
+-- the fields of trainer_state.json: what each must be
+local function is_int(lo) return function(v) return math.type(v) == "integer" and v >= lo end end
+local function is_num(lo) return function(v) return type(v) == "number" and v >= lo and v < math.huge end end
+local STATE_FIELDS = {
+  { "step", is_int(0), "an integer >= 0" }, { "epoch", is_int(0), "an integer >= 0" },
+  { "pos", is_int(0), "an integer >= 0" }, { "tokens", is_int(0), "an integer >= 0", optional = true },
+  { "seed", is_int(math.mininteger), "an integer" },
+  { "dropout_step", is_int(0), "an integer >= 0", optional = true },
+  { "lora_seed", is_int(math.mininteger), "an integer", optional = true },
+  { "max_steps", is_int(1), "an integer >= 1" }, { "warmup", is_num(0), "a number >= 0" },
+  { "lr", function(v) return is_num(0)(v) and v > 0 end, "a number > 0" },
+  { "schedule", function(v) return v == "cosine" or v == "linear" or v == "constant" end, "cosine, linear or constant" },
+  { "seq_len", is_int(1), "an integer >= 1" }, { "batch_size", is_int(1), "an integer >= 1" },
+  { "grad_accum", is_int(1), "an integer >= 1" },
+  { "losses", function(v)
+      if type(v) ~= "table" then return false end
+      for i = 1, #v do if type(v[i]) ~= "number" then return false end end
+      return next(v) == nil or #v > 0
+    end, "an array of numbers", optional = true },
+  { "eval", function(v)
+      if type(v) ~= "table" then return false end
+      for i = 1, #v do
+        local e = v[i]
+        if type(e) ~= "table" or math.type(e.step) ~= "integer" or type(e.loss) ~= "number" then return false end
+      end
+      return next(v) == nil or #v > 0
+    end, "an array of {\"step\": integer, \"loss\": number}", optional = true },
+}
+
+-- reads and checks a checkpoint's trainer_state.json; errors name the file and the key
+function M.read_state(dir)
+  local path = dir .. "/trainer_state.json"
+  local f = io.open(path, "rb")
+  if not f then error(dir .. ": no trainer_state.json (not a checkpoint?)", 0) end
+  local text = f:read("a")
   f:close()
+  local st, err = json.decode(text or "", path)
+  if not st then error(err, 0) end
+  if type(st) ~= "table" or st[1] ~= nil then error(path .. ": must be a JSON object", 0) end
+  for _, fld in ipairs(STATE_FIELDS) do
+    local k, ok, what = fld[1], fld[2], fld[3]
+    local v = st[k]
+    if v == json.null and fld.optional then v = nil end
+    if v == nil and not fld.optional then
+      error(string.format("%s: \"%s\" is missing (the checkpoint is damaged: resume from another one)", path, k), 0)
+    end
+    if v ~= nil and not ok(v) then
+      local shown = v == json.null and "null" or type(v) == "string" and string.format("%q", v)
+                    or type(v) == "table" and (v[1] ~= nil and "a list" or "an object") or tostring(v)
+      error(string.format("%s: \"%s\" must be %s, not %s (the checkpoint is damaged: resume from another one)",
+                          path, k, what, shown), 0)
+    end
+    st[k] = v
+  end
+  return st
+end
+
+function Trainer:load(dir)
+  local st = M.read_state(dir)
   for _, k in ipairs({ "seq_len", "batch_size", "grad_accum", "seed" }) do
     local mine = k == "seed" and self.seed or self[k]
     if st[k] ~= mine then
@@ -376,6 +469,24 @@ function Trainer:load(dir)
                  losses = st.losses or {}, eval = st.eval or {} }
   self.max_steps, self.warmup, self.lr, self.schedule_kind = st.max_steps, st.warmup, st.lr, st.schedule
   self.resumed_from = dir
+  self.last_checkpoint = dir
+end
+
+-- the newest complete checkpoint of a run folder: the checkpoint-N folder with the
+-- largest N that holds a trainer_state.json (temporaries such as checkpoint-N.tmp are
+-- ignored); returns its path and N, or nil
+function M.latest_checkpoint(run)
+  local names = sys.list_dir(run)
+  local best, best_n
+  for _, name in ipairs(names or {}) do
+    local n = name:match("^checkpoint%-(%d+)$")
+    n = n and math.tointeger(tonumber(n))
+    local path = run .. "/" .. name
+    if n and (not best_n or n > best_n) and sys.is_dir(path) and sys.exists(path .. "/trainer_state.json") then
+      best, best_n = path, n
+    end
+  end
+  return best, best_n
 end
 
 -- ---------------------------------------------------------------- reporting
@@ -441,7 +552,12 @@ function Trainer:fit(opts)
       local tps = (st.tokens - tok_start) / math.max(1e-9, elapsed)
       local eta = (self.max_steps - st.step) * elapsed / math.max(1, st.step - (self.start_step or 0))
       info.tokens_per_s = tps
-      if eval_every > 0 and st.step % eval_every == 0 then info.eval_loss = self:evaluate() end
+      if eval_every > 0 and st.step % eval_every == 0 then
+        info.eval_loss = self:evaluate()
+        if info.eval_loss and not (math.abs(info.eval_loss) < math.huge) then
+          self:_diverged(st.step, "evaluation loss", info.eval_loss)
+        end
+      end
       assert(sys.append_line(metrics, json.encode(info)))
       local line = string.format("step %d/%d  loss %.4f  lr %.2e  gnorm %.3f  %.0f tok/s  ETA %s%s", st.step,
         self.max_steps, info.loss, info.lr, info.grad_norm, tps, fmt_time(eta),
