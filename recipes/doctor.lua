@@ -4,6 +4,9 @@
 -- capability, memory, bf16, and whether a kernel of this binary actually runs
 -- on it (the "no kernel image is available for execution on the device"
 -- failure of other stacks on new GPUs). Every failure names its cause and fix.
+-- Under WSL it first checks the WSL side (lua/qlora/wsl.lua): the Windows driver,
+-- a Linux driver shadowing it, the loader path, the VM's memory cap. These add lines
+-- but never change the exit code; QLORA_SYSROOT=DIR reads a fake machine from DIR.
 --
 -- Exit codes (also in README.md):
 --   0  every GPU found can run qlora's kernels
@@ -35,9 +38,28 @@ print(string.format("qlora %s (commit %s)", build.version, build.commit))
 print("build: " .. build.options)
 local code = 0
 
+local wsl = require("qlora.wsl")
+local wsl_ok, wsl_info = pcall(wsl.detect, wsl.system())
+if not wsl_ok then
+  line(nil, "the WSL checks failed: " .. tostring(wsl_info), "please report it; the checks below do not depend on them")
+  wsl_info = nil
+elseif wsl_info then
+  for _, f in ipairs(wsl.check(wsl_info, r)) do line(f.ok, f.text, f.fix) end
+end
+-- under WSL the driver is installed on Windows, never inside the distribution
+local function driver_fix(min)
+  if wsl_info then
+    return "install the NVIDIA driver " .. min .. " or newer on Windows (not inside WSL), then `wsl --shutdown` in PowerShell"
+  end
+  return nil
+end
+
 if not r.cuda_built then
   line(false, "CUDA backend: this is a CPU-only build",
-       "install the CUDA Toolkit 12.8 or newer (nvcc), then rebuild with ./setup.sh; CPU training works meanwhile")
+       (wsl_info and "install the CUDA Toolkit 12.8 or newer for WSL (NVIDIA's WSL-Ubuntu repository, package cuda-toolkit-12-8; " ..
+                     "never `cuda` or `cuda-drivers`, which bring a Linux driver)"
+                  or "install the CUDA Toolkit 12.8 or newer (nvcc)") ..
+       ", then rebuild with ./setup.sh; CPU training works meanwhile")
   print("exit 3: CPU-only build")
   os.exit(3)
 end
@@ -55,14 +77,16 @@ end
 line(true, "CUDA runtime " .. ver(r.runtime_version) .. ", cuBLASLt " .. tostring(r.cublaslt_version))
 if r.driver_version == 0 then
   line(false, "NVIDIA driver: none found (" .. (r.count_error_msg ~= "" and r.count_error_msg or "libcuda not loaded") .. ")",
+       driver_fix(select(2, wsl.windows_driver_ok("0", r.runtime_version))) or
        "install the NVIDIA driver (" .. (min_driver[r.runtime_version] or "recent") .. " or newer) if this machine has an NVIDIA GPU; otherwise use device=cpu")
   print("exit 4: no GPU driver")
   os.exit(4)
 end
 local driver_ok = r.driver_version >= r.runtime_version
 line(driver_ok, "NVIDIA driver supports CUDA " .. ver(r.driver_version),
-     not driver_ok and ("this binary's runtime needs CUDA " .. ver(r.runtime_version) ..
-       ": update the driver to " .. (min_driver[r.runtime_version] or "a newer release") .. " or newer") or nil)
+     not driver_ok and ("this binary's runtime needs CUDA " .. ver(r.runtime_version) .. ": " ..
+       (driver_fix(select(2, wsl.windows_driver_ok("0", r.runtime_version))) or
+        ("update the driver to " .. (min_driver[r.runtime_version] or "a newer release") .. " or newer"))) or nil)
 if not driver_ok then print("exit 5: driver too old"); os.exit(5) end
 
 if r.device_count == 0 then
