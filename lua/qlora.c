@@ -37,6 +37,7 @@ static const luaL_Reg native[] = {
     { "tokenizer", luaopen_qlora_tokenizer },
     { "lora", luaopen_qlora_lora },
     { "json", luaopen_qlora_json },
+    { "gguf", luaopen_qlora_gguf },
     /* modules of later issues register here */
     { NULL, NULL }
 };

@@ -19,6 +19,7 @@ local config = {
   r = 16, alpha = 32, dropout = 0.05,
   save_every = 100, eval_every = 0,
   device = "auto",          -- auto: the GPU when `qlora doctor` passes, else the CPU; or cpu, cuda, cuda:N
+  gguf = nil,               -- f16, bf16 or q8_0: also export the merged model to GGUF + an Ollama Modelfile
 }
 
 local sys = qlora.sys
@@ -76,11 +77,10 @@ if newer(run .. "/adapter/adapter_model.safetensors", chunks) then
 else
   local extra = config.steps and (" steps=" .. config.steps) or (" epochs=" .. config.epochs)
   local resume = ""
-  -- an interrupted run continues from its last checkpoint
-  local p = io.popen("ls -d " .. q(run) .. "/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1")
-  local last = p:read("l")
-  p:close()
-  if last and last ~= "" and newer(last .. "/trainer_state.json", chunks) then resume = " resume=" .. q(last) end
+  -- an interrupted run continues from its newest complete checkpoint (checkpoint-N.tmp
+  -- leftovers of a failed save are not checkpoints)
+  local last = qlora.train.latest_checkpoint(run)
+  if last and newer(last .. "/trainer_state.json", chunks) then resume = " resume=" .. q(last) end
   stage("train", string.format("%s %s/train.lua model=%s data=%s out=%s quant=%s seq_len=%s batch=%s accum=%s lr=%s "
     .. "r=%s alpha=%s dropout=%s save_every=%s eval_every=%s device=%s%s%s", q(qlora_bin), here, q(config.model), q(chunks),
     q(run), config.quant, config.seq_len, config.batch, config.accum, config.lr, config.r, config.alpha, config.dropout,
@@ -93,6 +93,16 @@ if newer(merged .. "/config.json", run .. "/adapter/adapter_model.safetensors") 
 else
   stage("merge", string.format("%s %s/merge.lua model=%s adapter=%s out=%s", q(qlora_bin), here, q(config.model),
                                q(run .. "/adapter"), q(merged)))
+end
+
+if config.gguf then
+  local gguf = config.out .. "/model.gguf"
+  if newer(gguf, merged .. "/config.json") then
+    print("== gguf: " .. gguf .. " is up to date")
+  else
+    stage("gguf", string.format("%s %s/export_gguf.lua model=%s out=%s type=%s", q(qlora_bin), here, q(merged), q(gguf),
+                                q(config.gguf)))
+  end
 end
 
 print(string.format("full: done. Merged model: %s; loss curve: %s/loss.svg; metrics: %s/metrics.jsonl", merged, run, run))
