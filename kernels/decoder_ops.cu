@@ -21,6 +21,7 @@ extern "C" {
 #include "decoder.h"
 #include "model_internal.h"
 #include "nf4.h"
+#include "platform.h"
 }
 
 #include <math.h>
@@ -257,6 +258,20 @@ static ql_status cu_swiglu_bwd(ql_dec_ctx *c, const void *g, const void *u, cons
 
 /* ---------------------------------------------------------------- linear + LoRA */
 
+/* QL_PROFILE's parts of a linear: 0 dequantization, 1 the frozen product, 2 the adapter */
+static double sub_t0(ql_dec_ctx *c)
+{
+    if (!c->profiling) return 0;
+    cudaDeviceSynchronize();
+    return ql_now();
+}
+static void sub_add(ql_dec_ctx *c, int part, double t0)
+{
+    if (!c->profiling) return;
+    cudaDeviceSynchronize();
+    c->sub_ms[part] += (ql_now() - t0) * 1e3;
+}
+
 /* the adapter's A and B as bf16 copies in aux */
 static ql_status adapter_bf16(ql_dec_ctx *c, const ql_dec_lin *L, const uint16_t **A, const uint16_t **B)
 {
@@ -276,11 +291,16 @@ static ql_status cu_linear(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, in
     int64_t in = base->in, out = base->out;
     if (n == 0) return QL_OK;
     const uint16_t *W;
+    double t = sub_t0(c);
     QL_TRY(weight_bf16(c, base->w, &W));
+    sub_add(c, 0, t);
+    t = sub_t0(c);
     QL_TRY(qlk_gemm(dev, 0, 1, n, out, in, 1.0f, x, in, W, in, QL_BF16, 0.0f, y, out, QL_BF16));
     if (base->b) QL_TRY(qlk_add_bias((uint16_t *)y, ql_tensor_data(base->b), base->b->dtype, n, out));
+    sub_add(c, 1, t);
     const ql_lora_mod *mod = L->mod;
     if (!mod) return QL_OK;
+    t = sub_t0(c);
     const uint16_t *A, *B;
     QL_TRY(adapter_bf16(c, L, &A, &B));
     const void *xd = x;
@@ -290,7 +310,9 @@ static ql_status cu_linear(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, in
     }
     int r = mod->r;
     QL_TRY(qlk_gemm(dev, 0, 1, n, r, in, 1.0f, xd, in, A, in, QL_BF16, 0.0f, xa, r, QL_BF16));
-    return qlk_gemm(dev, 0, 1, n, out, r, mod->scale, xa, r, B, r, QL_BF16, 1.0f, y, out, QL_BF16);
+    QL_TRY(qlk_gemm(dev, 0, 1, n, out, r, mod->scale, xa, r, B, r, QL_BF16, 1.0f, y, out, QL_BF16));
+    sub_add(c, 2, t);
+    return QL_OK;
 }
 
 static ql_status cu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, const void *xa, const void *dy,
@@ -301,11 +323,16 @@ static ql_status cu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *x
     int64_t in = base->in, out = base->out;
     if (n == 0) return QL_OK;
     const uint16_t *W;
+    double t = sub_t0(c);
     QL_TRY(weight_bf16(c, base->w, &W));
+    sub_add(c, 0, t);
+    t = sub_t0(c);
     /* dx [n, in] (+)= dy [n, out] @ W [out, in] */
     QL_TRY(qlk_gemm(dev, 0, 0, n, in, out, 1.0f, dy, out, W, in, QL_BF16, accumulate ? 1.0f : 0.0f, dx, in, QL_F32));
+    sub_add(c, 1, t);
     const ql_lora_mod *mod = L->mod;
     if (!mod) return QL_OK;
+    t = sub_t0(c);
     int r = mod->r;
     const uint16_t *A, *B;
     QL_TRY(adapter_bf16(c, L, &A, &B));
@@ -324,9 +351,12 @@ static ql_status cu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *x
     if (L->dropout > 0) {
         aux_layout a = aux_of(c);
         QL_TRY(qlk_gemm(dev, 0, 0, n, in, r, mod->scale, c->tr, r, A, in, QL_BF16, 0.0f, a.f32, in, QL_F32));
-        return qlk_dropout_add(a.f32, dx, n * in, L->dropout, L->seed, L->stream);
+        QL_TRY(qlk_dropout_add(a.f32, dx, n * in, L->dropout, L->seed, L->stream));
+    } else {
+        QL_TRY(qlk_gemm(dev, 0, 0, n, in, r, mod->scale, c->tr, r, A, in, QL_BF16, 1.0f, dx, in, QL_F32));
     }
-    return qlk_gemm(dev, 0, 0, n, in, r, mod->scale, c->tr, r, A, in, QL_BF16, 1.0f, dx, in, QL_F32);
+    sub_add(c, 2, t);
+    return QL_OK;
 }
 
 /* ---------------------------------------------------------------- lm_head */
@@ -434,6 +464,9 @@ static ql_dec_ops make_ops(void)
     memset(&o, 0, sizeof o);
     o.name = "cuda";
     o.act = QL_BF16;
+    o.sub_names[0] = "dequant";
+    o.sub_names[1] = "frozen products";
+    o.sub_names[2] = "adapters";
     o.alloc = cu_alloc;
     o.free = cu_free;
     o.upload = cu_upload;

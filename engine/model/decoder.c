@@ -456,6 +456,7 @@ ql_status ql_decoder_run(ql_model *m, ql_dec_step *s)
     prof pf;
     memset(&pf, 0, sizeof pf);
     pf.on = prof_wanted();
+    ctx.profiling = pf.on;
     double t_start = ql_now();
     run R = { m, l, ops, &ctx, &db, mode == QL_DEC_TRAIN && s->train, s->cache, p.yo, &pf };
     rc = step_body(&R, &p, s, keep_all);
@@ -465,7 +466,10 @@ ql_status ql_decoder_run(ql_model *m, ql_dec_step *s)
         fprintf(stderr, "profile: %s n=%lld", mode == QL_DEC_TRAIN ? "train" : mode == QL_DEC_LOSS ? "loss" : "logits",
                 (long long)n);
         for (int i = 0; i < P_NPARTS; i++) if (pf.ms[i] > 0) { fprintf(stderr, " %s %.1f", prof_names[i], pf.ms[i]); sum += pf.ms[i]; }
-        fprintf(stderr, " other %.1f total %.1f ms\n", total - sum, total);
+        fprintf(stderr, " other %.1f total %.1f ms", total - sum, total);
+        for (int i = 0; i < 4; i++)
+            if (ops->sub_names[i]) fprintf(stderr, "%s%s %.1f", i == 0 ? " (within linear: " : ", ", ops->sub_names[i], ctx.sub_ms[i]);
+        fprintf(stderr, "%s\n", ops->sub_names[0] ? ")" : "");
     }
 done:
     free(actv);

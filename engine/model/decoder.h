@@ -59,11 +59,14 @@ typedef struct ql_dec_ctx {
     void *aux;                   /* backend-private scratch of aux_size bytes (CUDA: weight
                                     dequantization, f32 scratch, lm_head chunks) */
     size_t aux_bytes;
+    int profiling;               /* QL_PROFILE: the backend may time parts of its ops into sub_ms */
+    double sub_ms[4];            /* named by ops->sub_names */
 } ql_dec_ctx;
 
 struct ql_dec_ops {
     const char *name;
     ql_dtype act;                                  /* dtype of A buffers */
+    const char *sub_names[4];                      /* parts a backend times under QL_PROFILE (NULL: none) */
     /* memory for the plan (backend allocator; device memory is counted in ql_memory) */
     void *(*alloc)(ql_device dev, size_t bytes);   /* NULL + ql_fail on failure */
     void (*free)(ql_device dev, void *p, size_t bytes);
