@@ -170,6 +170,11 @@ __global__ void k_nf4_dequantize_bf16_x16(const uint2 *__restrict__ packed, cons
                                           const float *__restrict__ code, float offset, int64_t groups, int bs_log2,
                                           uint4 *__restrict__ out)
 {
+    /* the 16 code values in shared memory: threads look up different entries, which the
+       constant cache would serialise (16 lookups a thread) */
+    __shared__ float lut[16];
+    if (threadIdx.x < 16) lut[threadIdx.x] = c_nf4[threadIdx.x];
+    __syncthreads();
     const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= groups) return;
     const int64_t b = (t * 16) >> bs_log2;
@@ -181,8 +186,8 @@ __global__ void k_nf4_dequantize_bf16_x16(const uint2 *__restrict__ packed, cons
 #pragma unroll
     for (int k = 0; k < 8; k++) {
         const uint32_t byte = ((k < 4 ? p.x : p.y) >> (8 * (k & 3))) & 0xffu;
-        const uint32_t hi = f32_to_bf16_rne(__fmul_rn(c_nf4[byte >> 4], s));
-        const uint32_t lo = f32_to_bf16_rne(__fmul_rn(c_nf4[byte & 15], s));
+        const uint32_t hi = f32_to_bf16_rne(__fmul_rn(lut[byte >> 4], s));
+        const uint32_t lo = f32_to_bf16_rne(__fmul_rn(lut[byte & 15], s));
         w[k] = hi | (lo << 16);   /* element 2k (high nibble) first in memory */
     }
     out[2 * t] = make_uint4(w[0], w[1], w[2], w[3]);
