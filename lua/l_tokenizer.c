@@ -8,12 +8,17 @@
  *   tok:encode_batch({texts} [, {add_special = true}]) -> {{ids}, ...}   on all threads
  *   tok:decode(ids [, {skip_special = false}]) -> string
  *   tok:apply_chat_template(messages [, {add_generation_prompt = false,
- *       enable_thinking = true, tokenize = false}]) -> string | {ids}
- *       messages = {{role = "user", content = "...", reasoning_content = nil}, ...}
- *       rendered by exact per-family formatters (ChatML/Qwen2.5, Qwen3, Llama 3)
+ *       enable_thinking = true, tokenize = false, tools = nil, vars = nil, now = nil}]) -> string | {ids}
+ *       messages = {{role = "user", content = "...", reasoning_content = nil}, ...}; a message
+ *       with other fields (tool_calls, content as a list of parts) goes to the template whole
+ *       (as JSON: object keys sorted); tools: a list of tool schemas or their JSON text;
+ *       vars: further template variables (a table or JSON text); now: strftime_now's clock
+ *       (seconds, read as UTC). The template (tok.chat_template) is rendered by a Jinja2
+ *       interpreter as transformers' apply_chat_template does.
  *   tok:token_to_id(s) -> id | nil;  tok:id_to_token(id) -> string | nil
  *   tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id, tok.bos_token, tok.eos_token,
- *   tok.pad_token, tok.chat_template, tok.chat_family ("chatml", "qwen3", "llama3" or nil)
+ *   tok.pad_token, tok.unk_token, tok.chat_template (chat_template.jinja beside the tokenizer,
+ *   else tokenizer_config.json's, or nil)
  *   tok:close()  (also __gc / __close)
  * Ids are the model's ids (0-based), not Lua indices.
  */
@@ -170,28 +175,82 @@ static const char *field_str(lua_State *L, int idx, const char *key)
     return s;
 }
 
+/* does message table m hold only role, content and reasoning_content strings? */
+static int plain_message(lua_State *L, int m)
+{
+    int plain = 1;
+    lua_pushnil(L);
+    while (lua_next(L, m)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        if (!k || lua_type(L, -1) != LUA_TSTRING ||
+            (strcmp(k, "role") && strcmp(k, "content") && strcmp(k, "reasoning_content"))) plain = 0;
+        lua_pop(L, 1);
+    }
+    return plain;
+}
+
+/* the JSON text of the value at idx (strings are taken as JSON text already), pushed on the stack */
+static const char *to_json(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) == LUA_TSTRING) { lua_pushvalue(L, idx); return lua_tostring(L, -1); }
+    lua_pushcfunction(L, luaopen_qlora_json);
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "encode");
+    lua_remove(L, -2);
+    lua_pushvalue(L, idx);
+    lua_call(L, 1, 1);
+    return lua_tostring(L, -1);
+}
+
 static int l_apply_chat(lua_State *L)
 {
     ql_tokenizer *t = check_tok(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     size_t n = (size_t)luaL_len(L, 2);
-    ql_chat_msg *msgs = calloc(n + 1, sizeof *msgs);
-    if (!msgs) return luaL_error(L, "apply_chat_template: out of memory");
+    /* a scratch table keeps the JSON strings made here alive; created before the C array */
+    lua_newtable(L);
+    int keep = lua_gettop(L), nkeep = 0;
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, 2, (lua_Integer)i + 1);
-        if (!lua_istable(L, -1)) { free(msgs); return luaL_error(L, "apply_chat_template: message %d is not a table", (int)i + 1); }
-        int m = lua_gettop(L);
-        msgs[i].role = field_str(L, m, "role");
-        msgs[i].content = field_str(L, m, "content");
-        msgs[i].reasoning = field_str(L, m, "reasoning_content");
-        lua_pop(L, 1); /* the message table stays referenced by the argument */
-        if (!msgs[i].role) { free(msgs); return luaL_error(L, "apply_chat_template: message %d has no string 'role'", (int)i + 1); }
-        if (!msgs[i].content) msgs[i].content = "";
+        if (!lua_istable(L, -1)) return luaL_error(L, "apply_chat_template: message %d is not a table", (int)i + 1);
+        lua_getfield(L, -1, "role");
+        int has_role = lua_type(L, -1) == LUA_TSTRING;
+        lua_pop(L, 1);
+        if (!has_role) return luaL_error(L, "apply_chat_template: message %d has no string 'role'", (int)i + 1);
+        if (!plain_message(L, lua_gettop(L))) { to_json(L, lua_gettop(L)); lua_rawseti(L, keep, (lua_Integer)i + 1); }
+        lua_pop(L, 1);
     }
     ql_chat_opts o = { 0 };
     o.add_generation_prompt = opt_bool(L, 3, "add_generation_prompt", 0);
     o.enable_thinking = opt_bool(L, 3, "enable_thinking", 1);
     int tokenize = opt_bool(L, 3, "tokenize", 0);
+    if (lua_istable(L, 3)) {
+        lua_getfield(L, 3, "tools");
+        if (!lua_isnil(L, -1)) { o.tools_json = to_json(L, lua_gettop(L)); lua_rawseti(L, keep, -1); nkeep++; }
+        lua_pop(L, 1);
+        lua_getfield(L, 3, "vars");
+        if (!lua_isnil(L, -1)) { o.vars_json = to_json(L, lua_gettop(L)); lua_rawseti(L, keep, -2); nkeep++; }
+        lua_pop(L, 1);
+        lua_getfield(L, 3, "now");
+        if (!lua_isnil(L, -1)) o.now = (int64_t)luaL_checkinteger(L, -1);
+        lua_pop(L, 1);
+    }
+    (void)nkeep;
+    ql_chat_msg *msgs = calloc(n + 1, sizeof *msgs);
+    if (!msgs) return luaL_error(L, "apply_chat_template: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, keep, (lua_Integer)i + 1);
+        msgs[i].json = lua_tostring(L, -1);   /* alive: referenced by the scratch table */
+        lua_pop(L, 1);
+        if (msgs[i].json) continue;
+        lua_rawgeti(L, 2, (lua_Integer)i + 1);
+        int m = lua_gettop(L);
+        msgs[i].role = field_str(L, m, "role");
+        msgs[i].content = field_str(L, m, "content");
+        msgs[i].reasoning = field_str(L, m, "reasoning_content");
+        lua_pop(L, 1); /* the message table stays referenced by the argument */
+        if (!msgs[i].content) msgs[i].content = "";
+    }
     char *out = NULL;
     size_t olen = 0;
     ql_status s = ql_tokenizer_apply_chat(t, msgs, n, &o, &out, &olen);
@@ -267,11 +326,9 @@ static int l_index(lua_State *L)
     else if (!strcmp(k, "bos_token")) push_opt_str(L, ql_tokenizer_bos_token(t));
     else if (!strcmp(k, "eos_token")) push_opt_str(L, ql_tokenizer_eos_token(t));
     else if (!strcmp(k, "pad_token")) push_opt_str(L, ql_tokenizer_pad_token(t));
+    else if (!strcmp(k, "unk_token")) push_opt_str(L, ql_tokenizer_unk_token(t));
     else if (!strcmp(k, "chat_template")) push_opt_str(L, ql_tokenizer_chat_template(t));
-    else if (!strcmp(k, "chat_family")) {
-        static const char *names[] = { NULL, "chatml", "qwen3", "llama3" };
-        push_opt_str(L, names[ql_tokenizer_chat_family(t)]);
-    } else lua_pushnil(L);
+    else lua_pushnil(L);
     return 1;
 }
 

@@ -134,9 +134,8 @@ struct ql_tokenizer {
     int32_t *post_pre, *post_suf; int npost_pre, npost_suf;
     dec_op *dec; int ndec; int has_decoder;
 
-    char *bos, *eos, *pad, *chat_template;
+    char *bos, *eos, *pad, *unk, *chat_template;
     int32_t bos_id, eos_id, pad_id;
-    ql_chat_family family;
 };
 
 /* ------------------------------------------------------------------ small helpers */
@@ -1189,7 +1188,7 @@ int32_t ql_tokenizer_bos_id(const ql_tokenizer *t) { return t->bos_id; }
 int32_t ql_tokenizer_eos_id(const ql_tokenizer *t) { return t->eos_id; }
 int32_t ql_tokenizer_pad_id(const ql_tokenizer *t) { return t->pad_id; }
 const char *ql_tokenizer_chat_template(const ql_tokenizer *t) { return t->chat_template; }
-ql_chat_family ql_tokenizer_chat_family(const ql_tokenizer *t) { return t->family; }
+const char *ql_tokenizer_unk_token(const ql_tokenizer *t) { return t->unk; }
 
 /* ------------------------------------------------------------------ free */
 
@@ -1209,7 +1208,7 @@ void ql_tokenizer_free(ql_tokenizer *t)
     free(t->post_pre); free(t->post_suf);
     for (int i = 0; i < t->ndec; i++) { free(t->dec[i].a); free(t->dec[i].b); }
     free(t->dec);
-    free(t->bos); free(t->eos); free(t->pad); free(t->chat_template);
+    free(t->bos); free(t->eos); free(t->pad); free(t->unk); free(t->chat_template);
     free(t);
 }
 
@@ -1246,7 +1245,8 @@ static int json_int(const ql_json *v, int64_t lo, int64_t hi, int64_t *out)
 {
     if (!v || v->type != QL_JSON_NUMBER) return 0;
     double d = v->u.num;
-    if (d != (double)(int64_t)d || d < (double)lo || d > (double)hi) return 0;
+    /* the range first (NaN fails it too): converting a double outside int64_t is undefined */
+    if (!(d >= (double)lo && d <= (double)hi) || d >= 0x1p63 || d != (double)(int64_t)d) return 0;
     *out = (int64_t)d;
     return 1;
 }
@@ -1533,6 +1533,7 @@ static ql_status load_config(loader *L, const ql_json *cfg)
     t->bos = config_token(cfg, "bos_token");
     t->eos = config_token(cfg, "eos_token");
     t->pad = config_token(cfg, "pad_token");
+    t->unk = config_token(cfg, "unk_token");
     const ql_json *ct = ql_json_get(cfg, "chat_template");
     if (ql_json_is(ct, QL_JSON_ARRAY)) { /* [{name, template}]: take "default" or the first */
         const ql_json *pick = NULL;
@@ -1740,16 +1741,6 @@ static ql_status load_model(loader *L, const ql_json *root)
     return QL_OK;
 }
 
-static void detect_family(ql_tokenizer *t)
-{
-    const char *ct = t->chat_template;
-    t->family = QL_CHAT_NONE;
-    if (!ct) return;
-    if (strstr(ct, "<|start_header_id|>") && strstr(ct, "<|eot_id|>")) t->family = QL_CHAT_LLAMA3;
-    else if (strstr(ct, "<|im_start|>") && strstr(ct, "reasoning_content")) t->family = QL_CHAT_QWEN3;
-    else if (strstr(ct, "<|im_start|>")) t->family = QL_CHAT_CHATML;
-}
-
 ql_status ql_tokenizer_from_json(const char *json, size_t len, const char *config_json, size_t config_len,
                                  const char *name, ql_tokenizer **out)
 {
@@ -1789,7 +1780,6 @@ ql_status ql_tokenizer_from_json(const char *json, size_t len, const char *confi
     t->bos_id = lookup_tok(t, t->bos);
     t->eos_id = lookup_tok(t, t->eos);
     t->pad_id = lookup_tok(t, t->pad);
-    detect_family(t);
     *out = t;
     return QL_OK;
 }
@@ -1808,26 +1798,29 @@ static char *path_join(const char *dir, const char *file)
 ql_status ql_tokenizer_load(const char *path, ql_tokenizer **out)
 {
     *out = NULL;
-    char *jpath = NULL, *cpath = NULL;
+    char *jpath = NULL, *cpath = NULL, *tpath = NULL;
     if (ql_is_dir(path)) {
         jpath = path_join(path, "tokenizer.json");
         cpath = path_join(path, "tokenizer_config.json");
+        tpath = path_join(path, "chat_template.jinja");
     } else {
         jpath = xstrndup(path, strlen(path));
         const char *slash = strrchr(path, '/');
         if (slash) {
             char *dir = xstrndup(path, (size_t)(slash - path));
             cpath = dir ? path_join(dir, "tokenizer_config.json") : NULL;
+            tpath = dir ? path_join(dir, "chat_template.jinja") : NULL;
             free(dir);
         } else {
             cpath = xstrndup("tokenizer_config.json", 21);
+            tpath = xstrndup("chat_template.jinja", 19);
         }
     }
-    if (!jpath || !cpath) { free(jpath); free(cpath); return ql_fail(QL_ENOMEM, "out of memory"); }
+    if (!jpath || !cpath || !tpath) { free(jpath); free(cpath); free(tpath); return ql_fail(QL_ENOMEM, "out of memory"); }
     if (!ql_file_exists(jpath)) {
         ql_status s = ql_fail(QL_EIO, "%s: no such file (pass a directory holding tokenizer.json, or the path of a "
                               "tokenizer.json)", jpath);
-        free(jpath); free(cpath);
+        free(jpath); free(cpath); free(tpath);
         return s;
     }
     ql_mapping m = { 0 }, cm = { 0 };
@@ -1842,6 +1835,18 @@ ql_status ql_tokenizer_load(const char *path, ql_tokenizer **out)
                                    cm.size, jpath, out);
     ql_unmap_file(&m);
     if (have_cfg) ql_unmap_file(&cm);
-    free(jpath); free(cpath);
+    /* transformers 5 saves the template as chat_template.jinja; it wins over tokenizer_config.json's */
+    if (s == QL_OK && ql_file_exists(tpath)) {
+        ql_mapping tm = { 0 };
+        s = ql_map_file(tpath, &tm);
+        if (s == QL_OK) {
+            char *ct = xstrndup(tm.data ? tm.data : "", tm.size);
+            ql_unmap_file(&tm);
+            if (!ct) s = ql_fail(QL_ENOMEM, "%s: out of memory", tpath);
+            else { free((*out)->chat_template); (*out)->chat_template = ct; }
+        }
+        if (s != QL_OK) { ql_tokenizer_free(*out); *out = NULL; }
+    }
+    free(jpath); free(cpath); free(tpath);
     return s;
 }

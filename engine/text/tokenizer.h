@@ -71,30 +71,32 @@ int32_t ql_tokenizer_eos_id(const ql_tokenizer *tok);
 int32_t ql_tokenizer_pad_id(const ql_tokenizer *tok);
 const char *ql_tokenizer_chat_template(const ql_tokenizer *tok);  /* the raw Jinja text */
 
-/* Chat templates, by exact per-family formatters (not a Jinja interpreter):
-   the family is recognised from the chat_template text. */
-typedef enum ql_chat_family {
-    QL_CHAT_NONE = 0,   /* no template, or one we do not recognise */
-    QL_CHAT_CHATML,     /* Qwen2 / Qwen2.5 */
-    QL_CHAT_QWEN3,
-    QL_CHAT_LLAMA3
-} ql_chat_family;
-ql_chat_family ql_tokenizer_chat_family(const ql_tokenizer *tok);
+const char *ql_tokenizer_unk_token(const ql_tokenizer *tok);
 
+/* Chat templates: the template (chat_template.jinja beside the tokenizer, else
+   tokenizer_config.json's chat_template, its "default" one when it is a list)
+   is rendered by a Jinja2 interpreter (jinja.h) with the variables transformers'
+   apply_chat_template passes: messages, tools, documents, add_generation_prompt,
+   the special tokens (bos_token, eos_token, pad_token, unk_token), enable_thinking,
+   and any extra ones. Nothing is recognised by substring; a template that needs
+   something the interpreter lacks fails with a message naming it. */
 typedef struct ql_chat_msg {
-    const char *role;      /* "system", "user", "assistant" (others are passed through) */
+    const char *role;      /* "system", "user", "assistant", "tool", ... */
     const char *content;   /* UTF-8, NUL-terminated */
-    const char *reasoning; /* Qwen3 assistant reasoning_content, or NULL */
-    /* tool_calls are not supported: messages are text only */
+    const char *reasoning; /* reasoning_content (Qwen3 and others), or NULL */
+    const char *json;      /* or NULL; else the whole message as a JSON object (tool_calls, content
+                              parts, ...), and the three fields above are ignored */
 } ql_chat_msg;
 
 typedef struct ql_chat_opts {
     int add_generation_prompt;
-    int enable_thinking;   /* Qwen3 only: 0 adds the empty <think></think> block after the
-                              generation prompt, as the template's enable_thinking=false */
+    int enable_thinking;     /* passed as the template variable enable_thinking (true / false) */
+    const char *tools_json;  /* a JSON array of tool schemas, or NULL (tools = none) */
+    const char *vars_json;   /* a JSON object of further template variables, or NULL */
+    int64_t now;             /* strftime_now's clock (seconds since 1970 read as UTC); 0: now */
 } ql_chat_opts;
 
-/* Renders messages as the model's chat template does in HF transformers;
+/* Renders messages as transformers' apply_chat_template(tokenize=False) does;
    malloc'd string in *out. */
 ql_status ql_tokenizer_apply_chat(const ql_tokenizer *tok, const ql_chat_msg *msgs, size_t n,
                                   const ql_chat_opts *opts, char **out, size_t *out_len);

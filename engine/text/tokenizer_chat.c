@@ -1,175 +1,177 @@
 /*
- * tokenizer_chat.c — chat templates by exact per-family formatters.
+ * tokenizer_chat.c — chat templates rendered by the Jinja2 interpreter (jinja.c).
  *
- * No Jinja interpreter: the chat_template of tokenizer_config.json is only
- * used to recognise the family (tokenizer.c: detect_family), and each family's
- * template is re-implemented here line by line for text-only messages (no
- * tools / tool_calls). Golden strings come from transformers'
- * apply_chat_template (tests/gen/gen_tokenizer_chat.py).
- *   ChatML (Qwen2 / Qwen2.5): default system prompt when none is given.
- *   Qwen3: no default system prompt; <think> blocks of assistant turns before
- *          the last user query are dropped; enable_thinking=false appends an
- *          empty think block to the generation prompt.
- *   Llama 3: bos_token + header + trimmed content + <|eot_id|> per message.
+ * Builds the variables transformers' apply_chat_template gives a template, as
+ * one JSON object, and renders the tokenizer's chat_template with them:
+ *   messages            each message with None-valued keys dropped; a message
+ *                       with reasoning (reasoning_content, thinking or reasoning)
+ *                       gets it under "thinking" (first) and "reasoning_content",
+ *                       as transformers' _alias_reasoning_fields does
+ *   tools, documents    the caller's tools, or none; documents none
+ *   add_generation_prompt, enable_thinking
+ *   bos_token, eos_token, unk_token, pad_token   those set in tokenizer_config.json
+ *   the caller's extra variables, last, so they override the ones above.
+ * Golden renderings: tests/gen/gen_chat_templates.py (transformers).
  */
+#include "jinja.h"
+#include "json.h"
 #include "strbuf.h"
 #include "tokenizer.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static void cb_str(ql_strbuf *b, const char *s) { ql_strbuf_add(b, s, strlen(s)); }
+static void add_cstr(ql_strbuf *b, const char *s) { ql_strbuf_add(b, s, strlen(s)); }
 
-/* a span of a string */
-typedef struct span { const char *p; size_t n; } span;
-static span sp(const char *s) { span r = { s, strlen(s) }; return r; }
-static void cb_span(ql_strbuf *b, span s) { ql_strbuf_add(b, s.p, s.n); }
-
-static span lstrip_nl(span s) { while (s.n && s.p[0] == '\n') { s.p++; s.n--; } return s; }
-static span rstrip_nl(span s) { while (s.n && s.p[s.n - 1] == '\n') s.n--; return s; }
-
-/* Python str.isspace() characters (used by Jinja's trim = str.strip()) */
-static size_t py_space_at(const char *p, size_t n)
+static void add_json_str(ql_strbuf *b, const char *s, size_t n)
 {
-    unsigned char c = (unsigned char)p[0];
-    if (c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F)) return 1;
-    if (n >= 2 && c == 0xC2 && ((unsigned char)p[1] == 0x85 || (unsigned char)p[1] == 0xA0)) return 2;
-    if (n >= 3) {
-        unsigned c1 = (unsigned char)p[1], c2 = (unsigned char)p[2];
-        if (c == 0xE1 && c1 == 0x9A && c2 == 0x80) return 3;                     /* U+1680 */
-        if (c == 0xE2 && c1 == 0x80 && (c2 <= 0x8A || c2 == 0xA8 || c2 == 0xA9 || c2 == 0xAF)) return 3;
-        if (c == 0xE2 && c1 == 0x81 && c2 == 0x9F) return 3;                     /* U+205F */
-        if (c == 0xE3 && c1 == 0x80 && c2 == 0x80) return 3;                     /* U+3000 */
+    add_cstr(b, "\"");
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[8];
+        if (c == '"' || c == '\\') { esc[0] = '\\'; esc[1] = (char)c; ql_strbuf_add(b, esc, 2); }
+        else if (c < 0x20) { snprintf(esc, sizeof esc, "\\u%04x", c); add_cstr(b, esc); }
+        else ql_strbuf_add(b, s + i, 1);
     }
-    return 0;
+    add_cstr(b, "\"");
 }
-static span py_strip(span s)
+
+/* a JSON value re-serialised (ql_json_write goes to a FILE: a memory stream) */
+static ql_status add_json_value(ql_strbuf *b, const ql_json *v)
 {
-    size_t k;
-    while (s.n && (k = py_space_at(s.p, s.n)) != 0) { s.p += k; s.n -= k; }
-    for (;;) {
-        size_t cut = 0;
-        for (size_t back = 1; back <= 3 && back <= s.n; back++) {
-            size_t st = s.n - back;
-            if (((unsigned char)s.p[st] & 0xC0) == 0x80) continue;
-            if (py_space_at(s.p + st, back) == back) cut = back;
-            break;
-        }
-        if (!cut) break;
-        s.n -= cut;
+    char *p = NULL;
+    size_t n = 0;
+    FILE *fp = open_memstream(&p, &n);
+    if (!fp) return ql_fail(QL_ENOMEM, "apply_chat_template: out of memory");
+    ql_json_write(fp, v, 0, NULL);
+    if (fclose(fp) != 0) { free(p); return ql_fail(QL_ENOMEM, "apply_chat_template: out of memory"); }
+    ql_strbuf_add(b, p, n);
+    free(p);
+    return QL_OK;
+}
+
+static int key_is(const ql_json *k, const char *s) { return k->n == strlen(s) && !memcmp(k->u.str, s, k->n); }
+
+/* a message given as JSON: None-valued keys dropped, reasoning aliased */
+static ql_status add_json_message(ql_strbuf *b, const char *json, size_t idx)
+{
+    char name[64];
+    snprintf(name, sizeof name, "message %zu", idx + 1);
+    ql_json_doc *doc = NULL;
+    ql_status s = ql_json_parse(json, strlen(json), name, &doc);
+    if (s != QL_OK) return s;
+    const ql_json *m = ql_json_root(doc);
+    if (m->type != QL_JSON_OBJECT) {
+        ql_json_free(doc);
+        return ql_fail(QL_EINVAL, "apply_chat_template: %s is not a JSON object", name);
     }
+    static const char *const rnames[] = { "reasoning_content", "thinking", "reasoning" };
+    const ql_json *reasoning = NULL;
+    for (int r = 0; r < 3 && !reasoning; r++) {
+        const ql_json *v = ql_json_get(m, rnames[r]);
+        if (v && v->type != QL_JSON_NULL) reasoning = v;
+    }
+    add_cstr(b, "{");
+    int first = 1, wrote_rc = 0;
+    if (reasoning && !ql_json_get(m, "thinking")) {
+        add_cstr(b, "\"thinking\":");
+        s = add_json_value(b, reasoning);
+        first = 0;
+    }
+    for (size_t i = 0; i < m->n && s == QL_OK; i++) {
+        const ql_json *k = &m->u.items[2 * i], *v = &m->u.items[2 * i + 1];
+        int is_thinking = reasoning && key_is(k, "thinking"), is_rc = reasoning && key_is(k, "reasoning_content");
+        if (v->type == QL_JSON_NULL && !is_thinking && !is_rc) continue;
+        if (!first) add_cstr(b, ",");
+        first = 0;
+        add_json_str(b, k->u.str, k->n);
+        add_cstr(b, ":");
+        s = add_json_value(b, is_thinking || is_rc ? reasoning : v);
+        wrote_rc |= is_rc;
+    }
+    if (s == QL_OK && reasoning && !wrote_rc) {
+        if (!first) add_cstr(b, ",");
+        add_cstr(b, "\"reasoning_content\":");
+        s = add_json_value(b, reasoning);
+    }
+    add_cstr(b, "}");
+    ql_json_free(doc);
     return s;
 }
 
-static const char *memmem_last(span h, const char *needle)
+static void add_token_var(ql_strbuf *b, const char *name, const char *tok)
 {
-    size_t m = strlen(needle);
-    if (h.n < m) return NULL;
-    for (size_t i = h.n - m + 1; i-- > 0;)
-        if (!memcmp(h.p + i, needle, m)) return h.p + i;
-    return NULL;
-}
-static const char *memmem_first(span h, const char *needle)
-{
-    size_t m = strlen(needle);
-    for (size_t i = 0; i + m <= h.n; i++)
-        if (!memcmp(h.p + i, needle, m)) return h.p + i;
-    return NULL;
+    if (!tok) return;
+    add_cstr(b, ",\"");
+    add_cstr(b, name);
+    add_cstr(b, "\":");
+    add_json_str(b, tok, strlen(tok));
 }
 
-static int is_role(const ql_chat_msg *m, const char *r) { return m->role && !strcmp(m->role, r); }
-
-/* tool responses, as both Qwen templates write them */
-static void tool_msg(ql_strbuf *b, const ql_chat_msg *m, size_t i, size_t n)
+/* the members of a JSON object text, appended as ",k:v,..." (checked by parsing) */
+static ql_status add_members(ql_strbuf *b, const char *json, const char *what)
 {
-    if (i == 0 || !is_role(&m[-1], "tool")) cb_str(b, "<|im_start|>user");
-    cb_str(b, "\n<tool_response>\n");
-    cb_str(b, m->content);
-    cb_str(b, "\n</tool_response>");
-    if (i + 1 == n || !is_role(&m[1], "tool")) cb_str(b, "<|im_end|>\n");
+    ql_json_doc *doc = NULL;
+    ql_status s = ql_json_parse(json, strlen(json), what, &doc);
+    if (s != QL_OK) return s;
+    const ql_json *o = ql_json_root(doc);
+    if (o->type != QL_JSON_OBJECT) { ql_json_free(doc); return ql_fail(QL_EINVAL, "apply_chat_template: %s must be a JSON object", what); }
+    for (size_t i = 0; i < o->n && s == QL_OK; i++) {
+        add_cstr(b, ",");
+        add_json_str(b, o->u.items[2 * i].u.str, o->u.items[2 * i].n);
+        add_cstr(b, ":");
+        s = add_json_value(b, &o->u.items[2 * i + 1]);
+    }
+    ql_json_free(doc);
+    return s;
 }
 
-static void chatml(ql_strbuf *b, const ql_chat_msg *m, size_t n, const ql_chat_opts *o)
+static ql_status build_vars(const ql_tokenizer *t, const ql_chat_msg *msgs, size_t n, const ql_chat_opts *o,
+                            ql_strbuf *b)
 {
-    if (n && is_role(&m[0], "system")) {
-        cb_str(b, "<|im_start|>system\n"); cb_str(b, m[0].content); cb_str(b, "<|im_end|>\n");
+    ql_status s = QL_OK;
+    add_cstr(b, "{\"messages\":[");
+    for (size_t i = 0; i < n && s == QL_OK; i++) {
+        if (i) add_cstr(b, ",");
+        const ql_chat_msg *m = &msgs[i];
+        if (m->json) { s = add_json_message(b, m->json, i); continue; }
+        add_cstr(b, "{");
+        if (m->reasoning) { add_cstr(b, "\"thinking\":"); add_json_str(b, m->reasoning, strlen(m->reasoning)); add_cstr(b, ","); }
+        add_cstr(b, "\"role\":");
+        add_json_str(b, m->role, strlen(m->role));
+        add_cstr(b, ",\"content\":");
+        add_json_str(b, m->content, strlen(m->content));
+        if (m->reasoning) { add_cstr(b, ",\"reasoning_content\":"); add_json_str(b, m->reasoning, strlen(m->reasoning)); }
+        add_cstr(b, "}");
+    }
+    if (s != QL_OK) return s;
+    add_cstr(b, "],\"tools\":");
+    if (o->tools_json) {
+        ql_json_doc *doc = NULL;
+        s = ql_json_parse(o->tools_json, strlen(o->tools_json), "tools", &doc);
+        if (s != QL_OK) return s;
+        if (ql_json_root(doc)->type != QL_JSON_ARRAY && ql_json_root(doc)->type != QL_JSON_NULL) {
+            ql_json_free(doc);
+            return ql_fail(QL_EINVAL, "apply_chat_template: tools must be a JSON array of tool schemas");
+        }
+        s = add_json_value(b, ql_json_root(doc));
+        ql_json_free(doc);
+        if (s != QL_OK) return s;
     } else {
-        cb_str(b, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n");
+        add_cstr(b, "null");
     }
-    for (size_t i = 0; i < n; i++) {
-        if (is_role(&m[i], "user") || (is_role(&m[i], "system") && i > 0) || is_role(&m[i], "assistant")) {
-            cb_str(b, "<|im_start|>"); cb_str(b, m[i].role); cb_str(b, "\n");
-            cb_str(b, m[i].content); cb_str(b, "<|im_end|>\n");
-        } else if (is_role(&m[i], "tool")) {
-            tool_msg(b, &m[i], i, n);
-        }
-    }
-    if (o->add_generation_prompt) cb_str(b, "<|im_start|>assistant\n");
-}
-
-static int wrapped_tool_response(const char *s)
-{
-    size_t n = strlen(s), a = strlen("<tool_response>"), z = strlen("</tool_response>");
-    return n >= a && !memcmp(s, "<tool_response>", a) && n >= z && !memcmp(s + n - z, "</tool_response>", z);
-}
-
-static void qwen3(ql_strbuf *b, const ql_chat_msg *m, size_t n, const ql_chat_opts *o)
-{
-    if (n && is_role(&m[0], "system")) {
-        cb_str(b, "<|im_start|>system\n"); cb_str(b, m[0].content); cb_str(b, "<|im_end|>\n");
-    }
-    size_t last_query = n ? n - 1 : 0;
-    for (size_t k = n; k-- > 0;)
-        if (is_role(&m[k], "user") && !wrapped_tool_response(m[k].content)) { last_query = k; break; }
-    for (size_t i = 0; i < n; i++) {
-        if (is_role(&m[i], "user") || (is_role(&m[i], "system") && i > 0)) {
-            cb_str(b, "<|im_start|>"); cb_str(b, m[i].role); cb_str(b, "\n");
-            cb_str(b, m[i].content); cb_str(b, "<|im_end|>\n");
-        } else if (is_role(&m[i], "assistant")) {
-            span content = sp(m[i].content), reasoning = { "", 0 };
-            if (m[i].reasoning) {
-                reasoning = sp(m[i].reasoning);
-            } else if (memmem_first(content, "</think>")) {
-                const char *last = memmem_last(content, "</think>");
-                span after = { last + 8, (size_t)(content.p + content.n - (last + 8)) };
-                const char *first = memmem_first(content, "</think>");
-                span before = { content.p, (size_t)(first - content.p) };
-                before = rstrip_nl(before);
-                const char *th = memmem_last(before, "<think>");
-                if (th) { before.n -= (size_t)(th + 7 - before.p); before.p = th + 7; }
-                reasoning = lstrip_nl(before);
-                content = lstrip_nl(after);
-            }
-            cb_str(b, "<|im_start|>assistant\n");
-            if (i > last_query && (i + 1 == n || reasoning.n)) {
-                cb_str(b, "<think>\n");
-                cb_span(b, rstrip_nl(lstrip_nl(reasoning)));
-                cb_str(b, "\n</think>\n\n");
-                cb_span(b, lstrip_nl(content));
-            } else {
-                cb_span(b, content);
-            }
-            cb_str(b, "<|im_end|>\n");
-        } else if (is_role(&m[i], "tool")) {
-            tool_msg(b, &m[i], i, n);
-        }
-    }
-    if (o->add_generation_prompt) {
-        cb_str(b, "<|im_start|>assistant\n");
-        if (!o->enable_thinking) cb_str(b, "<think>\n\n</think>\n\n");
-    }
-}
-
-static void llama3(ql_strbuf *b, const ql_tokenizer *t, const ql_chat_msg *m, size_t n, const ql_chat_opts *o)
-{
-    const char *bos = ql_tokenizer_bos_token(t);
-    for (size_t i = 0; i < n; i++) {
-        if (i == 0 && bos) cb_str(b, bos);
-        cb_str(b, "<|start_header_id|>"); cb_str(b, m[i].role); cb_str(b, "<|end_header_id|>\n\n");
-        cb_span(b, py_strip(sp(m[i].content)));
-        cb_str(b, "<|eot_id|>");
-    }
-    if (o->add_generation_prompt) cb_str(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    add_cstr(b, ",\"documents\":null,\"add_generation_prompt\":");
+    add_cstr(b, o->add_generation_prompt ? "true" : "false");
+    add_token_var(b, "bos_token", ql_tokenizer_bos_token(t));
+    add_token_var(b, "eos_token", ql_tokenizer_eos_token(t));
+    add_token_var(b, "unk_token", ql_tokenizer_unk_token(t));
+    add_token_var(b, "pad_token", ql_tokenizer_pad_token(t));
+    add_cstr(b, ",\"enable_thinking\":");
+    add_cstr(b, o->enable_thinking ? "true" : "false");
+    if (o->vars_json) s = add_members(b, o->vars_json, "template variables");
+    add_cstr(b, "}");
+    return s;
 }
 
 ql_status ql_tokenizer_apply_chat(const ql_tokenizer *t, const ql_chat_msg *msgs, size_t n,
@@ -177,25 +179,30 @@ ql_status ql_tokenizer_apply_chat(const ql_tokenizer *t, const ql_chat_msg *msgs
 {
     *out = NULL;
     if (out_len) *out_len = 0;
-    ql_chat_opts dflt = { 0, 1 };
+    ql_chat_opts dflt = { 0, 1, NULL, NULL, 0 };
     if (!opts) opts = &dflt;
+    const char *tmpl = ql_tokenizer_chat_template(t);
+    if (!tmpl)
+        return ql_fail(QL_EUNSUPPORTED, "apply_chat_template: the tokenizer has no chat_template (no chat_template.jinja "
+                       "beside it, and tokenizer_config.json missing or without one)");
     for (size_t i = 0; i < n; i++)
-        if (!msgs[i].role || !msgs[i].content)
+        if (!msgs[i].json && (!msgs[i].role || !msgs[i].content))
             return ql_fail(QL_EINVAL, "apply_chat_template: message %zu needs a role and a content string", i + 1);
     ql_strbuf b = { 0 };
-    ql_strbuf_add(&b, "", 0);
-    switch (ql_tokenizer_chat_family(t)) {
-    case QL_CHAT_CHATML: chatml(&b, msgs, n, opts); break;
-    case QL_CHAT_QWEN3: qwen3(&b, msgs, n, opts); break;
-    case QL_CHAT_LLAMA3: llama3(&b, t, msgs, n, opts); break;
-    default:
-        free(b.p);
-        return ql_fail(QL_EUNSUPPORTED, "apply_chat_template: %s; supported are the ChatML (Qwen2.5), Qwen3 and "
-                       "Llama 3 templates", ql_tokenizer_chat_template(t) ? "this model's chat template is not one we "
-                       "recognise" : "the tokenizer has no chat_template (tokenizer_config.json missing or without one)");
+    ql_status s = build_vars(t, msgs, n, opts, &b);
+    if (s == QL_OK && b.oom) s = ql_fail(QL_ENOMEM, "apply_chat_template: out of memory");
+    if (s != QL_OK) { free(b.p); return s; }
+    ql_json_doc *vars = NULL;
+    s = ql_json_parse(b.p, b.n, "chat template variables", &vars);
+    free(b.p);
+    if (s != QL_OK) return s;
+    ql_jinja *j = NULL;
+    s = ql_jinja_parse(tmpl, strlen(tmpl), "chat_template", &j);
+    if (s == QL_OK) {
+        ql_jinja_opts jo = { opts->now };
+        s = ql_jinja_render(j, ql_json_root(vars), &jo, out, out_len);
     }
-    if (b.oom) { free(b.p); return ql_fail(QL_ENOMEM, "apply_chat_template: out of memory"); }
-    *out = b.p;
-    if (out_len) *out_len = b.n;
-    return QL_OK;
+    ql_jinja_free(j);
+    ql_json_free(vars);
+    return s;
 }

@@ -52,7 +52,7 @@ T.test("special tokens and config", function()
   T.eq(tok:token_to_id("<|im_start|>"), 151644)
   T.eq(tok:id_to_token(151644), "<|im_start|>")
   T.eq(tok:decode({ 151644, 872, 198, 6023, 151645 }, { skip_special = true }), "user\nhi")
-  T.eq(tok.chat_family, "chatml")
+  T.truthy(tok.chat_template and tok.chat_template:find("im_start", 1, true))
   T.eq(load("llama3.1").bos_id, 128000)
 end)
 
@@ -68,4 +68,48 @@ T.test("errors", function()
   t2:close()
   T.raises(function() t2:encode("x") end, "after close")
   T.raises(function() load("gpt2"):apply_chat_template({ { role = "user", content = "x" } }) end, "chat_template")
+end)
+
+-- every template of tests/fixtures/chat_templates/golden.json (tests/gen/gen_chat_templates.py,
+-- transformers' apply_chat_template), rendered by the Jinja interpreter; the file templates are
+-- loaded as chat_template.jinja beside a tiny tokenizer.json, with the model's special tokens
+T.test("chat templates as Jinja match transformers", function()
+  local golden = assert(qlora.json.decode(assert(io.open(T.fixture("chat_templates/golden.json"), "rb")):read("a")))
+  local toks = {}
+  for name, spec in pairs(golden.templates) do
+    if spec.tokenizer then
+      toks[name] = assert(tokenizer.load(T.fixture(spec.tokenizer)))
+    else
+      local dir = T.tmpdir() .. "/" .. name
+      assert(qlora.sys.mkdir(dir))
+      assert(qlora.sys.write_file(dir .. "/tokenizer.json", '{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}'))
+      local cfg = { chat_template = "overridden by chat_template.jinja" }
+      for k, v in pairs(spec.tokens) do cfg[k] = v end
+      assert(qlora.sys.write_file(dir .. "/tokenizer_config.json", qlora.json.encode(cfg)))
+      local fh = assert(io.open(T.fixture("chat_templates/" .. spec.file), "rb"))
+      assert(qlora.sys.write_file(dir .. "/chat_template.jinja", fh:read("a")))
+      fh:close()
+      toks[name] = assert(tokenizer.load(dir))
+    end
+  end
+  local n = 0
+  for _, c in ipairs(golden.cases) do
+    local opts = { add_generation_prompt = c.add_generation_prompt, enable_thinking = c.enable_thinking,
+                   tools = c.tools and golden.tools or nil, now = golden.now }
+    local conv = golden.conversations[c.conv + 1]
+    local label = c.template .. " conversation " .. c.conv
+    if c.error then
+      T.raises(function() toks[c.template]:apply_chat_template(conv, opts) end, c.error:gsub("%p", "%%%0"))
+    else
+      T.eq(toks[c.template]:apply_chat_template(conv, opts), c.expected, label)
+    end
+    n = n + 1
+  end
+  T.truthy(n >= 100, "golden cases: " .. n)
+  -- the assistant tokens of a training record come from the same rendering
+  local ids, labels = qlora.train.encode_record(toks["qwen3"], { messages = golden.conversations[3] })
+  T.truthy(ids, labels)
+  local kept = {}
+  for i, l in ipairs(labels) do if l ~= -100 then kept[#kept + 1] = ids[i] end end
+  T.truthy(#kept > 0 and #kept < #ids)
 end)
