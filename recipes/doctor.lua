@@ -1,4 +1,4 @@
--- recipes/doctor.lua — `qlora doctor`: can this machine train with this qlora?
+-- recipes/doctor.lua — the GPU checklist (`qlora doctor`): can this machine train with this qlora?
 --
 -- Prints a checklist: the build, the driver and runtime, then each GPU: compute
 -- capability, memory, bf16, and whether a kernel of this binary actually runs
@@ -15,7 +15,12 @@
 --   5  the NVIDIA driver is too old for this binary's CUDA runtime
 --   6  a GPU is present but cannot run this binary's kernels (architecture missing)
 --   1  doctor itself failed (a bug: please report it)
+local S = require("qlora.settings")
+S.parse(args, {})   -- no settings: --help prints this header, anything else is refused
 local device = qlora.device
+-- where the GPU cannot be used: the command that trains on the CPU instead
+local cpu_hint = "train on the CPU with device=cpu (" .. S.program() .. " recipes/train.lua ... device=cpu, or " ..
+                 S.program() .. " recipes/full.lua ... device=cpu; device=auto, the default, picks the CPU by itself)"
 local build = qlora.sys.build()
 local r = device.probe()
 
@@ -59,7 +64,7 @@ if not r.cuda_built then
        (wsl_info and "install the CUDA Toolkit 12.8 or newer for WSL (NVIDIA's WSL-Ubuntu repository, package cuda-toolkit-12-8; " ..
                      "never `cuda` or `cuda-drivers`, which bring a Linux driver)"
                   or "install the CUDA Toolkit 12.8 or newer (nvcc)") ..
-       ", then rebuild with ./setup.sh; CPU training works meanwhile")
+       ", then rebuild with ./setup.sh; meanwhile " .. cpu_hint)
   print("exit 3: CPU-only build")
   os.exit(3)
 end
@@ -78,7 +83,7 @@ line(true, "CUDA runtime " .. ver(r.runtime_version) .. ", cuBLASLt " .. tostrin
 if r.driver_version == 0 then
   line(false, "NVIDIA driver: none found (" .. (r.count_error_msg ~= "" and r.count_error_msg or "libcuda not loaded") .. ")",
        driver_fix(select(2, wsl.windows_driver_ok("0", r.runtime_version))) or
-       "install the NVIDIA driver (" .. (min_driver[r.runtime_version] or "recent") .. " or newer) if this machine has an NVIDIA GPU; otherwise use device=cpu")
+       "install the NVIDIA driver (" .. (min_driver[r.runtime_version] or "recent") .. " or newer) if this machine has an NVIDIA GPU; otherwise " .. cpu_hint)
   print("exit 4: no GPU driver")
   os.exit(4)
 end
@@ -91,7 +96,7 @@ if not driver_ok then print("exit 5: driver too old"); os.exit(5) end
 
 if r.device_count == 0 then
   line(false, "no CUDA GPU visible (" .. (r.count_error_msg ~= "" and r.count_error_msg or "0 devices") .. ")",
-       "check nvidia-smi and CUDA_VISIBLE_DEVICES; otherwise train with device=cpu")
+       "check nvidia-smi and CUDA_VISIBLE_DEVICES; otherwise " .. cpu_hint)
   print("exit 4: no GPU")
   os.exit(4)
 end

@@ -1,7 +1,7 @@
 -- recipes/export_gguf.lua — a merged Hugging Face model to GGUF for llama.cpp and Ollama.
 --
---   qlora recipes/export_gguf.lua model=models/qwen-docs out=models/qwen-docs.gguf [type=f16|bf16|q8_0]
---        [tokenizer=DIR] [name=NAME] [modelfile=true]
+--   bin/qlora recipes/export_gguf.lua model=models/qwen-docs out=models/qwen-docs.gguf type=q8_0
+--   bin/qlora recipes/export_gguf.lua --help    every setting, its default and choices
 --
 -- Qwen2/2.5 (arch qwen2), Llama 2/3.x and Mistral (arch llama). The weights are
 -- streamed one tensor at a time from the mapped safetensors; the file is written
@@ -9,15 +9,25 @@
 -- template in Ollama's Go-template form, stop tokens); then:
 --   ollama create qwen-docs -f models/Modelfile      llama-cli -m models/qwen-docs.gguf -cnv
 local E = require("qlora.gguf_export")
-local model = args.model or error("model=path/to/merged-model is required", 0)
-local out = args.out or (model:gsub("/+$", "") .. ".gguf")
-local res, err = E.export { model = model, out = out, type = args.type or "f16", tokenizer = args.tokenizer,
-                            name = args.name, log = function(s) io.stderr:write("\r" .. s); io.stderr:flush() end }
+local S = require("qlora.settings")
+local SETTINGS = {
+  { "model", "model", nil, "a merged Hugging Face model folder (recipes/merge.lua's out=)", required = true },
+  { "out", "path", nil, "the GGUF file (default: <model>.gguf)" },
+  { "type", "enum", "f16", "tensor type in the file", choices = { "f16", "bf16", "q8_0" } },
+  { "tokenizer", "tokenizer", nil, "tokenizer folder (default: the model's)" },
+  { "name", "string", nil, "general.name in the file (default: the folder's name)" },
+  { "modelfile", "bool", true, "write an Ollama Modelfile beside the GGUF" },
+}
+local cfg = S.parse(args, SETTINGS)
+local model = cfg.model
+local out = cfg.out or (model:gsub("/+$", "") .. ".gguf")
+local res, err = E.export { model = model, out = out, type = cfg.type, tokenizer = cfg.tokenizer,
+                            name = cfg.name, log = function(s) io.stderr:write("\r" .. s); io.stderr:flush() end }
 io.stderr:write("\n")
 if not res then io.stderr:write("export_gguf: " .. err .. "\n"); os.exit(1) end
 print(string.format("export_gguf: %s, %d tensors, %s, %.1f MB (%.1f s) -> %s", res.arch, res.tensors,
-                    args.type or "f16", (qlora.sys.size(out) or 0) / 1e6, res.seconds, out))
-if args.modelfile ~= "false" then
+                    cfg.type, (qlora.sys.size(out) or 0) / 1e6, res.seconds, out))
+if cfg.modelfile then
   local path = (out:match("^(.*)/[^/]+$") or ".") .. "/Modelfile"
   local okw, werr = qlora.sys.write_file(path, E.modelfile(out, res.chat_template))
   if not okw then io.stderr:write("export_gguf: " .. werr .. "\n"); os.exit(1) end

@@ -1,33 +1,46 @@
 -- recipes/full.lua — the whole job, PDFs to a fine-tuned model:
 --   PDF -> Markdown -> cleaned Markdown -> token-bounded chunks (JSONL) -> QLoRA training -> merged model
 --
---   qlora recipes/full.lua                                   a smoke run on the bundled samples
---   qlora recipes/full.lua model=models/Qwen2.5-7B pdfs=data/raw_pdfs out=runs/docs
+--   bin/qlora recipes/full.lua                                   a smoke run on the bundled samples
+--   bin/qlora recipes/full.lua model=models/Qwen2.5-7B pdfs=data/raw_pdfs out=runs/docs
+--   bin/qlora recipes/full.lua --help                            every setting, its default and range
 --
--- Copy this file to customise it per corpus: the table below is the whole
--- configuration, and any key=value argument overrides an entry. Every stage is
--- incremental: its outputs are reused when they are newer than its inputs, so a
--- rerun after adding PDFs redoes only what changed.
-local config = {
-  pdfs = nil,               -- folder of PDFs (default: recipes/samples, the smoke run)
-  work = nil,               -- intermediate files (default: <out>/data)
-  out = "runs/full",        -- where the run, its adapter and the merged model go
-  model = nil,              -- a Hugging Face model folder; nil: a tiny random model (smoke run)
-  quant = "nf4",            -- base weights while training: nf4 or none
-  max_tokens = 512,         -- chunk size in tokens
-  seq_len = 512, batch = 4, accum = 1, lr = 2e-4, epochs = 1, steps = nil,
-  r = 16, alpha = 32, dropout = 0.05,
-  save_every = 100, eval_every = 0,
-  device = "auto",          -- auto: the GPU when `qlora doctor` passes, else the CPU; or cpu, cuda, cuda:N
-  gguf = nil,               -- f16, bf16 or q8_0: also export the merged model to GGUF + an Ollama Modelfile
+-- Copy this file to customise it per corpus: SETTINGS below is the whole configuration
+-- (the defaults are the third column), and any key=value argument, or config=FILE.lua,
+-- overrides an entry. Every stage writes its settings and the identity of its inputs
+-- beside its output (NAME.manifest.json) and is redone only when one of them changed,
+-- saying which; an interrupted training run is resumed.
+local S = require("qlora.settings")
+local SETTINGS = {
+  { "pdfs", "dir", nil, "folder of PDFs (default: recipes/samples, the smoke run)" },
+  { "work", "path", nil, "intermediate files (default: <out>/data)" },
+  { "out", "path", "runs/full", "where the run, its adapter and the merged model go" },
+  { "model", "model", nil, "a Hugging Face model folder (default: a tiny random model, the smoke run)" },
+  { "quant", "enum", "nf4", "base weights while training", choices = { "nf4", "none" } },
+  { "max_tokens", "int", 512, "chunk size in tokens", min = 8 },
+  { "seq_len", "int", 512, "tokens per packed training row", min = 2 },
+  { "batch", "int", 4, "rows per micro-batch", min = 1 },
+  { "accum", "int", 1, "micro-batches per optimizer step", min = 1 },
+  { "lr", "number", 2e-4, "peak learning rate", min = 0 },
+  { "epochs", "number", 1, "passes over the data (when steps= is not given)", min = 0 },
+  { "steps", "int", nil, "optimizer steps (default: from epochs=)", min = 1 },
+  { "r", "int", 16, "LoRA rank", min = 1 },
+  { "alpha", "number", 32, "LoRA alpha", min = 0 },
+  { "dropout", "number", 0.05, "LoRA dropout", min = 0, max = 0.99 },
+  { "save_every", "int", 100, "checkpoint every N steps (0: only at the end)", min = 0 },
+  { "eval_every", "int", 0, "evaluate the held-out split every N steps (0: only at the end)", min = 0 },
+  { "device", "enum", "auto", "auto (the GPU when doctor passes, else the CPU), cpu, cuda or cuda:N",
+    choices = { "auto", "cpu", "cuda" }, pattern = "^cuda:%d+$", shown = "auto|cpu|cuda|cuda:N" },
+  { "gguf", "enum", nil, "also export the merged model to GGUF (+ an Ollama Modelfile)", choices = { "f16", "bf16", "q8_0" } },
+  { "overwrite", "bool", false, "replace a training run in <out>/train that this recipe did not record" },
 }
+local config, given = S.parse(args, SETTINGS)
 
-local sys = qlora.sys
-for k, v in pairs(args) do
-  if type(k) == "string" then config[k] = v end
-end
+local sys, mf = qlora.sys, require("qlora.manifest")
+-- the other recipes, the samples: beside this file, or (for a copy made with `qlora cp`) the installed ones
 local here = (arg[0]:match("^(.*)/[^/]*$") or ".")
-local qlora_bin = arg[-1] or "qlora"
+if not sys.exists(here .. "/pdf_to_md.lua") then here = require("qlora.recipes").dir() or here end
+local qlora_bin = S.program()
 local smoke = config.model == nil
 config.pdfs = config.pdfs or (here .. "/samples")
 config.work = config.work or (config.out .. "/data")
@@ -46,9 +59,13 @@ local function stage(name, cmd)
   print(string.format("   %s done in %.1f s", name, sys.now() - t0))
 end
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local function newer(a, b)   -- a exists and is at least as new as b
-  local ta, tb = sys.mtime(a), sys.mtime(b)
-  return ta ~= nil and tb ~= nil and ta >= tb
+-- a stage's command line from a table of settings (sorted, so the manifest and the command agree)
+local function command(recipe, settings)
+  local keys, parts = {}, { q(qlora_bin), q(here .. "/" .. recipe) }
+  for k in pairs(settings) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. q(settings[k]) end
+  return table.concat(parts, " ")
 end
 
 if smoke then
@@ -57,53 +74,80 @@ if smoke then
     qlora.llm.random_model(config.model, { tokenizer = here .. "/../tests/fixtures/tokenizers/gpt2", layers = 2, hidden = 64,
                                            heads = 4, kv_heads = 2 })
   end
-  config.seq_len, config.batch, config.max_tokens = 128, 2, 96
-  config.steps = config.steps or 20
-  config.lr = 3e-3
+  -- small shapes for the tiny model, unless given
+  for k, v in pairs({ seq_len = 128, batch = 2, max_tokens = 96, steps = 20, lr = 3e-3 }) do
+    if not given[k] then config[k] = v end
+  end
   print("full: SMOKE RUN — no model= given, so the pipeline runs end to end on the bundled sample PDFs with a tiny")
   print("      model of random weights made on the fly (" .. config.model .. "). Its text is noise by construction.")
-  print("      For the real thing: qlora recipes/full.lua model=path/to/Qwen2.5-7B pdfs=path/to/pdfs")
+  print("      For the real thing: " .. qlora_bin .. " " .. arg[0] .. " model=path/to/Qwen2.5-7B pdfs=path/to/pdfs")
 end
 
 local md, clean, chunks = config.work .. "/md", config.work .. "/clean", config.work .. "/chunks.jsonl"
-stage("pdf_to_md", string.format("%s %s/pdf_to_md.lua src=%s dst=%s", q(qlora_bin), here, q(config.pdfs), q(md)))
-stage("clean", string.format("%s %s/clean.lua src=%s dst=%s", q(qlora_bin), here, q(md), q(clean)))
-stage("chunk", string.format("%s %s/chunk.lua src=%s dst=%s max_tokens=%s tokenizer=%s", q(qlora_bin), here, q(clean),
-                             q(chunks), config.max_tokens, q(config.model)))
+-- these three stages keep their own manifests (see each recipe)
+stage("pdf_to_md", command("pdf_to_md.lua", { src = config.pdfs, dst = md }))
+stage("clean", command("clean.lua", { src = md, dst = clean }))
+stage("chunk", command("chunk.lua", { src = clean, dst = chunks, max_tokens = config.max_tokens, tokenizer = config.model }))
 
+-- training: reused when the settings, the data and the model are those recorded in
+-- train.manifest.json and the run finished; resumed when it did not finish; else redone
 local run = config.out .. "/train"
-if newer(run .. "/adapter/adapter_model.safetensors", chunks) then
-  print("== train: " .. run .. "/adapter is newer than the data; reusing it")
+local targs = { model = config.model, data = chunks, out = run, quant = config.quant, seq_len = config.seq_len,
+                batch = config.batch, accum = config.accum, lr = config.lr, r = config.r, alpha = config.alpha,
+                dropout = config.dropout, eval_every = config.eval_every }
+if config.steps then targs.steps = config.steps else targs.epochs = config.epochs end
+local inputs = mf.files({ chunks })
+for p, id in pairs(mf.files({ config.model })) do inputs[p] = id end
+local want = mf.new("train", targs, inputs)
+local rec = mf.read(run)
+local why = mf.diff(rec, want)
+local last = qlora.train.latest_checkpoint(run)
+local extra = { save_every = config.save_every, device = config.device }
+if not why and rec.complete and sys.exists(run .. "/adapter/adapter_model.safetensors") then
+  print("== train: " .. run .. " finished with the same settings, data and model; reusing it")
 else
-  local extra = config.steps and (" steps=" .. config.steps) or (" epochs=" .. config.epochs)
-  local resume = ""
-  -- an interrupted run continues from its newest complete checkpoint (checkpoint-N.tmp
-  -- leftovers of a failed save are not checkpoints)
-  local last = qlora.train.latest_checkpoint(run)
-  if last and newer(last .. "/trainer_state.json", chunks) then resume = " resume=" .. q(last) end
-  stage("train", string.format("%s %s/train.lua model=%s data=%s out=%s quant=%s seq_len=%s batch=%s accum=%s lr=%s "
-    .. "r=%s alpha=%s dropout=%s save_every=%s eval_every=%s device=%s%s%s", q(qlora_bin), here, q(config.model), q(chunks),
-    q(run), config.quant, config.seq_len, config.batch, config.accum, config.lr, config.r, config.alpha, config.dropout,
-    config.save_every, config.eval_every, q(config.device), extra, resume))
+  if not why and last then
+    extra.resume = last
+    print("== train: resuming the unfinished run from " .. last)
+  elseif #qlora.train.run_outputs(run) > 0 then
+    if not rec and not config.overwrite then
+      io.stderr:write("full: " .. run .. " holds a training run that this recipe did not record (no " .. mf.path(run) ..
+                      "); use another out=, or overwrite=true to replace it\n")
+      os.exit(2)
+    end
+    extra.overwrite = true
+    print("== train: training again, replacing the earlier run: " .. (why or "it did not finish"))
+  end
+  assert(mf.write(run, want, false))
+  for k, v in pairs(extra) do targs[k] = v end
+  stage("train", command("train.lua", targs))
+  for k in pairs(extra) do targs[k] = nil end
+  assert(mf.write(run, want, true))
 end
 
 local merged = config.out .. "/merged"
-if newer(merged .. "/config.json", run .. "/adapter/adapter_model.safetensors") then
+local mwant = mf.new("merge", { model = config.model }, mf.files({ config.model, run .. "/adapter" }))
+local mwhy = not sys.exists(merged .. "/config.json") and "no merged model yet" or mf.diff(mf.read(merged), mwant)
+if not mwhy then
   print("== merge: " .. merged .. " is up to date")
 else
-  stage("merge", string.format("%s %s/merge.lua model=%s adapter=%s out=%s", q(qlora_bin), here, q(config.model),
-                               q(run .. "/adapter"), q(merged)))
+  print("== merge: " .. mwhy)
+  stage("merge", command("merge.lua", { model = config.model, adapter = run .. "/adapter", out = merged }))
+  assert(mf.write(merged, mwant))
 end
 
 if config.gguf then
   local gguf = config.out .. "/model.gguf"
-  if newer(gguf, merged .. "/config.json") then
+  local gwant = mf.new("gguf", { type = config.gguf }, mf.files({ merged }))
+  local gwhy = mf.why(gguf, gwant)
+  if not gwhy then
     print("== gguf: " .. gguf .. " is up to date")
   else
-    stage("gguf", string.format("%s %s/export_gguf.lua model=%s out=%s type=%s", q(qlora_bin), here, q(merged), q(gguf),
-                                q(config.gguf)))
+    print("== gguf: " .. gwhy)
+    stage("gguf", command("export_gguf.lua", { model = merged, out = gguf, type = config.gguf }))
+    assert(mf.write(gguf, gwant))
   end
 end
 
 print(string.format("full: done. Merged model: %s; loss curve: %s/loss.svg; metrics: %s/metrics.jsonl", merged, run, run))
-print(string.format("      try it: qlora -e 'qlora.llm.load(%q):generate(\"Hello\", {max_new_tokens = 20})'", merged))
+print(string.format("      try it: %s -e 'qlora.llm.load(%q):generate(\"Hello\", {max_new_tokens = 20})'", qlora_bin, merged))

@@ -1,6 +1,7 @@
 -- recipes/merge.lua — an adapter merged into its base model, as a new HF model folder.
 --
---   qlora recipes/merge.lua model=path/to/Qwen2.5-7B adapter=runs/x/adapter out=models/qwen-docs
+--   bin/qlora recipes/merge.lua model=path/to/Qwen2.5-7B adapter=runs/x/adapter out=models/qwen-docs
+--   bin/qlora recipes/merge.lua --help          the settings
 --
 -- Merges into the original bf16/f16 weights of model= (never the NF4 copy used for
 -- training), streaming shard by shard. When model= is a 4-bit (bitsandbytes)
@@ -8,9 +9,14 @@
 -- Writes safetensors shards (+ index), config.json and the tokenizer files. An existing
 -- out= folder is replaced only when it holds a previous merge (anything else is refused,
 -- never deleted); an adapter with NaN or Inf values is refused; Ctrl-C stops cleanly.
-local base = args.model or error("model=path/to/base-model is required", 0)
-local adapter = args.adapter or error("adapter=path/to/adapter is required", 0)
-local out = args.out or error("out=path/for/the/merged/model is required", 0)
+local S = require("qlora.settings")
+local SETTINGS = {
+  { "model", "model", nil, "the base model folder the adapter was trained on", required = true },
+  { "adapter", "dir", nil, "the adapter folder (runs/x/adapter or runs/x/checkpoint-N)", required = true },
+  { "out", "path", nil, "the folder for the merged model (a previous merge there is replaced)", required = true },
+}
+local cfg = S.parse(args, SETTINGS)
+local base, adapter, out = cfg.model, cfg.adapter, cfg.out
 local model, err = qlora.model.load(base, { quant = "none" })
 if not model then io.stderr:write("merge: " .. err .. "\n"); os.exit(2) end
 local lo, lerr = qlora.lora.load(model, adapter)

@@ -1,10 +1,10 @@
 -- recipes/pdf_to_md.lua — PDFs to Markdown, one .md per .pdf.
 --
---   qlora recipes/pdf_to_md.lua src=data/raw_pdfs dst=data/md [page_markers=true]
---        [threads=N] [password=...] [use_outline=true] [keep_furniture=false] [force=false]
---        [timeout=120]
+--   bin/qlora recipes/pdf_to_md.lua src=data/raw_pdfs dst=data/md
+--   bin/qlora recipes/pdf_to_md.lua --help      every setting, its default and range
 --
--- Incremental: a .md newer than its .pdf is skipped (force=true redoes all).
+-- Incremental: a PDF whose size and time are those recorded in dst.manifest.json
+-- when it was converted is skipped, unless a setting changed (force=true redoes all).
 -- Parallel over files; a progress bar with pages/s shows on a terminal. A file
 -- that fails (encrypted, corrupt, scanned) is reported with its reason and the
 -- run goes on; so is a file that takes longer than timeout= seconds (0: no
@@ -12,36 +12,44 @@
 -- text is damaged (pages without a Unicode mapping: garbage that needs OCR;
 -- files MuPDF had to repair; pages with errors) are named with a warning.
 -- The summary at the end counts them all. Exit status 1 when any failed.
-local pdf, sys = qlora.pdf, qlora.sys
-
-local function flag(v, default)
-  if v == nil then return default end
-  return v == "true" or v == "1" or v == "yes"
-end
-local src = args.src or "data/raw_pdfs"
-local dst = args.dst or "data/md"
-if args.threads then sys.threads(tonumber(args.threads)) end
-local opts = {
-  page_markers = flag(args.page_markers, true),
-  use_outline = flag(args.use_outline, true),
-  keep_furniture = flag(args.keep_furniture, false),
-  password = args.password,
-  timeout = tonumber(args.timeout or "120"),
+local S = require("qlora.settings")
+local SETTINGS = {
+  { "src", "dir", "data/raw_pdfs", "folder of PDFs (searched recursively)", stamp = false },
+  { "dst", "path", "data/md", "folder for the Markdown files", stamp = false },
+  { "page_markers", "bool", true, "mark page starts (<!-- page N -->) for chunk page ranges" },
+  { "use_outline", "bool", true, "heading levels from the PDF's outline when it has one" },
+  { "keep_furniture", "bool", false, "keep running headers, footers and page numbers" },
+  { "password", "string", nil, "password of encrypted PDFs", stamp = false },
+  { "timeout", "number", 120, "seconds per file at most (0: no limit)", min = 0, stamp = false },
+  { "threads", "int", nil, "parallel files (default: all cores)", min = 1, stamp = false },
+  { "force", "bool", false, "convert every file again", stamp = false },
 }
-if not opts.timeout or opts.timeout < 0 then
-  io.stderr:write("pdf_to_md: timeout= must be a number of seconds (0: no limit), not '" .. tostring(args.timeout) .. "'\n")
-  os.exit(2)
-end
+local cfg = S.parse(args, SETTINGS)
+local pdf, sys = qlora.pdf, qlora.sys
+local src, dst = cfg.src, cfg.dst
+if cfg.threads then sys.threads(cfg.threads) end
+local opts = { page_markers = cfg.page_markers, use_outline = cfg.use_outline, keep_furniture = cfg.keep_furniture,
+               password = cfg.password, timeout = cfg.timeout }
 
 local files, err = pdf.list_files(src, ".pdf")
 if not files then io.stderr:write("pdf_to_md: " .. err .. "\n"); os.exit(2) end
-local jobs, skipped = {}, 0
+-- per file: converted again when its PDF changed (size or time) or its .md is missing;
+-- all of them when a setting changed (dst.manifest.json records both)
+local mf = require("qlora.manifest")
+local want = mf.new("pdf_to_md", S.stamp(cfg, SETTINGS), mf.files(files))
+local old = mf.read(dst)
+local settings_why = old and mf.diff({ settings = old.settings, inputs = {} }, { settings = want.settings, inputs = {} })
+if cfg.force then settings_why = "force=true" end
+if settings_why then print("pdf_to_md: converting every file: " .. settings_why) end
+local jobs, skipped, done = {}, 0, {}
 for _, f in ipairs(files) do
   local rel = f:sub(#src + 2):gsub("%.[Pp][Dd][Ff]$", ".md")
   local out = dst .. "/" .. rel
-  local tin, tout = sys.mtime(f), sys.mtime(out)
-  if not flag(args.force, false) and tout and tin and tout >= tin then
+  local rec = old and old.inputs[f]
+  local id = want.inputs[f]
+  if not settings_why and rec and rec.size == id.size and rec.mtime_ms == id.mtime_ms and sys.exists(out) then
     skipped = skipped + 1
+    done[f] = id
   else
     local dir = out:match("^(.*)/[^/]*$")
     if dir then assert(sys.mkdir(dir)) end
@@ -73,6 +81,11 @@ for _, r in ipairs(results) do
     if r.timeout then timed_out = timed_out + 1 end
   end
 end
+-- the manifest records the files converted now or before (failed ones are tried again next time)
+for _, r in ipairs(results) do if r.ok then done[r.src] = want.inputs[r.src] end end
+want.inputs = done
+assert(sys.mkdir(dst))
+assert(mf.write(dst, want))
 for _, r in ipairs(failed) do io.stderr:write((r.timeout and "timed out: " or "failed: ") .. r.error .. "\n") end
 print(string.format("pdf_to_md: %d converted (%d pages, %.1f s, %.0f pages/s), %d up to date, %d failed%s%s",
   ok, pages, seconds, seconds > 0 and pages / seconds or 0, skipped, #failed,

@@ -1,54 +1,96 @@
 -- recipes/train.lua — QLoRA fine-tuning of a Hugging Face model on JSONL data.
 --
---   qlora recipes/train.lua model=path/to/Qwen2.5-7B data=data/chunks.jsonl out=runs/qwen-docs
---       [quant=nf4|none] [r=16] [alpha=32] [dropout=0.05] [targets=all|q_proj,v_proj,...]
---       [seq_len=512] [batch=4] [accum=4] [lr=2e-4] [warmup=0.03] [schedule=cosine|linear|constant]
---       [epochs=1] [steps=N] [weight_decay=0] [max_grad_norm=1.0] [eval_fraction=0.05]
---       [save_every=100] [eval_every=50] [checkpointing=false|true] [seed=0] [threads=N]
---       [device=auto|cpu|cuda|cuda:N]
---       [resume=runs/qwen-docs/checkpoint-100]
+--   bin/qlora recipes/train.lua model=path/to/Qwen2.5-7B data=data/chunks.jsonl out=runs/qwen-docs
+--   bin/qlora recipes/train.lua --help          every setting, its default and range (from SETTINGS below)
 --
 -- Data: {"text": ...}, {"messages": [...]} (chat template; only assistant turns are
 -- trained) or {"instruction", "input", "output"} records. Writes out/metrics.jsonl
--- (one line per step), out/checkpoint-N/ (adapter, optimizer state, trainer state;
--- resume= continues exactly), out/adapter/ (PEFT files) and out/loss.svg.
--- Ctrl-C saves a checkpoint and stops. device=auto (the default) trains on the GPU when
--- `qlora doctor` would pass (a CUDA build, a GPU, a kernel that runs on it), else on the
+-- (one line per step, a new file per run; a resumed run continues it), out/checkpoint-N/
+-- (adapter, optimizer state, trainer state; resume= continues exactly), out/adapter/
+-- (PEFT files) and out/loss.svg. An out= that holds another run is refused unless
+-- resume= continues it or overwrite=true replaces it. Ctrl-C saves a checkpoint and
+-- stops. device=auto trains on the GPU when `qlora doctor` would pass, else on the
 -- CPU reference; checkpoints resume on either. On a GPU, checkpointing defaults to true.
-local function flag(v, d) if v == nil then return d end return v == "true" or v == "1" or v == "yes" end
-local model_dir = args.model or error("model=path/to/hf-model is required", 0)
-local data = args.data or error("data=path/to/file.jsonl is required", 0)
-local out = args.out or "runs/qlora"
-if args.threads then qlora.sys.threads(tonumber(args.threads)) end
+local S = require("qlora.settings")
+local SETTINGS = {
+  { "model", "model", nil, "a Hugging Face model folder (config.json, safetensors, tokenizer)", required = true },
+  { "data", "file", nil, "training data: a JSONL file", required = true },
+  { "out", "path", "runs/qlora", "the run folder: metrics, checkpoints, adapter, plot" },
+  { "tokenizer", "tokenizer", nil, "tokenizer folder or tokenizer.json (default: the model's)" },
+  { "base_name", "string", nil, "base model name written into adapter_config.json (default: model=)" },
+  { "quant", "enum", "nf4", "base weights while training", choices = { "nf4", "none" } },
+  { "r", "int", 16, "LoRA rank", min = 1 },
+  { "alpha", "number", 32, "LoRA alpha (scale alpha/r)", min = 0 },
+  { "dropout", "number", 0, "LoRA dropout", min = 0, max = 0.99 },
+  { "rslora", "bool", false, "rank-stabilised LoRA scaling (alpha/sqrt(r))" },
+  { "targets", "string", "all", "all, or projections separated by commas (q_proj,v_proj,...)" },
+  { "seq_len", "int", 512, "tokens per packed row", min = 2 },
+  { "batch", "int", 4, "rows per micro-batch", min = 1 },
+  { "accum", "int", 1, "micro-batches per optimizer step", min = 1 },
+  { "lr", "number", 2e-4, "peak learning rate", min = 0 },
+  { "warmup", "number", 0.03, "warmup: a fraction of the steps (< 1) or a number of steps", min = 0 },
+  { "schedule", "enum", "cosine", "learning-rate schedule", choices = { "cosine", "linear", "constant" } },
+  { "epochs", "number", 1, "passes over the data (when steps= is not given)", min = 0 },
+  { "steps", "int", nil, "optimizer steps (default: from epochs=)", min = 1 },
+  { "weight_decay", "number", 0, "AdamW weight decay", min = 0 },
+  { "max_grad_norm", "number", 1.0, "gradient clipping (0: none)", min = 0 },
+  { "eval_fraction", "number", 0.05, "share of the records held out for evaluation", min = 0, max = 0.9 },
+  { "eval_every", "int", 0, "evaluate every N steps (0: only at the end)", min = 0 },
+  { "save_every", "int", 100, "checkpoint every N steps (0: only at the end)", min = 0, stamp = false },
+  { "checkpointing", "bool", nil, "activation checkpointing (default: true on a GPU, false on the CPU)" },
+  { "seed", "int", 0, "seed of the data order, split, LoRA init and dropout" },
+  { "device", "enum", "auto", "auto (the GPU when doctor passes), cpu, cuda or cuda:N", choices = { "auto", "cpu", "cuda" },
+    pattern = "^cuda:%d+$", shown = "auto|cpu|cuda|cuda:N" },
+  { "threads", "int", nil, "CPU threads (default: all cores)", min = 1, stamp = false },
+  { "resume", "dir", nil, "a checkpoint folder to continue from (out/checkpoint-N)", stamp = false },
+  { "overwrite", "bool", false, "replace the training output already in out=", stamp = false },
+}
+local cfg = S.parse(args, SETTINGS)
+local model_dir, data, out = cfg.model, cfg.data, cfg.out
+if not cfg.tokenizer and not qlora.sys.exists(model_dir .. "/tokenizer.json") then
+  io.stderr:write("train: " .. model_dir .. " has no tokenizer.json: give tokenizer=PATH\n"); os.exit(2)
+end
+-- out= holding another run: refused, unless resumed or replaced (never appended to)
+local previous = qlora.train.run_outputs(out)
+if #previous > 0 and not cfg.resume then
+  if not cfg.overwrite then
+    local last = qlora.train.latest_checkpoint(out)
+    io.stderr:write(string.format("train: %s already holds a training run (%s). Continue it with resume=%s, "
+      .. "choose another out=, or replace it with overwrite=true\n", out, table.concat(previous, ", "),
+      last or (out .. "/checkpoint-N")))
+    os.exit(2)
+  end
+  for _, name in ipairs(previous) do assert(qlora.sys.remove_tree(out .. "/" .. name)) end
+  print("train: overwrite=true: removed the earlier run's " .. table.concat(previous, ", ") .. " from " .. out)
+end
+if cfg.threads then qlora.sys.threads(cfg.threads) end
 
-local device, why = qlora.train.pick_device(args.device)
+local device, why = qlora.train.pick_device(cfg.device)
 if not device then io.stderr:write("train: " .. why .. "\n"); os.exit(2) end
 print("train: device " .. device .. " (" .. why .. ")")
 local t0 = qlora.sys.now()
-local model, err = qlora.model.load(model_dir, { quant = args.quant or "nf4", device = device })
+local model, err = qlora.model.load(model_dir, { quant = cfg.quant, device = device })
 if not model then io.stderr:write("train: " .. err .. "\n"); os.exit(2) end
-local tok, terr = qlora.tokenizer.load(args.tokenizer or model_dir)
+local tok, terr = qlora.tokenizer.load(cfg.tokenizer or model_dir)
 if not tok then io.stderr:write("train: " .. terr .. "\n"); os.exit(2) end
 local tok_ok, mismatch = model:check_tokenizer(tok)
 if not tok_ok then io.stderr:write("train: " .. mismatch .. "\n"); os.exit(2) end
 print(string.format("train: %s loaded in %.1f s (%s)", model_dir, qlora.sys.now() - t0, tostring(model)))
 
 local targets
-if args.targets and args.targets ~= "all" then
+if cfg.targets ~= "all" then
   targets = {}
-  for t in args.targets:gmatch("[^,]+") do targets[#targets + 1] = t end
+  for t in cfg.targets:gmatch("[^,]+") do targets[#targets + 1] = t end
 end
+local checkpointing = cfg.checkpointing
+if checkpointing == nil then checkpointing = device ~= "cpu" end
 local ok, tr = pcall(qlora.train.new, {
-  model = model, tokenizer = tok, data = data, out = out, base_name = args.base_name or model_dir,
-  lora = { r = tonumber(args.r or "16"), alpha = tonumber(args.alpha or "32"), dropout = tonumber(args.dropout or "0"),
-           rslora = flag(args.rslora, false), targets = targets },
-  seq_len = tonumber(args.seq_len or "512"), batch_size = tonumber(args.batch or "4"),
-  grad_accum = tonumber(args.accum or "1"), lr = tonumber(args.lr or "2e-4"), warmup = tonumber(args.warmup or "0.03"),
-  schedule = args.schedule or "cosine", epochs = tonumber(args.epochs or "1"), max_steps = tonumber(args.steps),
-  weight_decay = tonumber(args.weight_decay or "0"), max_grad_norm = tonumber(args.max_grad_norm or "1.0"),
-  eval_fraction = tonumber(args.eval_fraction or "0.05"), save_every = tonumber(args.save_every or "100"),
-  eval_every = tonumber(args.eval_every or "0"), checkpointing = flag(args.checkpointing, device ~= "cpu"),
-  seed = tonumber(args.seed or "0"), resume = args.resume,
+  model = model, tokenizer = tok, data = data, out = out, base_name = cfg.base_name or model_dir,
+  lora = { r = cfg.r, alpha = cfg.alpha, dropout = cfg.dropout, rslora = cfg.rslora, targets = targets },
+  seq_len = cfg.seq_len, batch_size = cfg.batch, grad_accum = cfg.accum, lr = cfg.lr, warmup = cfg.warmup,
+  schedule = cfg.schedule, epochs = cfg.epochs, max_steps = cfg.steps, weight_decay = cfg.weight_decay,
+  max_grad_norm = cfg.max_grad_norm, eval_fraction = cfg.eval_fraction, save_every = cfg.save_every,
+  eval_every = cfg.eval_every, checkpointing = checkpointing, seed = cfg.seed, resume = cfg.resume,
 })
 if not ok then io.stderr:write("train: " .. tostring(tr) .. "\n"); os.exit(2) end
 print("train: " .. tr:summary())

@@ -6,6 +6,11 @@
  *                                    pairs, `arg` the raw arguments (arg[0] = FILE)
  *   qlora -e 'code' [key=value ...]  run code
  *   qlora doctor                     run recipes/doctor.lua (GPU checklist)
+ *   qlora ls                         list the recipes, a line each (lua/qlora/recipes.lua)
+ *   qlora cp NAME DEST.lua           copy a recipe to customise it
+ *   qlora NAME [key=value ...]       run recipe NAME (full, train, ...) found beside the
+ *                                    program like the Lua modules: <exe>/../recipes,
+ *                                    <exe>/../share/qlora/recipes, then ./recipes
  *   qlora --version                  version, commit, build options, CUDA architectures
  *   qlora                            interactive REPL (readline, history, help())
  *
@@ -157,6 +162,9 @@ static void usage(FILE *fp)
     fprintf(fp,
             "usage: qlora [FILE.lua [key=value ...]]\n"
             "       qlora -e 'lua code' [key=value ...]\n"
+            "       qlora NAME [key=value ...]  run a recipe by name (qlora full --help)\n"
+            "       qlora ls                list the recipes\n"
+            "       qlora cp NAME DEST.lua  copy a recipe to customise it\n"
             "       qlora doctor            check GPUs, drivers and this build\n"
             "       qlora --version\n"
             "With no arguments, qlora opens an interactive Lua REPL (help() lists the modules).\n");
@@ -166,6 +174,8 @@ static char *find_recipe(const char *name)
 {
     static char buf[4096];
     snprintf(buf, sizeof buf, "%s/../recipes/%s", ql_exe_dir(), name);
+    if (ql_file_exists(buf)) return buf;
+    snprintf(buf, sizeof buf, "%s/../share/qlora/recipes/%s", ql_exe_dir(), name);
     if (ql_file_exists(buf)) return buf;
     snprintf(buf, sizeof buf, "recipes/%s", name);
     if (ql_file_exists(buf)) return buf;
@@ -193,15 +203,41 @@ int main(int argc, char **argv)
         if (!p) { fprintf(stderr, "qlora: recipes/doctor.lua not found next to %s\n", ql_exe_dir()); lua_close(L); return 2; }
         set_args(L, argc, argv, 1, 2);
         rc = run_strict_file(L, p);
+    } else if (!strcmp(argv[1], "ls") || !strcmp(argv[1], "cp")) {
+        set_args(L, argc, argv, 1, 2);
+        lua_getglobal(L, "require");
+        lua_pushstring(L, "qlora.recipes");
+        int st = ql_host_docall(L, 1, 1);
+        if (st == LUA_OK) {
+            lua_getfield(L, -1, "main");
+            lua_pushstring(L, argv[1]);
+            lua_createtable(L, argc, 0);
+            for (int i = 2; i < argc; i++) { lua_pushstring(L, argv[i]); lua_seti(L, -2, i - 1); }
+            st = ql_host_docall(L, 2, 1);
+            if (st == LUA_OK) { rc = (int)lua_tointeger(L, -1); lua_pop(L, 1); }
+            lua_remove(L, -1);
+        }
+        if (st != LUA_OK) { report(L, st); rc = 1; }
     } else if (argv[1][0] == '-') {
         fprintf(stderr, "qlora: unknown option '%s'\n", argv[1]);
         usage(stderr);
         rc = 2;
     } else {
         if (!ql_file_exists(argv[1])) {
-            fprintf(stderr, "qlora: %s: no such file\n", argv[1]);
-            lua_close(L);
-            return 2;
+            /* a recipe by name: `qlora full model=...` */
+            char name[1024];
+            char *p = NULL;
+            if (!strchr(argv[1], '/') && strlen(argv[1]) + 5 < sizeof name) {
+                size_t n = strlen(argv[1]);
+                snprintf(name, sizeof name, "%s%s", argv[1], n > 4 && !strcmp(argv[1] + n - 4, ".lua") ? "" : ".lua");
+                p = find_recipe(name);
+            }
+            if (!p) {
+                fprintf(stderr, "qlora: %s: no such file or recipe (`%s ls` lists the recipes)\n", argv[1], argv[0]);
+                lua_close(L);
+                return 2;
+            }
+            argv[1] = p;
         }
         set_args(L, argc, argv, 1, 2);
         rc = run_strict_file(L, argv[1]);

@@ -332,7 +332,18 @@ function M.export(opts)
   local log = opts.log or function() end
   if not FILE_TYPE[qtype] then return nil, "type=" .. qtype .. ": use f16, bf16, q8_0 or f32" end
   local t0 = qlora.sys.now()
+  local w   -- the writer, aborted (its temporary removed) on any error, Ctrl-C included
   local ok, res = pcall(function()
+    -- an existing out= is replaced only when it is a GGUF file (a previous export), never a user's other file
+    if qlora.sys.is_dir(out) then error(out .. ": is a folder; out= names the .gguf file to write", 0) end
+    if qlora.sys.exists(out) then
+      local f = io.open(out, "rb")
+      local magic = f and f:read(4)
+      if f then f:close() end
+      if magic ~= "GGUF" then
+        error(out .. ": exists and is not a GGUF file, so it is left as it is; choose another out=", 0)
+      end
+    end
     local cfg = read_json(dir .. "/config.json") or error(dir .. "/config.json is missing", 0)
     local h = M.hparams(cfg)
     local fam = M.families[h.model_type]
@@ -371,7 +382,8 @@ function M.export(opts)
       return files[f][hf] or error(f .. ": tensor '" .. hf .. "' is missing", 0)
     end
 
-    local w, werr2 = qlora.gguf.writer(out)
+    local werr2
+    w, werr2 = qlora.gguf.writer(out)
     if not w then error(werr2, 0) end
     local function kv(k, ty, v) if v ~= nil then w:kv(k, ty, v) end end
     local function akv(k, ty, v) if v ~= nil then w:kv(arch .. "." .. k, ty, v) end end
@@ -448,7 +460,10 @@ function M.export(opts)
     w:close()
     return { tensors = #plan, arch = arch, elements = nbytes, chat_template = tok.chat_template }
   end)
-  if not ok then return nil, tostring(res) end
+  if not ok then
+    if w then w:abort() end
+    return nil, tostring(res)
+  end
   res.seconds = qlora.sys.now() - t0
   return res
 end

@@ -18,6 +18,10 @@
 --   tr:evaluate()  -> mean loss on the held-out split
 --   tr:save(dir)   -> writes a checkpoint (adapter, optimizer state, trainer state)
 --   tr:fit()       -> the whole run: progress bar, metrics.jsonl, checkpoints, Ctrl-C, loss.svg
+--                     metrics.jsonl: one row per step ({step, loss, lr, grad_norm, tokens, tokens_per_s,
+--                     time (Unix seconds), eval_loss and eval_perplexity when evaluated: every eval_every
+--                     steps and at the last step}); a new run starts a new file, a resumed run continues it
+--   train.run_outputs(dir) -> the names of a run's outputs already in dir (metrics.jsonl, checkpoint-N, ...)
 --   train.new{..., resume = "runs/x/checkpoint-100"} continues a run exactly
 local M = {}
 local json, sys = qlora.json, qlora.sys
@@ -133,7 +137,7 @@ function M.encode_record(tok, rec)
   if messages == nil and type(rec.instruction) == "string" and type(rec.output) == "string" then
     local prompt = rec.instruction
     if type(rec.input) == "string" and rec.input ~= "" then prompt = prompt .. "\n\n" .. rec.input end
-    if tok.chat_family then
+    if tok.chat_template then
       messages = { { role = "user", content = prompt }, { role = "assistant", content = rec.output } }
     else  -- no chat template: the Alpaca prompt
       local p = tok:encode(ALPACA .. "### Instruction:\n" .. prompt .. "\n\n### Response:\n")
@@ -146,7 +150,7 @@ function M.encode_record(tok, rec)
     end
   end
   if type(messages) == "table" then
-    if not tok.chat_family then return nil, "chat records need a tokenizer with a chat template" end
+    if not tok.chat_template then return nil, "chat records need a tokenizer with a chat template" end
     if #messages == 0 then return nil, "\"messages\" must be a non-empty array of {\"role\": ..., \"content\": ...}" end
     for i, msg in ipairs(messages) do
       if type(msg) ~= "table" or type(msg.role) ~= "string" or type(msg.content) ~= "string" then
@@ -489,6 +493,37 @@ function M.latest_checkpoint(run)
   return best, best_n
 end
 
+-- the training outputs a run folder already holds (names, sorted): metrics.jsonl, loss.svg,
+-- adapter, checkpoint-N (and checkpoint-N.tmp); anything else in it is not a run's
+function M.run_outputs(run)
+  local found = {}
+  for _, name in ipairs(sys.list_dir(run) or {}) do
+    if name == "metrics.jsonl" or name == "loss.svg" or name == "adapter" or name:match("^checkpoint%-%d+$")
+       or name:match("^checkpoint%-%d+%.tmp$") then
+      found[#found + 1] = name
+    end
+  end
+  table.sort(found)
+  return found
+end
+
+-- metrics.jsonl at the start of fit: a new run starts a new file; a resumed run keeps the
+-- rows up to its checkpoint's step (the steps after it are done again)
+local function start_metrics(path, step)
+  if step == 0 then os.remove(path); return end
+  local f = io.open(path, "rb")
+  if not f then return end
+  local keep = {}
+  for line in f:lines() do
+    local ok, r = pcall(json.decode, line)
+    if ok and type(r) == "table" and math.type(r.step) == "integer" and r.step <= step then
+      keep[#keep + 1] = line
+    end
+  end
+  f:close()
+  assert(sys.write_file(path, #keep > 0 and table.concat(keep, "\n") .. "\n" or ""))
+end
+
 -- ---------------------------------------------------------------- reporting
 
 local function fmt_time(s)
@@ -499,34 +534,74 @@ local function fmt_time(s)
   return s .. "s"
 end
 
--- loss curve as a small standalone SVG (training loss, and eval points)
+-- a round step for about n intervals over range: 1, 2, 2.5 or 5 times a power of ten
+local function nice_step(range, n)
+  local raw = range / n
+  local p = 10 ^ math.floor(math.log(raw, 10))
+  for _, m in ipairs({ 1, 2, 2.5, 5, 10 }) do if m * p >= raw then return m * p end end
+  return 10 * p
+end
+
+local function esc(s) return (tostring(s):gsub("&", "&amp;"):gsub("<", "&lt;")) end
+
+-- loss curve as a small standalone SVG: training loss (line) and eval loss (dots) against
+-- the step, with x ticks, y ticks at round values evenly spaced, axis labels and a legend
 function M.plot_svg(losses, evals, path, title)
-  local W, H, L, R, T, B = 640, 360, 60, 20, 30, 40
+  local W, H, L, R, T, B = 640, 360, 70, 24, 40, 50
   local lo, hi = math.huge, -math.huge
+  local n = #losses
   for _, v in ipairs(losses) do if v == v then lo, hi = math.min(lo, v), math.max(hi, v) end end
-  for _, e in ipairs(evals or {}) do if e.loss == e.loss then lo, hi = math.min(lo, e.loss), math.max(hi, e.loss) end end
+  for _, e in ipairs(evals or {}) do
+    if e.loss == e.loss then lo, hi = math.min(lo, e.loss), math.max(hi, e.loss) end
+    n = math.max(n, e.step or 0)
+  end
+  n = math.max(2, n)
   if lo == math.huge then lo, hi = 0, 1 end
-  if hi - lo < 1e-9 then hi = lo + 1 end
-  local n = math.max(2, #losses)
+  if hi - lo < 1e-9 then lo, hi = lo - 0.5, hi + 0.5 end
+  local ys = nice_step(hi - lo, 5)
+  lo, hi = math.floor(lo / ys + 1e-9) * ys, math.ceil(hi / ys - 1e-9) * ys
+  if hi <= lo then hi = lo + ys end
   local function x(i) return L + (W - L - R) * (i - 1) / (n - 1) end
   local function y(v) return T + (H - T - B) * (hi - v) / (hi - lo) end
+  local has_eval = evals and #evals > 0
   local out = { string.format('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">', W, H),
     string.format('<rect width="%d" height="%d" fill="white"/>', W, H),
-    string.format('<text x="%d" y="18" font-size="14">%s</text>', L, (title or "training loss"):gsub("[<&]", "")),
+    string.format('<text x="%d" y="20" font-size="14">%s</text>', L,
+                  esc(title or (has_eval and "training loss (line) and eval loss (dots)" or "training loss"))),
     string.format('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>', L, H - B, W - R, H - B),
     string.format('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>', L, T, L, H - B) }
-  for k = 0, 4 do
-    local v = lo + (hi - lo) * k / 4
-    out[#out + 1] = string.format('<text x="%d" y="%.1f" text-anchor="end">%.3g</text>', L - 6, y(v) + 4, v)
+  -- y ticks at multiples of ys, with light grid lines
+  local k = 0
+  while true do
+    local v = lo + k * ys
+    if v > hi + ys * 1e-6 then break end
+    local yy = y(v)
+    out[#out + 1] = string.format('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#e5e5e5"/>', L + 1, yy, W - R, yy)
+    out[#out + 1] = string.format('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="black"/>', L - 4, yy, L, yy)
+    out[#out + 1] = string.format('<text x="%d" y="%.1f" text-anchor="end">%s</text>', L - 7, yy + 4,
+                                  string.format("%.10g", tonumber(string.format("%.6g", v))))
+    k = k + 1
   end
-  out[#out + 1] = string.format('<text x="%d" y="%d" text-anchor="middle">step (1..%d)</text>', (L + W - R) // 2, H - 10, #losses)
+  -- x ticks at round step numbers
+  local xs = math.max(1, math.floor(nice_step(n - 1, 6) + 0.5))
+  for st = 0, n, xs do
+    local s1 = math.max(1, st)
+    out[#out + 1] = string.format('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black"/>', x(s1), H - B, x(s1), H - B + 4)
+    out[#out + 1] = string.format('<text x="%.1f" y="%d" text-anchor="middle">%d</text>', x(s1), H - B + 17, s1)
+  end
+  out[#out + 1] = string.format('<text x="%d" y="%d" text-anchor="middle">step</text>', (L + W - R) // 2, H - 12)
+  out[#out + 1] = string.format('<text x="16" y="%d" text-anchor="middle" transform="rotate(-90 16 %d)">loss</text>',
+                                (T + H - B) // 2, (T + H - B) // 2)
   local pts = {}
   for i, v in ipairs(losses) do if v == v then pts[#pts + 1] = string.format("%.1f,%.1f", x(i), y(v)) end end
   out[#out + 1] = '<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="' .. table.concat(pts, " ") .. '"/>'
   for _, e in ipairs(evals or {}) do
-    out[#out + 1] = string.format('<circle cx="%.1f" cy="%.1f" r="3" fill="#d62728"/>', x(math.max(1, e.step)), y(e.loss))
+    if e.loss == e.loss then
+      out[#out + 1] = string.format('<circle cx="%.1f" cy="%.1f" r="3.5" fill="#d62728"/>', x(math.max(1, e.step)), y(e.loss))
+    end
   end
-  out[#out + 1] = '<text x="' .. (W - R - 150) .. '" y="18"><tspan fill="#1f77b4">— train</tspan> <tspan fill="#d62728">● eval</tspan></text>'
+  out[#out + 1] = string.format('<text x="%d" y="20" text-anchor="end"><tspan fill="#1f77b4">— train</tspan>%s</text>',
+                                W - R, has_eval and ' <tspan fill="#d62728">● eval</tspan>' or "")
   out[#out + 1] = "</svg>"
   return sys.write_file(path, table.concat(out, "\n") .. "\n")
 end
@@ -539,12 +614,13 @@ function Trainer:fit(opts)
   assert(out, "fit: out (a folder) is required")
   assert(sys.mkdir(out))
   local metrics = out .. "/metrics.jsonl"
+  start_metrics(metrics, st.step)
   local save_every, eval_every = num(self.cfg.save_every, 0), num(self.cfg.eval_every, 0)
   local tty = sys.isatty(1)
   local t_start, tok_start = sys.now(), st.tokens
   self.start_step = st.step
   sys.trap_interrupt(true)
-  local stopped
+  local stopped, final_eval
   local ok, err = pcall(function()
     while st.step < self.max_steps do
       local info = self:step()
@@ -552,10 +628,17 @@ function Trainer:fit(opts)
       local tps = (st.tokens - tok_start) / math.max(1e-9, elapsed)
       local eta = (self.max_steps - st.step) * elapsed / math.max(1, st.step - (self.start_step or 0))
       info.tokens_per_s = tps
-      if eval_every > 0 and st.step % eval_every == 0 then
+      info.time = os.time()
+      -- the held-out split every eval_every steps and after the last step (its row carries it)
+      if (eval_every > 0 and st.step % eval_every == 0) or st.step == self.max_steps then
         info.eval_loss = self:evaluate()
         if info.eval_loss and not (math.abs(info.eval_loss) < math.huge) then
           self:_diverged(st.step, "evaluation loss", info.eval_loss)
+        end
+        if info.eval_loss then
+          local ppl = math.exp(info.eval_loss)
+          if ppl < math.huge then info.eval_perplexity = ppl end
+          if st.step == self.max_steps then final_eval = info.eval_loss end
         end
       end
       assert(sys.append_line(metrics, json.encode(info)))
@@ -581,12 +664,11 @@ function Trainer:fit(opts)
   local final = self:save(out .. "/checkpoint-" .. st.step)
   if not stopped then
     self.lora:save(out .. "/adapter")
-    local ev = self:evaluate()
-    if ev then print(string.format("eval loss %.4f", ev)) end
+    if final_eval then print(string.format("eval loss %.4f (perplexity %.2f)", final_eval, math.exp(final_eval))) end
   else
     print("train: " .. stopped .. "; saved " .. final .. " (resume with resume=" .. final .. ")")
   end
-  M.plot_svg(st.losses, st.eval, out .. "/loss.svg", "training loss")
+  M.plot_svg(st.losses, st.eval, out .. "/loss.svg")
   return { stopped = stopped, checkpoint = final, adapter = not stopped and out .. "/adapter" or nil, steps = st.step }
 end
 
