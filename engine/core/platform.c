@@ -239,8 +239,38 @@ void ql_mapping_dontneed(const void *p, size_t n)
     if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
 }
 
+/* "<path>.tmp.<pid>" files of writers that were killed (kill -9, power loss): their
+   process is gone, so nobody will rename or remove them; a new write of path does */
+static void remove_stale_atomic(const char *path)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    const char *base = slash ? slash + 1 : path;
+    if (slash == dir) dir[1] = 0;
+    else if (slash) *slash = 0;
+    else snprintf(dir, sizeof dir, ".");
+    size_t bl = strlen(base);
+    char *names;
+    size_t len;
+    if (!bl || ql_list_dir(dir, &names, &len) != QL_OK) { ql_clear_error(); return; }
+    for (size_t at = 0; at < len; at += strlen(names + at) + 1) {
+        const char *nm = names + at;
+        if (strncmp(nm, base, bl) || strncmp(nm + bl, ".tmp.", 5)) continue;
+        char *end;
+        long pid = strtol(nm + bl + 5, &end, 10);
+        if (end == nm + bl + 5 || *end || pid <= 0 || pid == (long)getpid() || ql_pid_alive(pid)) continue;
+        char p[8192];
+        snprintf(p, sizeof p, "%s/%s", dir, nm);
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISREG(st.st_mode)) unlink(p);
+    }
+    free(names);
+}
+
 ql_status ql_atomic_open(ql_atomic_file *af, const char *path)
 {
+    remove_stale_atomic(path);
     memset(af, 0, sizeof *af);
     size_t n = strlen(path) + 32;
     af->path = strdup(path);
@@ -301,6 +331,11 @@ ql_status ql_check_file_name(const char *name, size_t len, const char *source, c
 
 int ql_file_exists(const char *path) { struct stat st; return stat(path, &st) == 0; }
 int ql_is_dir(const char *path) { struct stat st; return stat(path, &st) == 0 && S_ISDIR(st.st_mode); }
+int ql_same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
 int64_t ql_file_size(const char *path) { struct stat st; return stat(path, &st) == 0 ? (int64_t)st.st_size : -1; }
 
 double ql_file_mtime(const char *path)

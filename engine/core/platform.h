@@ -50,7 +50,8 @@ void      ql_unmap_file(ql_mapping *m);
 void      ql_mapping_dontneed(const void *p, size_t n);
 
 /* Atomic output: ql_atomic_open writes to "<path>.tmp.<pid>"; commit fsyncs
-   and renames over path; abort removes the temporary. Never leaves half a file. */
+   and renames over path; abort removes the temporary. Never leaves half a file.
+   Open also removes the "<path>.tmp.<pid>" files of killed writers (pid not running). */
 typedef struct ql_atomic_file {
     FILE *fp;
     char *path;
@@ -69,6 +70,7 @@ ql_status ql_check_file_name(const char *name, size_t len, const char *source, c
 
 int     ql_file_exists(const char *path);
 int     ql_is_dir(const char *path);
+int     ql_same_file(const char *a, const char *b);   /* both exist and are one file or folder (links followed) */
 int64_t ql_file_size(const char *path);   /* -1 when missing */
 double  ql_file_mtime(const char *path);  /* seconds; -1 when missing */
 ql_status ql_mkdir_p(const char *path);

@@ -243,6 +243,8 @@ static ql_status parse_number(parser *P, ql_json *out)
         v = strtod(t, NULL);
         free(t);
     }
+    /* 1e999 would become infinity, which JSON cannot write back */
+    if (!isfinite(v)) return perr(P, b, "number out of range (beyond what a double holds)");
     P->p = q;
     out->type = QL_JSON_NUMBER;
     out->n = 0;
@@ -439,7 +441,8 @@ static void write_value(FILE *fp, const ql_json *v, int indent, int depth, const
     case QL_JSON_FALSE: fputs("false", fp); break;
     case QL_JSON_TRUE: fputs("true", fp); break;
     case QL_JSON_NUMBER:
-        if (v->u.num == (double)(long long)v->u.num && fabs(v->u.num) < 9e15) fprintf(fp, "%lld", (long long)v->u.num);
+        /* the range first: converting a double outside long long is undefined */
+        if (fabs(v->u.num) < 9e15 && v->u.num == (double)(long long)v->u.num) fprintf(fp, "%lld", (long long)v->u.num);
         else fprintf(fp, "%.17g", v->u.num);
         break;
     case QL_JSON_STRING: write_str(fp, v->u.str, v->n); break;

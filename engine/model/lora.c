@@ -780,6 +780,10 @@ ql_status ql_lora_merge(const ql_lora *l, const char *base_dir, const char *out_
     snprintf(out_dir, sizeof out_dir, "%s", out_arg);
     for (size_t n = strlen(out_dir); n > 1 && out_dir[n - 1] == '/'; n--) out_dir[n - 1] = 0;
     QL_TRY(check_finite(l));
+    /* the base model's own folder looks like a previous merge, but replacing it loses the original weights */
+    if (ql_same_file(out_dir, base_dir))
+        return ql_fail(QL_EINVAL, "%s is the base model's folder (model=): a merge into it would replace the original "
+                       "weights; choose a new folder for out=", out_dir);
     QL_TRY(check_replaceable(out_dir));
     remove_stale_temporaries(out_dir);
     char tmp[4096];

@@ -13,9 +13,11 @@
 #include <unistd.h>
 
 #include "decoder.h"
+#include "json.h"
 #include "model.h"
 #include "platform.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 
 /* a fresh folder under /tmp; path receives its name */
 static int tmp_folder(char *path, size_t cap)
@@ -244,4 +246,46 @@ QL_TEST(bad_input_attention_out_of_memory_is_an_error)
     CHECK_MSG(r.fwd == QL_ENOMEM, "forward: %s", ql_status_name(r.fwd));
     CHECK_MSG(r.bwd == QL_ENOMEM, "backward: %s", ql_status_name(r.bwd));
     CHECK_MSG(has(ql_last_error(), "out of host memory"), "%s", ql_last_error());
+}
+
+/* found by tests/fuzz/fuzz_json (corpus/json/regress-write-1e308): writing a number
+   outside long long converted it before checking its range (UBSan) */
+QL_TEST(bad_input_json_write_huge_numbers)
+{
+    static const char text[] = "[1e308,-1e300,9.5e15,-9223372036854775809,3,-0.5]";
+    ql_json_doc *doc = NULL;
+    CHECK_OK(ql_json_parse(text, sizeof text - 1, "huge.json", &doc));
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *fp = open_memstream(&buf, &len);
+    ql_json_write(fp, ql_json_root(doc), 0, NULL);
+    fclose(fp);
+    CHECK_MSG(has(buf, "1e+308") && has(buf, ",3,-0.5]"), "%s", buf);
+    ql_json_doc *again = NULL;
+    CHECK_OK(ql_json_parse(buf, len, "rewritten.json", &again));
+    CHECK(ql_json_num(ql_json_at(ql_json_root(again), 0), 0) == 1e308);
+    ql_json_free(again);
+    ql_json_free(doc);
+    free(buf);
+    /* corpus/json/regress-parse-2e308: a number that overflows to infinity could not be
+       written back; it is refused with its position */
+    doc = NULL;
+    CHECK(ql_json_parse("[0, -2e308]", 11, "inf.json", &doc) != QL_OK);
+    CHECK_MSG(has(ql_last_error(), "inf.json:1:5") && has(ql_last_error(), "out of range"), "%s", ql_last_error());
+    ql_json_free(doc);
+}
+
+/* found by tests/fuzz/fuzz_tokenizer (corpus/tokenizer/regress-int-4e124): a vocabulary id
+   far outside int64_t was converted before its range was checked (UBSan) */
+QL_TEST(bad_input_tokenizer_ids_out_of_range)
+{
+    static const char *const ids[] = { "4e124", "-1", "1.5", "9223372036854775807", "1e300" };
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        char json[256];
+        snprintf(json, sizeof json, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": %s}, \"merges\": []}}", ids[i]);
+        ql_tokenizer *tok = NULL;
+        CHECK_MSG(ql_tokenizer_from_json(json, strlen(json), NULL, 0, "ids.json", &tok) != QL_OK, "id %s accepted", ids[i]);
+        CHECK_MSG(has(ql_last_error(), "ids.json") && has(ql_last_error(), "model.vocab[\"b\"]"), "%s", ql_last_error());
+        ql_tokenizer_free(tok);
+    }
 }

@@ -284,3 +284,48 @@ T.test("a single record of more than a million tokens encodes", function()
   T.eq(#labels, #ids)
   T.eq(labels[#labels], ids[#ids])
 end)
+
+-- ------------------------------------------------------------------ found by tests/bad (the catalogue)
+
+T.test("merge refuses the base model's own folder as out (it would replace the original weights)", function()
+  local dir = T.tmpdir()
+  os.execute("cp -r '" .. T.fixture("models/tiny-qwen2") .. "' '" .. dir .. "/m'")
+  local m = assert(qlora.model.load(dir .. "/m"))
+  local lo = assert(qlora.lora.load(m, dir .. "/m/peft-adapter"))
+  os.execute("rm -rf '" .. dir .. "/m/peft-adapter'")   -- so the folder looks like a previous merge
+  local before = read(dir .. "/m/model.safetensors")
+  for _, out in ipairs({ dir .. "/m", dir .. "/m/", dir .. "/./m" }) do
+    local note, err = lo:merge(dir .. "/m", out)
+    T.eq(note, nil)
+    T.truthy(err:find("base model's folder"), err)
+  end
+  T.eq(read(dir .. "/m/model.safetensors"), before, "the base model is untouched")
+  os.execute("rm -rf '" .. dir .. "'")
+end)
+
+T.test("gguf export refuses to write over a file that is not a GGUF file", function()
+  local dir = T.tmpdir()
+  qlora.llm.random_model(dir .. "/m", { tokenizer = T.fixture("gguf/tok-qwen2"), layers = 1, hidden = 32, heads = 2, kv_heads = 1 })
+  local E = require("qlora.gguf_export")
+  local before = read(dir .. "/m/model.safetensors")
+  local ok, err = E.export({ model = dir .. "/m", out = dir .. "/m/model.safetensors" })
+  T.truthy(not ok and err:find("not a GGUF file"), err)
+  T.eq(read(dir .. "/m/model.safetensors"), before, "the weights are untouched")
+  ok, err = E.export({ model = dir .. "/m", out = dir .. "/m" })
+  T.truthy(not ok and err:find("is a folder"), err)
+  -- a previous export is replaced
+  assert(E.export({ model = dir .. "/m", out = dir .. "/x.gguf" }))
+  assert(E.export({ model = dir .. "/m", out = dir .. "/x.gguf" }))
+  T.truthy(qlora.gguf.open(dir .. "/x.gguf"))
+  os.execute("rm -rf '" .. dir .. "'")
+end)
+
+T.test("an atomic write removes the temporaries of killed writers of the same file", function()
+  local dir = T.tmpdir()
+  local stale, live = dir .. "/x.safetensors.tmp.2147483000", dir .. "/x.safetensors.tmp.1"
+  assert(sys.write_file(stale, "half")); assert(sys.write_file(live, "a running writer's"))
+  assert(sys.write_file(dir .. "/y.safetensors.tmp.2147483000", "another file's"))
+  qlora.tensor.save(dir .. "/x.safetensors", { a = qlora.tensor.zeros({ 2 }) })
+  T.eq(sys.list_dir(dir), { "x.safetensors", "x.safetensors.tmp.1", "y.safetensors.tmp.2147483000" })
+  os.execute("rm -rf '" .. dir .. "'")
+end)
