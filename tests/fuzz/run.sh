@@ -5,6 +5,7 @@
 # leak, a sanitizer report or a time-out fails the run: the input is kept as
 # BUILDDIR/crash-<target>-* and the exit status is 1. Ends with
 # "N passed, N failed" (one per target). Build first: tests/fuzz/build.sh.
+# QL_FUZZ_SEED=0 for a random seed (longer runs by hand, docs/fuzzing.md).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-30}; shift || true
@@ -25,7 +26,8 @@ for t in "${targets[@]}"; do
   # -timeout: one input over 20 s is a finding (a hang); -rss_limit_mb: so is 2 GB
   # MuPDF has no frame pointers: the slow unwinder gives its leaks full stacks for lsan.supp
   slow=""; [ "$t" = pdf ] && slow=":fast_unwind_on_malloc=0"
-  ASAN_OPTIONS="$ASAN_OPTIONS$slow" "$bin" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
+  # a fixed seed (QL_FUZZ_SEED, default 1) makes CI's short runs reproducible; 0 lets libFuzzer pick one
+  ASAN_OPTIONS="$ASAN_OPTIONS$slow" "$bin" -seed="${QL_FUZZ_SEED:-1}" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
          -artifact_prefix="$out/crash-$t-" "$work/$t" "tests/fuzz/corpus/$t" > "$work/$t.log" 2>&1
   rc=$?
   execs=$(grep -E '^stat::number_of_executed_units' "$work/$t.log" | awk '{print $2}')
