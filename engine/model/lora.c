@@ -786,7 +786,8 @@ ql_status ql_lora_merge(const ql_lora *l, const char *base_dir, const char *out_
                        "weights; choose a new folder for out=", out_dir);
     QL_TRY(check_replaceable(out_dir));
     remove_stale_temporaries(out_dir);
-    char tmp[4096];
+    char tmp[4200];
+    if (strlen(out_dir) > 4096) return ql_fail(QL_EINVAL, "merge: the output path is longer than 4096 bytes");
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out_dir, (long)ql_pid());
     ql_remove_tree(tmp);
     ql_status s = merge_into(l, base_dir, tmp, note, note_cap);

@@ -10,7 +10,8 @@
  *   qlora cp NAME DEST.lua           copy a recipe to customise it
  *   qlora NAME [key=value ...]       run recipe NAME (full, train, ...) found beside the
  *                                    program like the Lua modules: <exe>/../recipes,
- *                                    <exe>/../share/qlora/recipes, then ./recipes
+ *                                    <exe>/../../recipes, <exe>/../share/qlora/recipes,
+ *                                    then ./recipes
  *   qlora --version                  version, commit, build options, CUDA architectures
  *   qlora                            interactive REPL (readline, history, help())
  *
@@ -174,6 +175,8 @@ static char *find_recipe(const char *name)
 {
     static char buf[4096];
     snprintf(buf, sizeof buf, "%s/../recipes/%s", ql_exe_dir(), name);
+    if (ql_file_exists(buf)) return buf;
+    snprintf(buf, sizeof buf, "%s/../../recipes/%s", ql_exe_dir(), name);   /* bin/asan/, bin/debug/ */
     if (ql_file_exists(buf)) return buf;
     snprintf(buf, sizeof buf, "%s/../share/qlora/recipes/%s", ql_exe_dir(), name);
     if (ql_file_exists(buf)) return buf;

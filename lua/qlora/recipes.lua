@@ -1,7 +1,8 @@
 -- qlora.recipes — finding, listing and copying the recipes (`qlora ls`, `qlora cp`, `qlora NAME`).
 --
 -- Recipes are found the way the Lua modules are: beside the program, in <exe>/../recipes
--- (the repository's bin/) or <exe>/../share/qlora/recipes (an install), then ./recipes.
+-- (the repository's bin/), <exe>/../../recipes (bin/asan/, bin/debug/) or
+-- <exe>/../share/qlora/recipes (an install), then ./recipes.
 --
 --   R.dir()               -> the recipes folder, or nil
 --   R.find(name)          -> the path of recipe `name` ("full", "full.lua"), or nil, message
@@ -13,7 +14,8 @@ local sys = qlora.sys
 
 function M.dirs()
   local exe = sys.exe_dir() or "."
-  return { exe .. "/../recipes", exe .. "/../share/qlora/recipes", "recipes" }
+  -- <exe>/../../recipes: bin/asan/qlora and bin/debug/qlora, as lua/qlora.c finds the modules
+  return { exe .. "/../recipes", exe .. "/../../recipes", exe .. "/../share/qlora/recipes", "recipes" }
 end
 
 function M.dir()
