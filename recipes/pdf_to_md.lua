@@ -31,6 +31,10 @@ if cfg.threads then sys.threads(cfg.threads) end
 local opts = { page_markers = cfg.page_markers, use_outline = cfg.use_outline, keep_furniture = cfg.keep_furniture,
                password = cfg.password, timeout = cfg.timeout }
 
+if sys.exists(dst) and not sys.is_dir(dst) then
+  io.stderr:write("pdf_to_md: dst=" .. dst .. " is a file, not a folder: give a folder for the Markdown files\n")
+  os.exit(2)
+end
 local files, err = pdf.list_files(src, ".pdf")
 if not files then io.stderr:write("pdf_to_md: " .. err .. "\n"); os.exit(2) end
 -- per file: converted again when its PDF changed (size or time) or its .md is missing;
@@ -52,12 +56,25 @@ for _, f in ipairs(files) do
     done[f] = id
   else
     local dir = out:match("^(.*)/[^/]*$")
-    if dir then assert(sys.mkdir(dir)) end
+    local made, why = true, nil
+    if dir then made, why = sys.mkdir(dir) end
+    if not made then io.stderr:write("pdf_to_md: cannot create " .. dir .. ": " .. tostring(why) .. "\n"); os.exit(2) end
     jobs[#jobs + 1] = { src = f, dst = out }
   end
 end
 
-local results, seconds = pdf.convert(jobs, opts)
+-- Ctrl-C (or any failure of the run as a whole) ends with a message, not a traceback; files
+-- already converted are complete (each is written to a temporary, then renamed)
+local conv_ok, results, seconds = pcall(pdf.convert, jobs, opts)
+if not conv_ok then
+  local msg = tostring(results)
+  if msg:lower():find("interrupt") then
+    io.stderr:write("pdf_to_md: interrupted (Ctrl-C); the files converted so far are complete; rerun to convert the rest\n")
+    os.exit(130)
+  end
+  io.stderr:write("pdf_to_md: " .. msg .. "\n")
+  os.exit(1)
+end
 local ok, pages, failed, timed_out, damaged = 0, 0, {}, 0, 0
 for _, r in ipairs(results) do
   if r.ok then

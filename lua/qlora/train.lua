@@ -612,9 +612,20 @@ function Trainer:fit(opts)
   opts = opts or {}
   local st, out = self.state, self.out
   assert(out, "fit: out (a folder) is required")
-  assert(sys.mkdir(out))
+  -- the run folder must be a folder we can write: said before the first step, as a message
+  local made, why = sys.mkdir(out)
+  if not made then
+    error(string.format("train: cannot use %s as the run folder (%s): out= must be a folder you can write", out,
+                        tostring(why)), 0)
+  end
   local metrics = out .. "/metrics.jsonl"
-  start_metrics(metrics, st.step)
+  local probe_ok, ferr = pcall(start_metrics, metrics, st.step)
+  local f
+  if probe_ok then f, ferr = io.open(metrics, "ab") end
+  if not f then
+    error(string.format("train: cannot write %s (%s): out= must be a folder you can write", metrics, tostring(ferr)), 0)
+  end
+  f:close()
   local save_every, eval_every = num(self.cfg.save_every, 0), num(self.cfg.eval_every, 0)
   local tty = sys.isatty(1)
   local t_start, tok_start = sys.now(), st.tokens

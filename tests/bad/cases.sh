@@ -112,7 +112,6 @@ bad pdf-empty-file 1 'zero.pdf' "$P"'; : > pdfs/zero.pdf' "$PM" 'test -s out/goo
 bad pdf-scanned 1 'scan.pdf.*OCR' "$P"'; cp $QL_FIXTURES/pdf/bad-scanned.pdf pdfs/scan.pdf' "$PM" 'test -s out/good.md'
 bad pdf-link-loops 0 '' "$P"'; ln -s . pdfs/loop1; ln -s .. pdfs/loop2' "$PM" 'test "$(find out -name "*.md" | wc -l)" = 1'
 bad pdf-src-missing nz 'nowhere' '' 'pdf_to_md src=nowhere dst=$OUT'
-xfail 'recipes/pdf_to_md.lua:55 asserts: a traceback, not a message'
 bad pdf-dst-is-a-file nz 'out' "$P"'; echo "my notes" > out; keep out' "$PM" 'test "$(cat out)" = "my notes"'
 
 # ---------------------------------------------------------------- hostile output names
@@ -121,7 +120,6 @@ bad merge-into-the-base-model nz 'm' 'model m; keep m' 'merge model=m adapter=$I
 bad merge-into-the-adapter nz 'ad' "$AD"'; keep ad' 'merge model=$IN/model adapter=ad out=ad'
 bad export-over-the-model nz 'model.safetensors' 'model m; keep m' 'export_gguf model=m out=m/model.safetensors'
 bad export-into-missing-folder nz 'no/such/dir' 'model m' 'export_gguf model=m out=no/such/dir/x.gguf'
-xfail 'lua/qlora/train.lua (fit) asserts on a file as out=: a traceback, not a message'
 bad train-out-is-a-file nz 'out' 'echo "my notes" > out; keep out' 'train'
 bad train-out-holds-other-files 0 '' 'mkdir out; echo "thesis" > out/thesis.txt; keep out' 'train'
 
@@ -130,7 +128,6 @@ bad full-disk-checkpoint nz 'checkpoint|No space' 'small_fs out 12 || echo "no t
 bad full-disk-merge nz 'No space|write' 'small_fs out 40 || echo "no tmpfs mount here" > .skip' 'merge model=$IN/model adapter=$IN/run/adapter out=$OUT/merged' 'test ! -e out/merged'
 bad full-disk-export nz 'No space|write|x.gguf' 'small_fs out 40 || echo "no tmpfs mount here" > .skip' 'export_gguf model=$IN/model out=$OUT/x.gguf' 'test ! -e out/x.gguf'
 bad full-disk-pdf 1 'No space|write|good' 'mkdir pdfs; cp $QL_FIXTURES/pdf/report.latex.pdf pdfs/good.pdf; small_fs out 4 || echo "no tmpfs mount here" > .skip' "$PM" 'test ! -e out/good.md || test -s out/good.md'
-xfail 'lua/qlora/train.lua (fit): metrics.jsonl that cannot be opened raises with a traceback'
 bad read-only-train nz 'out' 'ro_fs out || echo "no tmpfs mount here" > .skip' 'train'
 bad read-only-merge nz 'out' 'ro_fs out || echo "no tmpfs mount here" > .skip' 'merge model=$IN/model adapter=$IN/run/adapter out=$OUT/merged'
 bad read-only-export nz 'x.gguf' 'ro_fs out || echo "no tmpfs mount here" > .skip' 'export_gguf model=$IN/model out=$OUT/x.gguf'
@@ -154,7 +151,6 @@ bad sigint-export any '' 'mkdir out' 'signal_when INT "$OUT/x.gguf.tmp*" export_
 PB='mkdir pdfs; for i in 1 2 3 4 5 6; do cp $QL_FIXTURES/pdf/report.latex.pdf pdfs/r$i.pdf; done'
 bad kill9-pdf any '' "$PB" 'signal_when KILL "$OUT/*.tmp*" pdf_to_md src=pdfs dst=$OUT' \
   'pdf_to_md src=pdfs dst=$C/out >/dev/null && test "$(ls out/*.md | wc -l)" = 6 && test -z "$(find out -name "*.tmp*")"'
-xfail 'recipes/pdf_to_md.lua:60: Ctrl-C during qlora.pdf.convert ends with a traceback'
 bad sigint-pdf any '' "$PB" 'signal_when INT "$OUT/*.md" pdf_to_md src=pdfs dst=$OUT' \
   'test -z "$(find out -name "*.tmp*")" && for f in out/*.md; do test -s "$f" || exit 1; done'
 
