@@ -95,6 +95,7 @@ local ok, tr = pcall(qlora.train.new, {
 if not ok then io.stderr:write("train: " .. tostring(tr) .. "\n"); os.exit(2) end
 print("train: " .. tr:summary())
 if tr.resumed_from then print(string.format("train: resumed from %s at step %d", tr.resumed_from, tr.state.step)) end
+if tr.resume_note then io.stderr:write("train: " .. tr.resume_note .. "\n") end
 -- test hook: QLORA_KILL_AT=N kills this process with SIGKILL after step N (the resume test)
 local kill_at = tonumber(os.getenv("QLORA_KILL_AT") or "")
 local fit_ok, res = xpcall(tr.fit, function(e)

@@ -466,6 +466,20 @@ function Trainer:load(dir)
     end
   end
   local lo = assert(qlora.lora.load(self.model, dir))
+  -- a resumed run trains the checkpoint's adapter: LoRA settings this run asked differently are
+  -- said (self.resume_note; recipes/train.lua prints it), never silently dropped
+  local asked, diffs = self.lora, {}
+  if asked then
+    for _, k in ipairs({ "r", "alpha", "dropout", "rslora" }) do
+      local function show(v) return type(v) == "number" and string.format("%g", v) or tostring(v) end
+      if asked[k] ~= lo[k] then diffs[#diffs + 1] = string.format("%s=%s (this run asked %s=%s)", k, show(lo[k]), k,
+                                                                  show(asked[k])) end
+    end
+  end
+  if #diffs > 0 then
+    self.resume_note = string.format("%s: resuming with the checkpoint's LoRA settings %s; for other settings start a "
+                                     .. "new run", dir, table.concat(diffs, ", "))
+  end
   assert(lo:load_state(dir .. "/optimizer.safetensors"))
   lo:set_dropout_step(st.dropout_step or 0, st.lora_seed)
   self.lora = lo
@@ -494,12 +508,12 @@ function M.latest_checkpoint(run)
 end
 
 -- the training outputs a run folder already holds (names, sorted): metrics.jsonl, loss.svg,
--- adapter, checkpoint-N (and checkpoint-N.tmp); anything else in it is not a run's
+-- adapter, checkpoint-N; anything else in it is not a run's (checkpoint-N.tmp, the leftover
+-- of a killed save, is not an output either: fit removes it)
 function M.run_outputs(run)
   local found = {}
   for _, name in ipairs(sys.list_dir(run) or {}) do
-    if name == "metrics.jsonl" or name == "loss.svg" or name == "adapter" or name:match("^checkpoint%-%d+$")
-       or name:match("^checkpoint%-%d+%.tmp$") then
+    if name == "metrics.jsonl" or name == "loss.svg" or name == "adapter" or name:match("^checkpoint%-%d+$") then
       found[#found + 1] = name
     end
   end
@@ -617,6 +631,10 @@ function Trainer:fit(opts)
   if not made then
     error(string.format("train: cannot use %s as the run folder (%s): out= must be a folder you can write", out,
                         tostring(why)), 0)
+  end
+  -- leftovers of a save that was killed (kill -9, power loss) are never checkpoints
+  for _, name in ipairs(sys.list_dir(out) or {}) do
+    if name:match("^checkpoint%-%d+%.tmp$") then sys.remove_tree(out .. "/" .. name) end
   end
   local metrics = out .. "/metrics.jsonl"
   local probe_ok, ferr = pcall(start_metrics, metrics, st.step)

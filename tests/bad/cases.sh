@@ -76,7 +76,7 @@ bad ckpt-optimizer-missing nz 'optimizer.safetensors' "$CK"'; rm run/checkpoint-
 bad ckpt-optimizer-cut nz 'optimizer.safetensors' "$CK"'; truncate -s -64 run/checkpoint-2/optimizer.safetensors' 'train resume=run/checkpoint-2'
 bad ckpt-optimizer-shapes nz 'optimizer.safetensors' "$CK"'; stset run/checkpoint-2/optimizer.safetensors "for k, v in pairs(h) do if k ~= \"__metadata__\" then v.shape = {#k, 1}; v.data_offsets = {0, #k * 4} end end"' 'train resume=run/checkpoint-2'
 bad ckpt-adapter-missing nz 'adapter_model.safetensors|checkpoint-2' "$CK"'; rm run/checkpoint-2/adapter_model.safetensors' 'train resume=run/checkpoint-2'
-bad ckpt-resume-keeps-its-settings 0 'resumed from run/checkpoint-2' "$CK" 'train resume=run/checkpoint-2 r=8' 'tool ckpt out'
+bad ckpt-resume-keeps-its-settings 0 'resuming with the checkpoint.s LoRA settings r=4 \(this run asked r=8\)' "$CK" 'train resume=run/checkpoint-2 r=8' 'tool ckpt out'
 bad ckpt-not-a-folder nz 'nothing-here' '' 'train resume=nothing-here/checkpoint-9'
 
 # ---------------------------------------------------------------- PEFT adapters (merge)
@@ -135,8 +135,8 @@ bad read-only-pdf 1 'good' "$P"'; ro_fs out || echo "no tmpfs mount here" > .ski
 
 # ---------------------------------------------------------------- faults: kill -9 and Ctrl-C during each writing stage
 # After kill -9 temporaries may remain; the rerun (the check) must clean or ignore them and
-# succeed, and every checkpoint must be complete. (A checkpoint-N.tmp of a killed save stays
-# until a run saves checkpoint-N again: it is ignored, not removed.)
+# succeed, and every checkpoint must be complete. (A checkpoint-N.tmp of a killed save is
+# ignored when checkpoints are chosen and removed when the next run starts.)
 bad kill9-checkpoint any '' '' 'STEPS=40 signal_when KILL "$OUT/checkpoint-*" train save_every=1' \
   'tool ckpt out && { last=$(ls out | grep -E "^checkpoint-[0-9]+$" | sort -t- -k2 -n | tail -1) || true; } && STEPS=41 train $(if [ -n "$last" ]; then echo resume=out/$last; else echo overwrite=true; fi) >/dev/null && tool ckpt out'
 bad sigint-checkpoint any '' '' 'STEPS=400 signal_when INT "$OUT/checkpoint-*" train save_every=1' 'tool ckpt out && test -z "$(find out -name "*.tmp*")"'

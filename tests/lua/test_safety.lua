@@ -329,3 +329,25 @@ T.test("an atomic write removes the temporaries of killed writers of the same fi
   T.eq(sys.list_dir(dir), { "x.safetensors", "x.safetensors.tmp.1", "y.safetensors.tmp.2147483000" })
   os.execute("rm -rf '" .. dir .. "'")
 end)
+
+T.test("resuming with other LoRA settings says so and trains the checkpoint's; a killed save's checkpoint-N.tmp is removed by the next run", function()
+  local dir = T.tmpdir()
+  local tr = trainer(dir)
+  tr:fit()                                        -- 4 steps, checkpoint-4
+  local ck = train.latest_checkpoint(dir .. "/run")
+  T.truthy(ck)
+  local other = trainer(dir, { resume = ck, lora = { r = 8, alpha = 16 } })
+  T.eq(other.lora.r, 4)
+  T.truthy(other.resume_note and other.resume_note:find("r=4 %(this run asked r=8%)")
+           and other.resume_note:find("alpha=8 %(this run asked alpha=16%)"), tostring(other.resume_note))
+  T.eq(trainer(dir, { resume = ck }).resume_note, nil, "the same settings: nothing to say")
+  -- a save killed half way leaves checkpoint-6.tmp; it is not a run output and the next fit removes it
+  assert(sys.mkdir(dir .. "/run/checkpoint-6.tmp"))
+  assert(sys.write_file(dir .. "/run/checkpoint-6.tmp/half", "x"))
+  for _, name in ipairs(train.run_outputs(dir .. "/run")) do T.truthy(not name:find("%.tmp"), name) end
+  local tr2 = trainer(dir, { resume = ck })      -- the same settings: resumes (the run had ended at step 4)
+  tr2:fit()
+  T.eq(sys.exists(dir .. "/run/checkpoint-6.tmp"), false, "the temporary is gone")
+  T.eq(train.latest_checkpoint(dir .. "/run"), ck)
+  os.execute("rm -rf '" .. dir .. "'")
+end)
