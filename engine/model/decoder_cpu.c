@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SCRATCH_FLOATS (16 << 20)
 
 /* ---------------------------------------------------------------- memory */
 
@@ -251,27 +250,21 @@ static ql_status cpu_linear(ql_dec_ctx *c, const ql_dec_lin *L, const void *xv, 
     return QL_OK;
 }
 
+typedef struct { const float *dy; float *dx; int64_t n, in, out; int accumulate; } bwd_block;
+static ql_status bwd_block_fn(void *ud, const float *W, int64_t r0, int64_t r1)
+{
+    const bwd_block *b = ud;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)b->n, (int)b->in, (int)(r1 - r0), 1.0f, b->dy + r0,
+                (int)b->out, W, (int)b->in, (r0 == 0 && !b->accumulate) ? 0.0f : 1.0f, b->dx, (int)b->in);
+    return QL_OK;
+}
+
 /* dx (+)= dy W for a frozen [out, in] weight, widened a block of rows at a time */
 static ql_status base_bwd(ql_model *m, const ql_linear *L, const float *dy, int64_t n, float *dx, int accumulate)
 {
-    int64_t in = L->in, out = L->out;
     if (n == 0) return QL_OK;
-    if (L->w->dtype == QL_F32 && ql_tensor_is_contiguous(L->w)) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)in, (int)out, 1.0f, dy, (int)out,
-                    ql_tensor_data(L->w), (int)in, accumulate ? 1.0f : 0.0f, dx, (int)in);
-        return QL_OK;
-    }
-    int64_t rows = SCRATCH_FLOATS / in;
-    if (rows < 1) rows = 1;
-    if (rows > out) rows = out;
-    QL_TRY(ql_model_scratch(m, rows * in));
-    for (int64_t r0 = 0; r0 < out; r0 += rows) {
-        int64_t r1 = r0 + rows < out ? r0 + rows : out;
-        QL_TRY(ql_weight_rows_f32(L->w, r0, r1, in, m->scratch));
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)in, (int)(r1 - r0), 1.0f, dy + r0, (int)out,
-                    m->scratch, (int)in, (r0 == 0 && !accumulate) ? 0.0f : 1.0f, dx, (int)in);
-    }
-    return QL_OK;
+    bwd_block b = { dy, dx, n, L->in, L->out, accumulate };
+    return ql_weight_blocks(m, L->w, L->in, L->out, bwd_block_fn, &b);
 }
 
 static ql_status cpu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *xv, const void *xav, const void *dyv,

@@ -66,26 +66,38 @@ ql_status ql_model_scratch(ql_model *m, int64_t n)
     return m->scratch ? QL_OK : ql_fail(QL_ENOMEM, "out of host memory for %lld weight values", (long long)n);
 }
 
+ql_status ql_weight_blocks(ql_model *m, const ql_tensor *w, int64_t in, int64_t out,
+                           ql_status (*fn)(void *ud, const float *W, int64_t r0, int64_t r1), void *ud)
+{
+    if (w->dtype == QL_F32 && ql_tensor_is_contiguous(w)) return fn(ud, ql_tensor_data(w), 0, out);
+    int64_t rows = SCRATCH_FLOATS / in;
+    if (rows < 1) rows = 1;
+    if (rows > out) rows = out;
+    QL_TRY(ql_model_scratch(m, rows * in));
+    for (int64_t r0 = 0; r0 < out; r0 += rows) {
+        int64_t r1 = r0 + rows < out ? r0 + rows : out;
+        QL_TRY(ql_weight_rows_f32(w, r0, r1, in, m->scratch));
+        QL_TRY(fn(ud, m->scratch, r0, r1));
+    }
+    return QL_OK;
+}
+
+typedef struct { const float *x; float *y; int64_t n, in, out; } fwd_block;
+static ql_status fwd_block_fn(void *ud, const float *W, int64_t r0, int64_t r1)
+{
+    const fwd_block *f = ud;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)f->n, (int)(r1 - r0), (int)f->in, 1.0f, f->x, (int)f->in, W,
+                (int)f->in, 0.0f, f->y + r0, (int)f->out);
+    return QL_OK;
+}
+
 /* y[n, out] = x[n, in] @ W^T (+ b). Weights are widened to f32 a block of rows at a time. */
 ql_status ql_linear_fwd(ql_model *m, const ql_linear *L, const float *x, int64_t n, float *y)
 {
     int64_t in = L->in, out = L->out;
     if (n == 0) return QL_OK;
-    if (L->w->dtype == QL_F32 && ql_tensor_is_contiguous(L->w)) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x, (int)in,
-                    ql_tensor_data(L->w), (int)in, 0.0f, y, (int)out);
-    } else {
-        int64_t rows = SCRATCH_FLOATS / in;
-        if (rows < 1) rows = 1;
-        if (rows > out) rows = out;
-        QL_TRY(ql_model_scratch(m, rows * in));
-        for (int64_t r0 = 0; r0 < out; r0 += rows) {
-            int64_t r1 = r0 + rows < out ? r0 + rows : out;
-            QL_TRY(ql_weight_rows_f32(L->w, r0, r1, in, m->scratch));
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)(r1 - r0), (int)in, 1.0f, x, (int)in,
-                        m->scratch, (int)in, 0.0f, y + r0, (int)out);
-        }
-    }
+    fwd_block f = { x, y, n, in, out };
+    QL_TRY(ql_weight_blocks(m, L->w, in, out, fwd_block_fn, &f));
     if (L->b) {
         const float *b = ql_tensor_data(L->b);
         for (int64_t i = 0; i < n; i++)

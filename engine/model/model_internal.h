@@ -11,6 +11,10 @@
 ql_status ql_weight_rows_f32(const ql_tensor *w, int64_t r0, int64_t r1, int64_t in, float *dst);
 /* m->scratch holds at least n floats */
 ql_status ql_model_scratch(ql_model *m, int64_t n);
+/* fn(ud, W, r0, r1) over blocks of rows [r0, r1) of an [out, in] weight as f32: the weight
+   itself when it is f32 and contiguous (one block), else rows widened into m->scratch */
+ql_status ql_weight_blocks(ql_model *m, const ql_tensor *w, int64_t in, int64_t out,
+                           ql_status (*fn)(void *ud, const float *W, int64_t r0, int64_t r1), void *ud);
 /* y[n, out] = x[n, in] @ W^T (+ b), W widened a block of rows at a time */
 ql_status ql_linear_fwd(ql_model *m, const ql_linear *L, const float *x, int64_t n, float *y);
 /* y = x * rsqrt(mean(x^2) + eps) * w per row of H */
