@@ -189,14 +189,12 @@ static int plain_message(lua_State *L, int m)
     return plain;
 }
 
-/* the JSON text of the value at idx (strings are taken as JSON text already), pushed on the stack */
-static const char *to_json(lua_State *L, int idx)
+/* the JSON text of the value at idx (strings are taken as JSON text already), pushed on the
+   stack; enc is the stack index of qlora.json.encode */
+static const char *to_json(lua_State *L, int idx, int enc)
 {
     if (lua_type(L, idx) == LUA_TSTRING) { lua_pushvalue(L, idx); return lua_tostring(L, -1); }
-    lua_pushcfunction(L, luaopen_qlora_json);
-    lua_call(L, 0, 1);
-    lua_getfield(L, -1, "encode");
-    lua_remove(L, -2);
+    lua_pushvalue(L, enc);
     lua_pushvalue(L, idx);
     lua_call(L, 1, 1);
     return lua_tostring(L, -1);
@@ -209,7 +207,12 @@ static int l_apply_chat(lua_State *L)
     size_t n = (size_t)luaL_len(L, 2);
     /* a scratch table keeps the JSON strings made here alive; created before the C array */
     lua_newtable(L);
-    int keep = lua_gettop(L), nkeep = 0;
+    int keep = lua_gettop(L);
+    lua_pushcfunction(L, luaopen_qlora_json);   /* qlora.json.encode, fetched once */
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "encode");
+    lua_remove(L, -2);
+    int enc = lua_gettop(L);
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, 2, (lua_Integer)i + 1);
         if (!lua_istable(L, -1)) return luaL_error(L, "apply_chat_template: message %d is not a table", (int)i + 1);
@@ -217,7 +220,7 @@ static int l_apply_chat(lua_State *L)
         int has_role = lua_type(L, -1) == LUA_TSTRING;
         lua_pop(L, 1);
         if (!has_role) return luaL_error(L, "apply_chat_template: message %d has no string 'role'", (int)i + 1);
-        if (!plain_message(L, lua_gettop(L))) { to_json(L, lua_gettop(L)); lua_rawseti(L, keep, (lua_Integer)i + 1); }
+        if (!plain_message(L, lua_gettop(L))) { to_json(L, lua_gettop(L), enc); lua_rawseti(L, keep, (lua_Integer)i + 1); }
         lua_pop(L, 1);
     }
     ql_chat_opts o = { 0 };
@@ -226,16 +229,22 @@ static int l_apply_chat(lua_State *L)
     int tokenize = opt_bool(L, 3, "tokenize", 0);
     if (lua_istable(L, 3)) {
         lua_getfield(L, 3, "tools");
-        if (!lua_isnil(L, -1)) { o.tools_json = to_json(L, lua_gettop(L)); lua_rawseti(L, keep, -1); nkeep++; }
+        /* an empty table is an empty list of tools: no tools (JSON would make it an object) */
+        int no_tools = lua_isnil(L, -1);
+        if (!no_tools && lua_istable(L, -1)) {
+            lua_pushnil(L);
+            if (lua_next(L, -2)) lua_pop(L, 2);
+            else no_tools = 1;
+        }
+        if (!no_tools) { o.tools_json = to_json(L, lua_gettop(L), enc); lua_rawseti(L, keep, -1); }
         lua_pop(L, 1);
         lua_getfield(L, 3, "vars");
-        if (!lua_isnil(L, -1)) { o.vars_json = to_json(L, lua_gettop(L)); lua_rawseti(L, keep, -2); nkeep++; }
+        if (!lua_isnil(L, -1)) { o.vars_json = to_json(L, lua_gettop(L), enc); lua_rawseti(L, keep, -2); }
         lua_pop(L, 1);
         lua_getfield(L, 3, "now");
         if (!lua_isnil(L, -1)) o.now = (int64_t)luaL_checkinteger(L, -1);
         lua_pop(L, 1);
     }
-    (void)nkeep;
     ql_chat_msg *msgs = calloc(n + 1, sizeof *msgs);
     if (!msgs) return luaL_error(L, "apply_chat_template: out of memory");
     for (size_t i = 0; i < n; i++) {

@@ -1611,8 +1611,22 @@ static int contains(rstate *R, const node *at, jv hay, jv needle)
     return 0;
 }
 
-static int64_t py_floordiv(int64_t a, int64_t b) { int64_t q = a / b; if ((a % b != 0) && ((a < 0) != (b < 0))) q--; return q; }
-static int64_t py_mod(int64_t a, int64_t b) { int64_t m = a % b; if (m && ((m < 0) != (b < 0))) m += b; return m; }
+/* b == -1 is done without dividing: INT64_MIN / -1 traps on x86 (the result wraps, as the
+   renderer's other integer arithmetic does) */
+static int64_t py_floordiv(int64_t a, int64_t b)
+{
+    if (b == -1) return (int64_t)(0 - (uint64_t)a);
+    int64_t q = a / b;
+    if ((a % b != 0) && ((a < 0) != (b < 0))) q--;
+    return q;
+}
+static int64_t py_mod(int64_t a, int64_t b)
+{
+    if (b == -1) return 0;
+    int64_t m = a % b;
+    if (m && ((m < 0) != (b < 0))) m += b;
+    return m;
+}
 
 static jv binop(rstate *R, const node *at, int op, jv a, jv b)
 {
@@ -1633,6 +1647,8 @@ static jv binop(rstate *R, const node *at, int op, jv a, jv b)
         jv s = a.t == V_STR ? a : b;
         int64_t k = a.t == V_INT ? a.u.i : b.u.i;
         sbuf o = { 0 };
+        if (k <= 0 || s.u.s.n == 0) return sb_val(&o);
+        if ((uint64_t)k > MAX_OUT / s.u.s.n) rfail(R, at, "a string repeated %lld times is longer than the output limit", (long long)k);
         for (int64_t i = 0; i < k; i++) sb_add(R, &o, s.u.s.p, s.u.s.n);
         return sb_val(&o);
     }
@@ -2422,7 +2438,6 @@ static jv apply_filter(rstate *R, const node *at, jv name, jv v, const args *a)
         args none = { 0 };
         return v_int((int64_t)call_method(R, at, to_str(R, v), v_cstr("split"), &none).u.l->n);
     }
-    if (F("center")) return v;
 #undef F
     rfail(R, at, "no filter named '%.*s'", (int)name.u.s.n, name.u.s.p);
     return v_undef();

@@ -14,6 +14,7 @@
  */
 #include "tokenizer_internal.h"
 #include "strbuf.h"
+#include "jinja.h"
 #include "json.h"
 #include "platform.h"
 
@@ -135,6 +136,7 @@ struct ql_tokenizer {
     dec_op *dec; int ndec; int has_decoder;
 
     char *bos, *eos, *pad, *unk, *chat_template;
+    ql_jinja *chat_jinja;        /* chat_template parsed once at load (NULL: none, or it does not parse) */
     int32_t bos_id, eos_id, pad_id;
 };
 
@@ -1188,6 +1190,17 @@ int32_t ql_tokenizer_bos_id(const ql_tokenizer *t) { return t->bos_id; }
 int32_t ql_tokenizer_eos_id(const ql_tokenizer *t) { return t->eos_id; }
 int32_t ql_tokenizer_pad_id(const ql_tokenizer *t) { return t->pad_id; }
 const char *ql_tokenizer_chat_template(const ql_tokenizer *t) { return t->chat_template; }
+const ql_jinja *ql_tokenizer_chat_jinja(const ql_tokenizer *t) { return t->chat_jinja; }
+
+/* parses chat_template once, for every rendering; a template that does not parse is kept
+   unparsed, and apply_chat_template reports why when it is used */
+static void chat_parse(ql_tokenizer *t)
+{
+    ql_jinja_free(t->chat_jinja);
+    t->chat_jinja = NULL;
+    if (t->chat_template && ql_jinja_parse(t->chat_template, strlen(t->chat_template), "chat_template", &t->chat_jinja))
+        ql_clear_error();
+}
 const char *ql_tokenizer_unk_token(const ql_tokenizer *t) { return t->unk; }
 
 /* ------------------------------------------------------------------ free */
@@ -1209,6 +1222,7 @@ void ql_tokenizer_free(ql_tokenizer *t)
     for (int i = 0; i < t->ndec; i++) { free(t->dec[i].a); free(t->dec[i].b); }
     free(t->dec);
     free(t->bos); free(t->eos); free(t->pad); free(t->unk); free(t->chat_template);
+    ql_jinja_free(t->chat_jinja);
     free(t);
 }
 
@@ -1780,6 +1794,7 @@ ql_status ql_tokenizer_from_json(const char *json, size_t len, const char *confi
     t->bos_id = lookup_tok(t, t->bos);
     t->eos_id = lookup_tok(t, t->eos);
     t->pad_id = lookup_tok(t, t->pad);
+    chat_parse(t);
     *out = t;
     return QL_OK;
 }
@@ -1843,7 +1858,7 @@ ql_status ql_tokenizer_load(const char *path, ql_tokenizer **out)
             char *ct = xstrndup(tm.data ? tm.data : "", tm.size);
             ql_unmap_file(&tm);
             if (!ct) s = ql_fail(QL_ENOMEM, "%s: out of memory", tpath);
-            else { free((*out)->chat_template); (*out)->chat_template = ct; }
+            else { free((*out)->chat_template); (*out)->chat_template = ct; chat_parse(*out); }
         }
         if (s != QL_OK) { ql_tokenizer_free(*out); *out = NULL; }
     }

@@ -14,6 +14,7 @@
  * Golden renderings: tests/gen/gen_chat_templates.py (transformers).
  */
 #include "jinja.h"
+#include "tokenizer_internal.h"
 #include "json.h"
 #include "strbuf.h"
 #include "tokenizer.h"
@@ -196,13 +197,15 @@ ql_status ql_tokenizer_apply_chat(const ql_tokenizer *t, const ql_chat_msg *msgs
     s = ql_json_parse(b.p, b.n, "chat template variables", &vars);
     free(b.p);
     if (s != QL_OK) return s;
-    ql_jinja *j = NULL;
-    s = ql_jinja_parse(tmpl, strlen(tmpl), "chat_template", &j);
+    /* parsed once at load; parsed here only to say why a template does not parse */
+    const ql_jinja *j = ql_tokenizer_chat_jinja(t);
+    ql_jinja *own = NULL;
+    if (!j && (s = ql_jinja_parse(tmpl, strlen(tmpl), "chat_template", &own)) == QL_OK) j = own;
     if (s == QL_OK) {
         ql_jinja_opts jo = { opts->now };
         s = ql_jinja_render(j, ql_json_root(vars), &jo, out, out_len);
     }
-    ql_jinja_free(j);
+    ql_jinja_free(own);
     ql_json_free(vars);
     return s;
 }

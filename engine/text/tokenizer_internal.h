@@ -47,4 +47,8 @@ static inline uint8_t ql_ucls(uint32_t cp) { return cp < 0x110000 ? ql_tok_ucls[
 size_t ql_tok_match_gpt2(const uint8_t *s, size_t n, size_t i);
 size_t ql_tok_match_qwen(const uint8_t *s, size_t n, size_t i, int max_digits);
 
+/* the tokenizer's chat_template, parsed at load (NULL when it has none or it does not parse) */
+struct ql_jinja;
+const struct ql_jinja *ql_tokenizer_chat_jinja(const ql_tokenizer *t);
+
 #endif

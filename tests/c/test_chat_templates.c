@@ -158,6 +158,18 @@ static char *message_json(const ql_json *m)
     return p;
 }
 
+/* Integer edge cases from hostile templates: no trap on INT64_MIN // -1, no endless loop or
+   huge output from repeating a string (Python's results, wrapping where its integers would grow) */
+QL_TEST(jinja_hostile_arithmetic)
+{
+    expect("{{ (-9223372036854775807 - 1) // -1 }}", NULL, "-9223372036854775808");
+    expect("{{ (-9223372036854775807 - 1) % -1 }}", NULL, "0");
+    expect("{{ 7 // -1 }}|{{ 7 % -1 }}|{{ -7 // 2 }}|{{ -7 % 2 }}", NULL, "-7|0|-4|1");
+    expect("[{{ '' * 9223372036854775807 }}]", NULL, "[]");
+    expect("[{{ 'ab' * -3 }}]", NULL, "[]");
+    expect_error("{{ 'ab' * 9223372036854775807 }}", NULL, "output limit");
+}
+
 QL_TEST(chat_templates_match_transformers)
 {
     ql_json_doc *doc;

@@ -106,6 +106,16 @@ T.test("chat templates as Jinja match transformers", function()
     n = n + 1
   end
   T.truthy(n >= 100, "golden cases: " .. n)
+  -- tools = {} is an empty list of tools: rendered as no tools (it used to be refused as an object)
+  for _, c in ipairs(golden.cases) do
+    if not c.tools and not c.error then
+      local conv = golden.conversations[c.conv + 1]
+      local opts = { add_generation_prompt = c.add_generation_prompt, enable_thinking = c.enable_thinking, now = golden.now }
+      local without = toks[c.template]:apply_chat_template(conv, opts)
+      opts.tools = {}
+      T.eq(toks[c.template]:apply_chat_template(conv, opts), without, c.template .. ": tools = {}")
+    end
+  end
   -- the assistant tokens of a training record come from the same rendering
   local ids, labels = qlora.train.encode_record(toks["qwen3"], { messages = golden.conversations[3] })
   T.truthy(ids, labels)
