@@ -133,7 +133,6 @@ ql_gguf_writer *ql_gguf_writer_new(const char *path, uint32_t alignment)
     return w;
 }
 
-const char *ql_gguf_writer_path(const ql_gguf_writer *w) { return w->path; }
 
 static ql_status wfail(ql_gguf_writer *w, ql_status s) { if (!w->err) w->err = s; return s; }
 
@@ -146,10 +145,14 @@ static ql_status check_state(ql_gguf_writer *w, const char *what, int want_begun
     return QL_OK;
 }
 
-static ql_status add_key(ql_gguf_writer *w, const char *key)
+/* every key goes through here: general.alignment, which fixes the file's layout, must be a u32
+   (readers refuse any other type) */
+static ql_status add_key(ql_gguf_writer *w, const char *key, ql_gguf_vtype type)
 {
     QL_TRY(check_state(w, "metadata", 0));
     if (!key || !*key) return ql_fail(QL_EINVAL, "%s: empty GGUF metadata key", w->path);
+    if (!strcmp(key, "general.alignment") && type != QL_GGUF_U32)
+        return ql_fail(QL_EINVAL, "%s: general.alignment must be a u32", w->path);
     for (size_t i = 0; i < w->nkeys; i++)
         if (!strcmp(w->keys[i], key)) return ql_fail(QL_EINVAL, "%s: GGUF metadata key '%s' set twice", w->path, key);
     if (w->nkeys == w->capkeys) {
@@ -170,14 +173,15 @@ ql_status ql_gguf_writer_kv(ql_gguf_writer *w, const char *key, ql_gguf_vtype ty
     if ((unsigned)type >= QL_GGUF_NVTYPES || type == QL_GGUF_ARR)
         return ql_fail(QL_EINVAL, "%s: key '%s': use ql_gguf_writer_kv_array for arrays (type %d)", w->path, key, (int)type);
     if (!strcmp(key, "general.alignment")) {
-        uint32_t a;
-        if (type != QL_GGUF_U32) return ql_fail(QL_EINVAL, "%s: general.alignment must be a u32", w->path);
-        memcpy(&a, value, 4);
-        if (!a || (a & (a - 1))) return ql_fail(QL_EINVAL, "%s: general.alignment %u is not a power of two", w->path, a);
-        QL_TRY(add_key(w, key));
+        uint32_t a = 0;
+        if (type == QL_GGUF_U32) {
+            memcpy(&a, value, 4);
+            if (!a || (a & (a - 1))) return ql_fail(QL_EINVAL, "%s: general.alignment %u is not a power of two", w->path, a);
+        }
+        QL_TRY(add_key(w, key, type));   /* refuses any type but u32 */
         w->alignment = a;
         w->have_alignment_kv = 1;
-    } else QL_TRY(add_key(w, key));
+    } else QL_TRY(add_key(w, key, type));
     put_u32(&w->kv, (uint32_t)type);
     if (type == QL_GGUF_STR) put_str(&w->kv, value, len);
     else if (type == QL_GGUF_BOOL) { uint8_t b = *(const uint8_t *)value ? 1 : 0; ql_strbuf_add(&w->kv, &b, 1); }
@@ -190,7 +194,7 @@ ql_status ql_gguf_writer_kv_array(ql_gguf_writer *w, const char *key, ql_gguf_vt
     if ((unsigned)elem >= QL_GGUF_NVTYPES || elem == QL_GGUF_ARR || elem == QL_GGUF_STR)
         return ql_fail(QL_EINVAL, "%s: key '%s': array elements must be numbers or bools here", w->path, key);
     if (n > SIZE_MAX / 8) return ql_fail(QL_EINVAL, "%s: key '%s': array too long", w->path, key);
-    QL_TRY(add_key(w, key));
+    QL_TRY(add_key(w, key, QL_GGUF_ARR));
     put_u32(&w->kv, QL_GGUF_ARR);
     put_u32(&w->kv, (uint32_t)elem);
     put_u64(&w->kv, n);
@@ -203,7 +207,7 @@ ql_status ql_gguf_writer_kv_array(ql_gguf_writer *w, const char *key, ql_gguf_vt
 ql_status ql_gguf_writer_kv_str_array(ql_gguf_writer *w, const char *key, uint64_t n,
                                       const char *const *s, const size_t *lens)
 {
-    QL_TRY(add_key(w, key));
+    QL_TRY(add_key(w, key, QL_GGUF_ARR));
     put_u32(&w->kv, QL_GGUF_ARR);
     put_u32(&w->kv, QL_GGUF_STR);
     put_u64(&w->kv, n);
@@ -670,6 +674,11 @@ ql_gguf_file *ql_gguf_open(const char *path)
         if (t->ne[0] % block) {
             s = ql_fail(QL_EFORMAT, "%s: tensor '%.*s': rows of %lld elements are not whole %s blocks of %u",
                         path, (int)nn, (const char *)nm, (long long)t->ne[0], ql_ggml_type_name(t->type), block);
+            break;
+        }
+        if (nel / block > UINT64_MAX / bytes) {
+            snprintf(what, sizeof what, "tensor '%.*s' has an impossible size", (int)nn, (const char *)nm);
+            s = rfail(&r, what);
             break;
         }
         t->nbytes = nel / block * bytes;

@@ -92,7 +92,6 @@ ql_status ql_gguf_writer_write_tensor(ql_gguf_writer *w, const ql_tensor *t);
 /* Checks that every tensor was written, then renames the file into place. Frees w. */
 ql_status ql_gguf_writer_close(ql_gguf_writer *w);
 void      ql_gguf_writer_abort(ql_gguf_writer *w);   /* removes the temporary; frees w */
-const char *ql_gguf_writer_path(const ql_gguf_writer *w);
 /* name of the tensor the next data goes to; NULL when all were written */
 const char *ql_gguf_writer_current(const ql_gguf_writer *w);
 

@@ -244,6 +244,11 @@ QL_TEST(gguf_alignment_and_atomic)
     uint32_t v = 1;
     CHECK_OK(ql_gguf_writer_kv(w, "k", QL_GGUF_U32, &v, 0));
     CHECK(ql_gguf_writer_kv(w, "k", QL_GGUF_U32, &v, 0) == QL_EINVAL);
+    /* general.alignment fixes the layout: a u32 power of two only, whatever the call */
+    uint32_t al[1] = { 64 }, odd = 48;
+    CHECK(ql_gguf_writer_kv_array(w, "general.alignment", QL_GGUF_U32, 1, al) == QL_EINVAL);
+    CHECK(ql_gguf_writer_kv(w, "general.alignment", QL_GGUF_U64, &(uint64_t){ 64 }, 0) == QL_EINVAL);
+    CHECK(ql_gguf_writer_kv(w, "general.alignment", QL_GGUF_U32, &odd, 0) == QL_EINVAL);
     CHECK(ql_gguf_writer_add_tensor(w, "q", QL_GGML_Q8_0, 1, (int64_t[]){ 33 }) == QL_EINVAL);
     CHECK(ql_gguf_writer_add_tensor(w, "0123456789012345678901234567890123456789012345678901234567890123",
                                     QL_GGML_F32, 1, ne) == QL_EINVAL);
