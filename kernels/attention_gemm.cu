@@ -136,9 +136,10 @@ __global__ void k_attn_D(const float *__restrict__ dout, const uint16_t *__restr
 
 /* ---------------------------------------------------------------- host side */
 
-int64_t qlk_attn_segments(const int32_t *lo, const int32_t *hi, int64_t n, int64_t *seg)
+/* segments of a causal batch: starts in seg[0..count], seg[count] = n; 0 when a query's keys
+   leave its segment (then the caller uses the warp kernels) */
+static int64_t segments(const int32_t *lo, const int32_t *hi, int64_t n, int64_t *seg, int64_t maxlen)
 {
-    const int64_t maxlen = QL_ATTN_GEMM_MAX;
     /* cut before i when min(lo[i..n)) >= i: no query at or after i looks before it */
     uint8_t *cut = (uint8_t *)malloc((size_t)(n + 1));
     if (!cut) return -1;
@@ -202,10 +203,23 @@ static scratch_layout carve(void *base, int64_t n, int heads, int kvh, int hd)
     return s;
 }
 
-ql_status qlk_attn_fwd_gemm(int dev, const uint16_t *q, const uint16_t *k, const uint16_t *v, const int64_t *seg,
-                            int64_t ns, const int32_t *lo, const int32_t *hi, int64_t n, int heads, int kvh, int hd,
-                            int window, uint16_t *out, float *lse, void *scratch)
+int qlk_attn_gemm_fits(const int32_t *lo, const int32_t *hi, int64_t n)
 {
+    int64_t *seg = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n + 2));
+    if (!seg) return 0;
+    int64_t c = segments(lo, hi, n, seg, QL_ATTN_GEMM_MAX);
+    free(seg);
+    return c > 0;
+}
+
+ql_status qlk_attn_fwd_gemm(int dev, const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *lo_h,
+                            const int32_t *hi_h, const int32_t *lo, const int32_t *hi, int64_t n, int heads, int kvh,
+                            int hd, int window, uint16_t *out, float *lse, void *scratch)
+{
+    int64_t *seg = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n + 2));
+    if (!seg) return ql_fail(QL_ENOMEM, "out of host memory");
+    int64_t ns = segments(lo_h, hi_h, n, seg, QL_ATTN_GEMM_MAX);
+    if (ns <= 0) { free(seg); return ql_fail(QL_EINVAL, "attention: the batch does not split into segments"); }
     scratch_layout sc = carve(scratch, n, heads, kvh, hd);
     int64_t Q = (int64_t)heads * hd, KV = (int64_t)kvh * hd;
     int g = heads / kvh;
@@ -226,14 +240,19 @@ ql_status qlk_attn_fwd_gemm(int dev, const uint16_t *q, const uint16_t *k, const
                           QL_BF16);
         }
     }
+    free(seg);
     return st;
 }
 
 ql_status qlk_attn_bwd_gemm(int dev, const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out,
-                            const float *lse, const float *dout, const int64_t *seg, int64_t ns, const int32_t *lo,
-                            const int32_t *hi, int64_t n, int heads, int kvh, int hd, int window, uint16_t *dq,
-                            uint16_t *dk, uint16_t *dv, void *scratch)
+                            const float *lse, const float *dout, const int32_t *lo_h, const int32_t *hi_h,
+                            const int32_t *lo, const int32_t *hi, int64_t n, int heads, int kvh, int hd, int window,
+                            uint16_t *dq, uint16_t *dk, uint16_t *dv, void *scratch)
 {
+    int64_t *seg = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n + 2));
+    if (!seg) return ql_fail(QL_ENOMEM, "out of host memory");
+    int64_t ns = segments(lo_h, hi_h, n, seg, QL_ATTN_GEMM_MAX);
+    if (ns <= 0) { free(seg); return ql_fail(QL_EINVAL, "attention: the batch does not split into segments"); }
     scratch_layout sc = carve(scratch, n, heads, kvh, hd);
     int64_t Q = (int64_t)heads * hd, KV = (int64_t)kvh * hd;
     int g = heads / kvh;
@@ -269,5 +288,6 @@ ql_status qlk_attn_bwd_gemm(int dev, const uint16_t *q, const uint16_t *k, const
     }
     if (st == QL_OK) st = qlk_to_bf16(sc.dkf, QL_F32, dk, n * KV);
     if (st == QL_OK) st = qlk_to_bf16(sc.dvf, QL_F32, dv, n * KV);
+    free(seg);
     return st;
 }

@@ -93,21 +93,19 @@ ql_status qlk_attn_bwd(const uint16_t *q, const uint16_t *k, const uint16_t *v, 
 
 /* The training path of attention through tensor-core products, per segment of the batch
    (documents no outside query looks into) of at most QL_ATTN_GEMM_MAX tokens; same
-   contracts as qlk_attn_fwd / qlk_attn_bwd over the batch's own keys, plus the segments
-   (qlk_attn_segments) and device scratch of qlk_attn_gemm_scratch bytes. */
+   contracts as qlk_attn_fwd / qlk_attn_bwd over the batch's own keys, plus the host copies
+   lo_h, hi_h of the ranges and device scratch of qlk_attn_gemm_scratch bytes. */
 #define QL_ATTN_GEMM_MAX 4096
-/* From the host copies of the ranges: segment starts into seg[0..count], seg[count] = n
-   (seg holds n + 2); returns count, or 0 when the batch does not split into such segments
-   (a query looking outside its segment, one longer than QL_ATTN_GEMM_MAX), -1 without memory */
-int64_t qlk_attn_segments(const int32_t *lo_h, const int32_t *hi_h, int64_t n, int64_t *seg);
+/* 1 when the batch's ranges split into such segments */
+int qlk_attn_gemm_fits(const int32_t *lo_h, const int32_t *hi_h, int64_t n);
 size_t qlk_attn_gemm_scratch(int64_t n, int heads, int kvh, int hd);
-ql_status qlk_attn_fwd_gemm(int dev, const uint16_t *q, const uint16_t *k, const uint16_t *v, const int64_t *seg,
-                            int64_t ns, const int32_t *lo, const int32_t *hi, int64_t n, int heads, int kvh, int hd,
-                            int window, uint16_t *out, float *lse, void *scratch);
+ql_status qlk_attn_fwd_gemm(int dev, const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *lo_h,
+                            const int32_t *hi_h, const int32_t *lo, const int32_t *hi, int64_t n, int heads, int kvh,
+                            int hd, int window, uint16_t *out, float *lse, void *scratch);
 ql_status qlk_attn_bwd_gemm(int dev, const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out,
-                            const float *lse, const float *dout, const int64_t *seg, int64_t ns, const int32_t *lo,
-                            const int32_t *hi, int64_t n, int heads, int kvh, int hd, int window, uint16_t *dq,
-                            uint16_t *dk, uint16_t *dv, void *scratch);
+                            const float *lse, const float *dout, const int32_t *lo_h, const int32_t *hi_h,
+                            const int32_t *lo, const int32_t *hi, int64_t n, int heads, int kvh, int hd, int window,
+                            uint16_t *dq, uint16_t *dk, uint16_t *dv, void *scratch);
 
 /* ---------------------------------------------------------------- gemm.cu */
 

@@ -204,32 +204,24 @@ static ql_status cu_rope(ql_dec_ctx *c, void *x, const ql_dec_batch *b, int nh, 
     return qlk_rope((uint16_t *)x, b->d_pos, c->inv_freq, b->n, nh, c->m->cfg.head_dim, inverse);
 }
 
-/* The batch's segments for the tensor-core path (a malloc'd array, *ns > 0), or NULL: the warp
-   kernels take it (KV-cache decoding, segments too long for the score scratch, and every batch
-   with QL_ATTN_WARP=1, their tests) */
-static int64_t *gemm_segments(const ql_dec_batch *b, int64_t *ns)
+/* QL_ATTN_WARP=1 sends every batch to the warp kernels (their tests) */
+static int gemm_attention(const ql_dec_batch *b)
 {
     const char *e = getenv("QL_ATTN_WARP");
-    if (e && e[0] == '1') return NULL;
-    int64_t *seg = (int64_t *)malloc(sizeof(int64_t) * (size_t)(b->n + 2));
-    if (seg && (*ns = qlk_attn_segments(b->lo, b->hi, b->n, seg)) > 0) return seg;
-    free(seg);   /* without host memory for the list the warp kernels need none */
-    return NULL;
+    return !(e && e[0] == '1') && qlk_attn_gemm_fits(b->lo, b->hi, b->n);
 }
 
 static ql_status cu_attn(ql_dec_ctx *c, const ql_dec_batch *b, const void *q, const void *k, const void *v,
                          int keys_are_batch, void *out, float *lse)
 {
     const ql_model_config *cf = &c->m->cfg;
-    int64_t ns = 0, *seg = keys_are_batch ? gemm_segments(b, &ns) : NULL;
-    if (seg) {   /* tensor-core products per segment */
+    if (keys_are_batch && gemm_attention(b)) {   /* tensor-core products per segment */
         aux_layout a = aux_of(c);
-        ql_status st = qlk_attn_fwd_gemm(c->dev.index, (const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v, seg,
-                                         ns, b->d_lo, b->d_hi, b->n, cf->heads, cf->kv_heads, cf->head_dim,
-                                         cf->sliding_window, (uint16_t *)out, lse, a.attn);
-        free(seg);
-        return st;
+        return qlk_attn_fwd_gemm(c->dev.index, (const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v, b->lo, b->hi,
+                                 b->d_lo, b->d_hi, b->n, cf->heads, cf->kv_heads, cf->head_dim, cf->sliding_window,
+                                 (uint16_t *)out, lse, a.attn);
     }
+    /* the warp kernels: KV-cache decoding, segments too long for the score scratch */
     return qlk_attn_fwd((const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v, b->d_lo, b->d_hi, b->n, cf->heads,
                         cf->kv_heads, cf->head_dim, cf->sliding_window, (uint16_t *)out, lse);
 }
@@ -238,15 +230,12 @@ static ql_status cu_attn_bwd(ql_dec_ctx *c, const ql_dec_batch *b, const void *q
                              const void *out, const float *lse, const float *dout, void *dq, void *dk, void *dv)
 {
     const ql_model_config *cf = &c->m->cfg;
-    int64_t ns = 0, *seg = gemm_segments(b, &ns);
-    if (seg) {
+    if (gemm_attention(b)) {
         aux_layout a = aux_of(c);
-        ql_status st = qlk_attn_bwd_gemm(c->dev.index, (const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v,
-                                         (const uint16_t *)out, lse, dout, seg, ns, b->d_lo, b->d_hi, b->n, cf->heads,
-                                         cf->kv_heads, cf->head_dim, cf->sliding_window, (uint16_t *)dq, (uint16_t *)dk,
-                                         (uint16_t *)dv, a.attn);
-        free(seg);
-        return st;
+        return qlk_attn_bwd_gemm(c->dev.index, (const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v,
+                                 (const uint16_t *)out, lse, dout, b->lo, b->hi, b->d_lo, b->d_hi, b->n, cf->heads,
+                                 cf->kv_heads, cf->head_dim, cf->sliding_window, (uint16_t *)dq, (uint16_t *)dk,
+                                 (uint16_t *)dv, a.attn);
     }
     if (!b->d_qlo) return ql_fail(QL_EINVAL, "attention backward: the batch has no key ranges");
     return qlk_attn_bwd((const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v, (const uint16_t *)out, lse, dout,
@@ -295,15 +284,6 @@ static ql_status adapter_bf16(ql_dec_ctx *c, const ql_dec_lin *L, const uint16_t
     return QL_OK;
 }
 
-/* the frozen weight of a projection as bf16, timed as QL_PROFILE's dequantization part */
-static ql_status frozen_bf16(ql_dec_ctx *c, const ql_linear *base, const uint16_t **W)
-{
-    double t = sub_t0(c);
-    QL_TRY(weight_bf16(c, base->w, W));
-    sub_add(c, 0, t);
-    return QL_OK;
-}
-
 static ql_status cu_linear(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, int64_t n, void *y, void *xa)
 {
     int dev = c->dev.index;
@@ -311,8 +291,10 @@ static ql_status cu_linear(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, in
     int64_t in = base->in, out = base->out;
     if (n == 0) return QL_OK;
     const uint16_t *W;
-    QL_TRY(frozen_bf16(c, base, &W));
     double t = sub_t0(c);
+    QL_TRY(weight_bf16(c, base->w, &W));
+    sub_add(c, 0, t);
+    t = sub_t0(c);
     QL_TRY(qlk_gemm(dev, 0, 1, n, out, in, 1.0f, x, in, W, in, QL_BF16, 0.0f, y, out, QL_BF16));
     if (base->b) QL_TRY(qlk_add_bias((uint16_t *)y, ql_tensor_data(base->b), base->b->dtype, n, out));
     sub_add(c, 1, t);
@@ -341,8 +323,10 @@ static ql_status cu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *x
     int64_t in = base->in, out = base->out;
     if (n == 0) return QL_OK;
     const uint16_t *W;
-    QL_TRY(frozen_bf16(c, base, &W));
     double t = sub_t0(c);
+    QL_TRY(weight_bf16(c, base->w, &W));
+    sub_add(c, 0, t);
+    t = sub_t0(c);
     /* dx [n, in] (+)= dy [n, out] @ W [out, in] */
     QL_TRY(qlk_gemm(dev, 0, 0, n, in, out, 1.0f, dy, out, W, in, QL_BF16, accumulate ? 1.0f : 0.0f, dx, in, QL_F32));
     sub_add(c, 1, t);
@@ -424,7 +408,6 @@ static ql_status cu_lm_head_ce(ql_dec_ctx *c, const ql_dec_batch *b, const int32
 static ql_status cu_lm_head_logits(ql_dec_ctx *c, const void *xf, int64_t r0, int64_t rows, float *host)
 {
     int64_t H = c->m->cfg.hidden, V = c->m->cfg.vocab;
-    if (c->m->lm_head.b) return ql_fail(QL_EUNSUPPORTED, "an lm_head bias on the GPU");
     aux_layout a = aux_of(c);
     const uint16_t *W;
     QL_TRY(weight_bf16(c, c->m->lm_head.w, &W));
@@ -434,6 +417,7 @@ static ql_status cu_lm_head_logits(ql_dec_ctx *c, const void *xf, int64_t r0, in
         QL_TRY(qlk_gemm(c->dev.index, 0, 1, tc, V, H, 1.0f, x, H, W, H, QL_BF16, 0.0f, a.logits, V, QL_F32));
         QL_TRY(cu_download(c->dev, host + i * V, a.logits, sizeof(float) * (size_t)(tc * V)));
     }
+    if (c->m->lm_head.b) return ql_fail(QL_EUNSUPPORTED, "an lm_head bias on the GPU");
     return QL_OK;
 }
 

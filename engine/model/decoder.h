@@ -145,7 +145,7 @@ ql_status ql_dec_key_ranges(const int32_t *lo, const int32_t *hi, int64_t n, int
 
 /* What the decoder computes for one batch. */
 typedef enum ql_dec_mode {
-    QL_DEC_LOGITS,               /* logits of every row to the host */
+    QL_DEC_LOGITS,               /* logits to the host (all rows, or the last when last_only) */
     QL_DEC_LOSS,                 /* loss sum and count, no gradients */
     QL_DEC_TRAIN                 /* loss, and adapter gradients of sum / denom accumulated */
 } ql_dec_mode;
