@@ -573,6 +573,10 @@ ql_status ql_tensor_copy_(ql_tensor *dst, ql_tensor *src)
     if (ql_device_eq(sd, dd)) {
         const ql_backend *be = ql_backend_for(dd);
         st = be ? be->copy(dst, s) : QL_ENODEV;
+    } else if (dst->dtype == s->dtype && ql_tensor_is_contiguous(dst) && ql_tensor_is_contiguous(s)) {
+        /* one transfer straight into dst: a staging copy on the destination would be a second
+           tensor's worth of device memory (1 GiB for a 7B's lm_head), left in the CUDA cache */
+        st = transfer(dst, s);
     } else {
         /* make a contiguous copy in src's dtype on src's device, move it, then cast on dst's device */
         ql_tensor *c = ql_tensor_new(s->dtype, s->ndim, s->shape, sd);
