@@ -90,6 +90,9 @@ struct block_cache {
     std::unordered_map<size_t, std::vector<void *>> free_lists;  /* rounded size -> blocks */
     std::unordered_map<void *, size_t> size_of;                  /* every live or cached block */
     size_t cached;                                               /* bytes in free_lists */
+    char *slab;                                                  /* the small blocks' current slab */
+    size_t slab_used;
+    std::unordered_map<void *, char> in_slab;                    /* blocks carved from slabs */
 };
 /* never destroyed: tensors may be released during exit */
 static block_cache *const g_cache = new block_cache[QL_MAX_GPUS];
@@ -117,17 +120,48 @@ static size_t round_size(size_t n)
     return (n + q - 1) / q * q;
 }
 
+/*
+ * Blocks up to SMALL_MAX are carved from slabs of SLAB bytes: cudaMalloc hands out whole 2 MiB
+ * pages, so each small tensor (norm weights, NF4 scales, biases) would hold a page, and a 6.4 MB
+ * NF4 weight (a 7B's q or o projection) its 7 MiB size class rounded up to 8. On a 7B that is
+ * ~0.1 GiB of pages holding nothing. Slab blocks stay in the cache for good (a flush keeps them;
+ * slabs are never given back), reused by size class like any cached block.
+ */
+#define SMALL_MAX ((size_t)8 << 20)
+#define SLAB ((size_t)64 << 20)
+
 static void cache_flush(int dev)
 {
     block_cache &c = g_cache[dev];
     std::lock_guard<std::mutex> lock(c.mu);
-    for (auto &kv : c.free_lists)
+    for (auto &kv : c.free_lists) {
+        std::vector<void *> keep;
         for (void *p : kv.second) {
+            if (c.in_slab.count(p)) { keep.push_back(p); continue; }
             if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
             c.size_of.erase(p);
+            c.cached -= kv.first;
         }
-    c.free_lists.clear();
-    c.cached = 0;
+        kv.second.swap(keep);
+    }
+}
+
+/* a small block of rs bytes from the device's slab (c.mu held); NULL when a new slab cannot be had */
+static void *slab_take(block_cache &c, size_t rs, cudaError_t *e)
+{
+    size_t at = (c.slab_used + 255) & ~(size_t)255;
+    if (!c.slab || at + rs > SLAB) {
+        void *s = NULL;
+        *e = cudaMalloc(&s, SLAB);
+        if (*e != cudaSuccess) return NULL;
+        c.slab = (char *)s;   /* the old slab's tail is left unused */
+        at = 0;
+    }
+    c.slab_used = at + rs;
+    void *p = c.slab + at;
+    c.in_slab[p] = 1;
+    *e = cudaSuccess;
+    return p;
 }
 
 static void *alloc_impl(int dev, size_t nbytes, const char *what)
@@ -147,11 +181,22 @@ static void *alloc_impl(int dev, size_t nbytes, const char *what)
         }
     }
     void *p = NULL;
-    cudaError_t e = cudaMalloc(&p, rs);
+    cudaError_t e;
+    if (use_cache && rs <= SMALL_MAX) {
+        block_cache &c = g_cache[dev];
+        std::lock_guard<std::mutex> lock(c.mu);
+        p = slab_take(c, rs, &e);
+    } else
+        e = cudaMalloc(&p, rs);
     if (e == cudaErrorMemoryAllocation && use_cache) {
         (void)cudaGetLastError();
         cache_flush(dev);
-        e = cudaMalloc(&p, rs);
+        if (rs <= SMALL_MAX) {
+            block_cache &c = g_cache[dev];
+            std::lock_guard<std::mutex> lock(c.mu);
+            p = slab_take(c, rs, &e);
+        } else
+            e = cudaMalloc(&p, rs);
     }
     if (e == cudaSuccess) {
         if (use_cache) {
@@ -193,6 +238,24 @@ static void cuda_free(int dev, void *p)
     }
     if (ql_cuda_set_device(dev) != QL_OK) return;
     if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
+}
+
+/* mapped pinned memory: under unified addressing its host pointer is valid in kernels */
+static void *cuda_host_alloc(size_t nbytes)
+{
+    void *p = NULL;
+    cudaError_t e = cudaHostAlloc(&p, nbytes ? nbytes : 1, cudaHostAllocMapped);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        ql_fail(e == cudaErrorMemoryAllocation ? QL_ENOMEM : QL_EDEVICE,
+                "CUDA: cudaHostAlloc of %zu bytes failed: %s", nbytes, cudaGetErrorString(e));
+        return NULL;
+    }
+    return p;
+}
+static void cuda_host_free(void *p)
+{
+    if (p && cudaFreeHost(p) != cudaSuccess) (void)cudaGetLastError();
 }
 
 void *ql_cuda_tmp_alloc(int dev, size_t nbytes) { return alloc_impl(dev, nbytes, "a temporary buffer"); }
@@ -647,4 +710,6 @@ extern "C" const ql_backend ql_cuda_backend = {
     ql_cuda_matmul,
     cuda_nf4_dequantize,
     cuda_nf4_quantize,
+    cuda_host_alloc,
+    cuda_host_free,
 };

@@ -53,6 +53,11 @@ typedef struct ql_backend {
     ql_status (*nf4_dequantize)(ql_tensor *dst, const ql_tensor *src);
     /* NF4: dst (nf4, quant state allocated by the caller) = quantize(src contiguous f32) */
     ql_status (*nf4_quantize)(ql_tensor *dst, const ql_tensor *src);
+    /* page-locked host memory that this backend's kernels read directly (NULL entries, or a
+       NULL result, when the backend has none): tables kept off the device, like an untied
+       embedding, that a step needs a few rows of */
+    void *(*host_alloc)(size_t nbytes);
+    void (*host_free)(void *p);
 } ql_backend;
 
 extern const ql_backend ql_cpu_backend;

@@ -3,6 +3,7 @@
  * (see model.h). Every failure names the file, the field or tensor, and the fix.
  */
 #include "model.h"
+#include "backend.h"
 #include "decoder.h"
 #include "json.h"
 #include "nf4_io.h"
@@ -447,6 +448,24 @@ int64_t ql_model_weight_bytes(const ql_model *m)
 
 /* ---------------------------------------------------------------- to a device */
 
+static void pinned_release(ql_storage *s) { ((const ql_backend *)s->owner)->host_free(s->data); }
+
+/* *t (a host tensor) copied into the device backend's page-locked host memory, which its
+   kernels read directly; *t is left as it is when the backend has none or it runs out */
+static void pin_on_host(ql_tensor **t, ql_device dev)
+{
+    const ql_backend *be = ql_backend_for(dev);
+    if (!be || !be->host_alloc || !ql_tensor_is_contiguous(*t)) return;
+    size_t nbytes = (size_t)ql_dtype_bytes((*t)->dtype, ql_tensor_numel(*t));
+    void *p = be->host_alloc(nbytes);
+    if (!p) { ql_clear_error(); return; }   /* the pageable copy serves, only slower */
+    memcpy(p, ql_tensor_data(*t), nbytes);
+    ql_tensor *w = ql_tensor_wrap((*t)->dtype, (*t)->ndim, (*t)->shape, p, nbytes, pinned_release, (void *)be);
+    if (!w) { be->host_free(p); ql_clear_error(); return; }
+    ql_tensor_release(*t);
+    *t = w;
+}
+
 static ql_status move(ql_tensor **t, ql_device dev)
 {
     if (!*t) return QL_OK;
@@ -468,13 +487,18 @@ ql_status ql_model_to_device(ql_model *m, ql_device dev)
         for (int k = 0; k < 7; k++) { QL_TRY(move(&L[k]->w, dev)); QL_TRY(move(&L[k]->b, dev)); }
     }
     QL_TRY(move(&m->norm, dev));
-    /* the embedding goes too (the decoder gathers its rows there); a tied lm_head shares it */
+    /* A tied embedding goes with the lm_head it is. An untied one stays in host memory, page-
+       locked where the backend can (its kernels then gather a batch's rows over the bus), which
+       keeps a 7B's 1 GiB table off the GPU. */
     int tied = m->lm_head.w == m->embed;
-    QL_TRY(move(&m->embed, dev));
     if (tied) {
+        QL_TRY(move(&m->embed, dev));
         ql_tensor_release(m->lm_head.w);
         m->lm_head.w = ql_tensor_retain(m->embed);
-    } else QL_TRY(move(&m->lm_head.w, dev));
+    } else {
+        QL_TRY(move(&m->lm_head.w, dev));
+        pin_on_host(&m->embed, dev);
+    }
     m->device = dev;
     return QL_OK;
 }
