@@ -54,7 +54,7 @@ typedef struct ql_dec_ctx {
     int64_t n;                   /* tokens of the batch the plan was made for */
     const ql_lora *lora;         /* the adapter the plan was made for (NULL: none) */
     const float *inv_freq;       /* [head_dim / 2] RoPE frequencies in the backend's memory */
-    void *tmp;                   /* A [n, max(H, Q, NI)] dropout / adapter scratch */
+    void *tmp;                   /* A [n, max(H, Q, NI)] dropout's masked inputs (NULL without dropout) */
     void *tr;                    /* A [n, r] */
     void *aux;                   /* backend-private scratch of aux_size bytes (CUDA: weight
                                     dequantization, f32 scratch, lm_head chunks) */
@@ -87,6 +87,9 @@ struct ql_dec_ops {
                              int64_t n, float *dx);
     /* out R = a R + b A (out may be a) */
     ql_status (*residual)(ql_dec_ctx *c, float *out, const float *a, const void *b, int64_t count);
+    /* dst R = f32(src A): checkpoints of layer inputs kept as A values (NULL when act is f32,
+       whose checkpoints stay R) */
+    ql_status (*widen)(ql_dec_ctx *c, const void *src, int64_t count, float *dst);
     /* A view of R values: the R pointer itself when act is f32, else a cast into dst (count values) */
     const void *(*as_act)(ql_dec_ctx *c, const float *src, int64_t count, void *dst, ql_status *st);
     /* rotate-half RoPE in place on x A [n, nh * hd] at the batch's positions; inverse rotates back */
@@ -105,7 +108,8 @@ struct ql_dec_ops {
     /* dg, du A from dh R */
     ql_status (*swiglu_bwd)(ql_dec_ctx *c, const void *g, const void *u, const float *dh, void *dg, void *du,
                             int64_t count);
-    /* y A [n, out] = x W^T + b + scale * (dropout(x) A^T) B^T; xa A [n, r] keeps dropout(x) A^T */
+    /* y A [n, out] = x W^T + b + scale * (dropout(x) A^T) B^T; xa A [n, r] keeps dropout(x) A^T.
+       y NULL: only xa (a recomputation that needs the adapter's input side, not the output) */
     ql_status (*linear)(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, int64_t n, void *y, void *xa);
     /* dx R [n, in] (+)= dy W + scale * ((dy B) A through the dropout mask); gA, gB accumulate */
     ql_status (*linear_bwd)(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, const void *xa, const void *dy,

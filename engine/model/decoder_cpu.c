@@ -239,13 +239,13 @@ static ql_status cpu_linear(ql_dec_ctx *c, const ql_dec_lin *L, const void *xv, 
 {
     const float *x = xv;
     float *y = yv, *xa = xav;
-    QL_TRY(ql_linear_fwd(c->m, L->base, x, n, y));
+    if (y) QL_TRY(ql_linear_fwd(c->m, L->base, x, n, y));
     const ql_lora_mod *mod = L->mod;
     if (!mod || n == 0) return QL_OK;
     const float *xd = dropout_x(L, x, n * mod->in, c->tmp);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, mod->r, mod->in, 1.0f, xd, mod->in, L->A, mod->in,
                 0.0f, xa, mod->r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, mod->out, mod->r, mod->scale, xa, mod->r, L->B, mod->r,
+    if (y) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, mod->out, mod->r, mod->scale, xa, mod->r, L->B, mod->r,
                 1.0f, y, mod->out);
     return QL_OK;
 }
