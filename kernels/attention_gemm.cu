@@ -136,6 +136,15 @@ __global__ void k_attn_D(const float *__restrict__ dout, const uint16_t *__restr
 
 /* ---------------------------------------------------------------- host side */
 
+ql_status qlk_attn_rowdot(const float *dout, const uint16_t *out, int64_t n, int heads, int hd, float *D)
+{
+    int64_t warps = n * heads;
+    if (warps == 0) return QL_OK;
+    k_attn_D<<<(unsigned)((warps * 32 + 255) / 256), 256>>>(dout, out, n, heads, hd, D);
+    QL_CU_LAUNCH("k_attn_D");
+    return QL_OK;
+}
+
 /* segments of a causal batch: starts in seg[0..count], seg[count] = n; 0 when a query's keys
    leave its segment (then the caller uses the warp kernels) */
 static int64_t segments(const int32_t *lo, const int32_t *hi, int64_t n, int64_t *seg, int64_t maxlen)

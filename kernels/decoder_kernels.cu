@@ -214,6 +214,17 @@ template <typename S> struct op_to_bf16 {
     }
 };
 
+/* dst = f32(src) */
+struct op_widen {
+    const ql_bf16_t *src; float *dst;
+    template <int V> __device__ __forceinline__ void run(int64_t e) const
+    {
+        float x[V];
+        ldv<V>(src, e, x);
+        stv<V>(dst, e, x);
+    }
+};
+
 /* h = g / (1 + expf(-g)) * u   (model.c: g[i] / (1.0f + expf(-g[i])) * u[i]) */
 struct op_swiglu {
     const ql_bf16_t *g, *u; ql_bf16_t *h;
@@ -648,6 +659,12 @@ ql_status qlk_to_bf16(const void *src, ql_dtype sdt, uint16_t *dst, int64_t coun
         op_to_bf16<T> op = { (const T *)src, (ql_bf16_t *)dst };
         return map_launch(op, count, v4, "launch of qlk_to_bf16");
     })
+}
+
+ql_status qlk_widen(const uint16_t *src, float *dst, int64_t count)
+{
+    op_widen op = { (const ql_bf16_t *)src, dst };
+    return map_launch(op, count, aligned(src, 8) && aligned(dst, 16), "launch of qlk_widen");
 }
 
 ql_status qlk_rope(uint16_t *x, const int32_t *pos, const float *inv_freq, int64_t n, int nh, int hd, int inverse)

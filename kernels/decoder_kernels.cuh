@@ -31,6 +31,8 @@ ql_status qlk_rmsnorm_bwd(const float *x, const void *w, ql_dtype wdt, const flo
 ql_status qlk_residual(float *out, const float *a, const uint16_t *b, int64_t count);
 /* dst A = bf16(src) for src of dtype sdt (f32, bf16, f16) */
 ql_status qlk_to_bf16(const void *src, ql_dtype sdt, uint16_t *dst, int64_t count);
+/* dst R = f32(src A) */
+ql_status qlk_widen(const uint16_t *src, float *dst, int64_t count);
 /* rotate-half RoPE in place on x A [n, nh * hd]: for d < hd/2, ang = (float)pos[i] * inv_freq[d],
    c = cosf(ang), s = sinf(ang) (inverse: s = -s); a = x[d], b = x[d + hd/2];
    x[d] = a*c - b*s, x[d + hd/2] = b*c + a*s. inv_freq: device f32 [hd/2] */
@@ -89,7 +91,24 @@ ql_status qlk_attn_bwd(const uint16_t *q, const uint16_t *k, const uint16_t *v, 
                        const float *dout, const int32_t *lo, const int32_t *hi, const int32_t *qlo, const int32_t *qhi,
                        int64_t n, int heads, int kvh, int hd, int window, uint16_t *dq, uint16_t *dk, uint16_t *dv);
 
+/* ---------------------------------------------------------------- flash_attn.cu */
+
+/* Tensor-core attention over the batch's own keys without an n x n matrix (mma.sync, sm_80+),
+   same contracts as qlk_attn_fwd / qlk_attn_bwd; hd a multiple of 16 up to 128. The backward
+   takes device scratch of qlk_flash_scratch bytes (dout as bf16, and D). */
+int qlk_flash_supported(int hd);
+size_t qlk_flash_scratch(int64_t n, int heads, int hd);
+ql_status qlk_flash_fwd(const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *lo, const int32_t *hi,
+                        int64_t n, int heads, int kvh, int hd, int window, uint16_t *out, float *lse);
+ql_status qlk_flash_bwd(const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out, const float *lse,
+                        const float *dout, const int32_t *lo, const int32_t *hi, const int32_t *qlo, const int32_t *qhi,
+                        int64_t n, int heads, int kvh, int hd, int window, uint16_t *dq, uint16_t *dk, uint16_t *dv,
+                        void *scratch);
+
 /* ---------------------------------------------------------------- attention_gemm.cu */
+
+/* D S [n, heads] = per (token, head) sum_d dout R * out A */
+ql_status qlk_attn_rowdot(const float *dout, const uint16_t *out, int64_t n, int heads, int hd, float *D);
 
 /* The training path of attention through tensor-core products, per segment of the batch
    (documents no outside query looks into) of at most QL_ATTN_GEMM_MAX tokens; same

@@ -27,7 +27,8 @@ extern "C" {
 #include <math.h>
 #include <stdlib.h>
 
-#define CE_CHUNK 128   /* lm_head rows per chunk: f32 logits + bf16 gradient = 6 V bytes a row */
+#define CE_CHUNK 64    /* lm_head rows per chunk: f32 logits + bf16 gradient = 6 V bytes a row, 59 MB for
+                          Qwen2.5's 152k vocabulary (half of 128 rows' share of the 7 GiB budget) */
 
 /* ---------------------------------------------------------------- memory */
 
@@ -73,7 +74,7 @@ struct aux_layout {
     float *dxs;                  /* [CE_CHUNK, H] */
     int32_t *rows, *tgt;         /* [n] */
     double *loss;                /* [1] */
-    void *attn;                  /* attention_gemm.cu's scratch */
+    void *attn;                  /* flash_attn.cu's scratch of the backward */
     size_t bytes;
 };
 
@@ -124,7 +125,7 @@ static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, char *base,
     TAKE(rows, int32_t, n);
     TAKE(tgt, int32_t, n);
     TAKE(loss, double, 1);
-    TAKE(attn, char, qlk_attn_gemm_scratch(n, c->heads, c->kv_heads, c->head_dim));
+    TAKE(attn, char, qlk_flash_scratch(n, c->heads, c->head_dim));
 #undef TAKE
     a->bytes = off;
 }
@@ -170,9 +171,23 @@ static ql_status weight_bf16(ql_dec_ctx *c, const ql_tensor *w, const uint16_t *
 static ql_status cu_embed(ql_dec_ctx *c, const ql_dec_batch *b, float *x)
 {
     const ql_tensor *E = c->m->embed;
-    if (ql_tensor_device(E).type != QL_DEV_CUDA || !ql_tensor_is_contiguous(E) || E->dtype == QL_NF4)
-        return ql_fail(QL_EINVAL, "the embedding table must be a contiguous f32/bf16/f16 tensor on the GPU");
-    return qlk_embed(ql_tensor_data(E), E->dtype, c->m->cfg.hidden, b->d_ids, b->n, x);
+    int64_t H = c->m->cfg.hidden;
+    if (!ql_tensor_is_contiguous(E) || E->dtype == QL_NF4)
+        return ql_fail(QL_EINVAL, "the embedding table must be a contiguous f32/bf16/f16 tensor");
+    if (ql_tensor_device(E).type == QL_DEV_CPU) {   /* an untied table kept in host memory (model_load.c) */
+        cudaPointerAttributes pa;
+        if (cudaPointerGetAttributes(&pa, ql_tensor_data(E)) == cudaSuccess && pa.type == cudaMemoryTypeHost &&
+            pa.devicePointer)   /* page-locked and mapped: the kernel reads its rows over the bus */
+            return qlk_embed(pa.devicePointer, E->dtype, H, b->d_ids, b->n, x);
+        (void)cudaGetLastError();
+        float *rows = (float *)malloc(sizeof(float) * (size_t)(b->n * H));
+        if (!rows) return ql_fail(QL_ENOMEM, "out of host memory for %lld embedding rows", (long long)b->n);
+        ql_embed_rows(E, b->ids, b->n, (int)H, rows);
+        ql_status s = cu_upload(c->dev, x, rows, sizeof(float) * (size_t)(b->n * H));
+        free(rows);
+        return s;
+    }
+    return qlk_embed(ql_tensor_data(E), E->dtype, H, b->d_ids, b->n, x);
 }
 
 static ql_status cu_rmsnorm(ql_dec_ctx *c, const float *x, const ql_tensor *w, int64_t n, void *y, float *r)
@@ -192,6 +207,12 @@ static ql_status cu_residual(ql_dec_ctx *c, float *out, const float *a, const vo
     return qlk_residual(out, a, (const uint16_t *)b, count);
 }
 
+static ql_status cu_widen(ql_dec_ctx *c, const void *src, int64_t count, float *dst)
+{
+    (void)c;
+    return qlk_widen((const uint16_t *)src, dst, count);
+}
+
 static const void *cu_as_act(ql_dec_ctx *c, const float *src, int64_t count, void *dst, ql_status *st)
 {
     (void)c;
@@ -204,43 +225,66 @@ static ql_status cu_rope(ql_dec_ctx *c, void *x, const ql_dec_batch *b, int nh, 
     return qlk_rope((uint16_t *)x, b->d_pos, c->inv_freq, b->n, nh, c->m->cfg.head_dim, inverse);
 }
 
-/* QL_ATTN_WARP=1 sends every batch to the warp kernels (their tests) */
-static int gemm_attention(const ql_dec_batch *b)
+/* Which kernels attend over the batch's own keys: flash_attn.cu (the default), or by QL_ATTN:
+   "gemm" (products per segment, attention_gemm.cu), "warp" (attention.cu, which also serves
+   KV-cache decoding). Flash needs sm_80+ and a head dim that is a multiple of 16 up to 128;
+   gemm needs segments of at most QL_ATTN_GEMM_MAX tokens; warp takes anything. */
+enum { ATTN_FLASH, ATTN_GEMM, ATTN_WARP };
+static int attention_path(const ql_model_config *cf, const ql_dec_batch *b)
 {
-    const char *e = getenv("QL_ATTN_WARP");
-    return !(e && e[0] == '1') && qlk_attn_gemm_fits(b->lo, b->hi, b->n);
+    const char *e = getenv("QL_ATTN");
+    int want = !e || !e[0] ? ATTN_FLASH : !strcmp(e, "gemm") ? ATTN_GEMM : !strcmp(e, "warp") ? ATTN_WARP : ATTN_FLASH;
+    if (want == ATTN_FLASH && qlk_flash_supported(cf->head_dim)) return ATTN_FLASH;
+    if (want != ATTN_WARP && qlk_attn_gemm_fits(b->lo, b->hi, b->n)) return ATTN_GEMM;
+    return ATTN_WARP;
 }
 
 static ql_status cu_attn(ql_dec_ctx *c, const ql_dec_batch *b, const void *q, const void *k, const void *v,
                          int keys_are_batch, void *out, float *lse)
 {
     const ql_model_config *cf = &c->m->cfg;
-    if (keys_are_batch && gemm_attention(b)) {   /* tensor-core products per segment */
-        aux_layout a = aux_of(c);
-        return qlk_attn_fwd_gemm(c->dev.index, (const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v, b->lo, b->hi,
-                                 b->d_lo, b->d_hi, b->n, cf->heads, cf->kv_heads, cf->head_dim, cf->sliding_window,
-                                 (uint16_t *)out, lse, a.attn);
+    const uint16_t *q_ = (const uint16_t *)q, *k_ = (const uint16_t *)k, *v_ = (const uint16_t *)v;
+    int path = keys_are_batch ? attention_path(cf, b) : ATTN_WARP;
+    if (path == ATTN_FLASH)
+        return qlk_flash_fwd(q_, k_, v_, b->d_lo, b->d_hi, b->n, cf->heads, cf->kv_heads, cf->head_dim,
+                             cf->sliding_window, (uint16_t *)out, lse);
+    if (path == ATTN_GEMM) {
+        void *scratch = ql_cuda_tmp_alloc(c->dev.index, qlk_attn_gemm_scratch(b->n, cf->heads, cf->kv_heads, cf->head_dim));
+        if (!scratch) return QL_ENOMEM;
+        ql_status s = qlk_attn_fwd_gemm(c->dev.index, q_, k_, v_, b->lo, b->hi, b->d_lo, b->d_hi, b->n, cf->heads,
+                                        cf->kv_heads, cf->head_dim, cf->sliding_window, (uint16_t *)out, lse, scratch);
+        ql_cuda_tmp_free(c->dev.index, scratch);
+        return s;
     }
-    /* the warp kernels: KV-cache decoding, segments too long for the score scratch */
-    return qlk_attn_fwd((const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v, b->d_lo, b->d_hi, b->n, cf->heads,
-                        cf->kv_heads, cf->head_dim, cf->sliding_window, (uint16_t *)out, lse);
+    return qlk_attn_fwd(q_, k_, v_, b->d_lo, b->d_hi, b->n, cf->heads, cf->kv_heads, cf->head_dim, cf->sliding_window,
+                        (uint16_t *)out, lse);
 }
 
 static ql_status cu_attn_bwd(ql_dec_ctx *c, const ql_dec_batch *b, const void *q, const void *k, const void *v,
                              const void *out, const float *lse, const float *dout, void *dq, void *dk, void *dv)
 {
     const ql_model_config *cf = &c->m->cfg;
-    if (gemm_attention(b)) {
+    const uint16_t *q_ = (const uint16_t *)q, *k_ = (const uint16_t *)k, *v_ = (const uint16_t *)v;
+    int path = attention_path(cf, b);
+    if (path != ATTN_GEMM && !b->d_qlo) return ql_fail(QL_EINVAL, "attention backward: the batch has no key ranges");
+    if (path == ATTN_FLASH) {
         aux_layout a = aux_of(c);
-        return qlk_attn_bwd_gemm(c->dev.index, (const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v,
-                                 (const uint16_t *)out, lse, dout, b->lo, b->hi, b->d_lo, b->d_hi, b->n, cf->heads,
-                                 cf->kv_heads, cf->head_dim, cf->sliding_window, (uint16_t *)dq, (uint16_t *)dk,
-                                 (uint16_t *)dv, a.attn);
+        return qlk_flash_bwd(q_, k_, v_, (const uint16_t *)out, lse, dout, b->d_lo, b->d_hi, b->d_qlo, b->d_qhi, b->n,
+                             cf->heads, cf->kv_heads, cf->head_dim, cf->sliding_window, (uint16_t *)dq, (uint16_t *)dk,
+                             (uint16_t *)dv, a.attn);
     }
-    if (!b->d_qlo) return ql_fail(QL_EINVAL, "attention backward: the batch has no key ranges");
-    return qlk_attn_bwd((const uint16_t *)q, (const uint16_t *)k, (const uint16_t *)v, (const uint16_t *)out, lse, dout,
-                        b->d_lo, b->d_hi, b->d_qlo, b->d_qhi, b->n, cf->heads, cf->kv_heads, cf->head_dim,
-                        cf->sliding_window, (uint16_t *)dq, (uint16_t *)dk, (uint16_t *)dv);
+    if (path == ATTN_GEMM) {
+        void *scratch = ql_cuda_tmp_alloc(c->dev.index, qlk_attn_gemm_scratch(b->n, cf->heads, cf->kv_heads, cf->head_dim));
+        if (!scratch) return QL_ENOMEM;
+        ql_status s = qlk_attn_bwd_gemm(c->dev.index, q_, k_, v_, (const uint16_t *)out, lse, dout, b->lo, b->hi, b->d_lo,
+                                        b->d_hi, b->n, cf->heads, cf->kv_heads, cf->head_dim, cf->sliding_window,
+                                        (uint16_t *)dq, (uint16_t *)dk, (uint16_t *)dv, scratch);
+        ql_cuda_tmp_free(c->dev.index, scratch);
+        return s;
+    }
+    return qlk_attn_bwd(q_, k_, v_, (const uint16_t *)out, lse, dout, b->d_lo, b->d_hi, b->d_qlo, b->d_qhi, b->n,
+                        cf->heads, cf->kv_heads, cf->head_dim, cf->sliding_window, (uint16_t *)dq, (uint16_t *)dk,
+                        (uint16_t *)dv);
 }
 
 static ql_status cu_swiglu(ql_dec_ctx *c, const void *g, const void *u, void *h, int64_t count)
@@ -284,34 +328,40 @@ static ql_status adapter_bf16(ql_dec_ctx *c, const ql_dec_lin *L, const uint16_t
     return QL_OK;
 }
 
+/* The adapter's term goes first and the frozen product adds onto it (beta = 1): the big product
+   reads y in its epilogue, where it costs next to nothing, instead of a second pass over y after it.
+   The same for dx in the backward (without dropout, whose mask needs its own pass). */
 static ql_status cu_linear(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, int64_t n, void *y, void *xa)
 {
     int dev = c->dev.index;
     const ql_linear *base = L->base;
     int64_t in = base->in, out = base->out;
     if (n == 0) return QL_OK;
+    const ql_lora_mod *mod = L->mod;
+    double t;
+    if (mod) {
+        t = sub_t0(c);
+        const uint16_t *A, *B;
+        QL_TRY(adapter_bf16(c, L, &A, &B));
+        const void *xd = x;
+        if (L->dropout > 0) {
+            QL_TRY(qlk_dropout((const uint16_t *)x, (uint16_t *)c->tmp, n * in, L->dropout, L->seed, L->stream));
+            xd = c->tmp;
+        }
+        int r = mod->r;
+        QL_TRY(qlk_gemm(dev, 0, 1, n, r, in, 1.0f, xd, in, A, in, QL_BF16, 0.0f, xa, r, QL_BF16));
+        if (y) QL_TRY(qlk_gemm(dev, 0, 1, n, out, r, mod->scale, xa, r, B, r, QL_BF16, 0.0f, y, out, QL_BF16));
+        sub_add(c, 2, t);
+    }
+    if (!y) return QL_OK;   /* only xa was wanted (decoder.h) */
     const uint16_t *W;
-    double t = sub_t0(c);
+    t = sub_t0(c);
     QL_TRY(weight_bf16(c, base->w, &W));
     sub_add(c, 0, t);
     t = sub_t0(c);
-    QL_TRY(qlk_gemm(dev, 0, 1, n, out, in, 1.0f, x, in, W, in, QL_BF16, 0.0f, y, out, QL_BF16));
+    QL_TRY(qlk_gemm(dev, 0, 1, n, out, in, 1.0f, x, in, W, in, QL_BF16, mod ? 1.0f : 0.0f, y, out, QL_BF16));
     if (base->b) QL_TRY(qlk_add_bias((uint16_t *)y, ql_tensor_data(base->b), base->b->dtype, n, out));
     sub_add(c, 1, t);
-    const ql_lora_mod *mod = L->mod;
-    if (!mod) return QL_OK;
-    t = sub_t0(c);
-    const uint16_t *A, *B;
-    QL_TRY(adapter_bf16(c, L, &A, &B));
-    const void *xd = x;
-    if (L->dropout > 0) {
-        QL_TRY(qlk_dropout((const uint16_t *)x, (uint16_t *)c->tmp, n * in, L->dropout, L->seed, L->stream));
-        xd = c->tmp;
-    }
-    int r = mod->r;
-    QL_TRY(qlk_gemm(dev, 0, 1, n, r, in, 1.0f, xd, in, A, in, QL_BF16, 0.0f, xa, r, QL_BF16));
-    QL_TRY(qlk_gemm(dev, 0, 1, n, out, r, mod->scale, xa, r, B, r, QL_BF16, 1.0f, y, out, QL_BF16));
-    sub_add(c, 2, t);
     return QL_OK;
 }
 
@@ -322,16 +372,21 @@ static ql_status cu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *x
     const ql_linear *base = L->base;
     int64_t in = base->in, out = base->out;
     if (n == 0) return QL_OK;
-    const uint16_t *W;
-    double t = sub_t0(c);
-    QL_TRY(weight_bf16(c, base->w, &W));
-    sub_add(c, 0, t);
-    t = sub_t0(c);
-    /* dx [n, in] (+)= dy [n, out] @ W [out, in] */
-    QL_TRY(qlk_gemm(dev, 0, 0, n, in, out, 1.0f, dy, out, W, in, QL_BF16, accumulate ? 1.0f : 0.0f, dx, in, QL_F32));
-    sub_add(c, 1, t);
     const ql_lora_mod *mod = L->mod;
-    if (!mod) return QL_OK;
+    const uint16_t *W;
+    double t;
+    /* with dropout the frozen product goes first: the adapter's dx term is added through the mask */
+    int frozen_first = !mod || L->dropout > 0;
+    if (frozen_first) {
+        t = sub_t0(c);
+        QL_TRY(weight_bf16(c, base->w, &W));
+        sub_add(c, 0, t);
+        t = sub_t0(c);
+        /* dx [n, in] (+)= dy [n, out] @ W [out, in] */
+        QL_TRY(qlk_gemm(dev, 0, 0, n, in, out, 1.0f, dy, out, W, in, QL_BF16, accumulate ? 1.0f : 0.0f, dx, in, QL_F32));
+        sub_add(c, 1, t);
+        if (!mod) return QL_OK;
+    }
     t = sub_t0(c);
     int r = mod->r;
     const uint16_t *A, *B;
@@ -353,9 +408,18 @@ static ql_status cu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *x
         QL_TRY(qlk_gemm(dev, 0, 0, n, in, r, mod->scale, c->tr, r, A, in, QL_BF16, 0.0f, a.f32, in, QL_F32));
         QL_TRY(qlk_dropout_add(a.f32, dx, n * in, L->dropout, L->seed, L->stream));
     } else {
-        QL_TRY(qlk_gemm(dev, 0, 0, n, in, r, mod->scale, c->tr, r, A, in, QL_BF16, 1.0f, dx, in, QL_F32));
+        QL_TRY(qlk_gemm(dev, 0, 0, n, in, r, mod->scale, c->tr, r, A, in, QL_BF16, accumulate ? 1.0f : 0.0f, dx, in,
+                        QL_F32));
     }
     sub_add(c, 2, t);
+    if (!frozen_first) {
+        t = sub_t0(c);
+        QL_TRY(weight_bf16(c, base->w, &W));
+        sub_add(c, 0, t);
+        t = sub_t0(c);
+        QL_TRY(qlk_gemm(dev, 0, 0, n, in, out, 1.0f, dy, out, W, in, QL_BF16, 1.0f, dx, in, QL_F32));
+        sub_add(c, 1, t);
+    }
     return QL_OK;
 }
 
@@ -479,6 +543,7 @@ static ql_dec_ops make_ops(void)
     o.rmsnorm_bwd = cu_rmsnorm_bwd;
     o.residual = cu_residual;
     o.as_act = cu_as_act;
+    o.widen = cu_widen;
     o.rope = cu_rope;
     o.attn = cu_attn;
     o.attn_bwd = cu_attn_bwd;

@@ -161,37 +161,39 @@ __global__ void k_nf4_dequantize(const uint8_t *__restrict__ packed, const float
     }
 }
 
-/* 16 elements per thread: one 8-byte load of packed values, the block scale decoded
-   inline (double quantization: the same two roundings as k_nf4_absmax_dequant), two
-   16-byte stores of bf16. blocksize >= 16, so the 16 elements share one scale. */
+/* 8 elements per thread: one 4-byte load of packed values, the block scale decoded inline
+   (double quantization: the same two roundings as k_nf4_absmax_dequant), one 16-byte store
+   of bf16. A warp reads 128 contiguous bytes and writes 512 in one instruction each, so every
+   transaction is whole. blocksize >= 32, so the 8 elements share one scale. */
 template <bool DQ>
-__global__ void k_nf4_dequantize_bf16_x16(const uint2 *__restrict__ packed, const uint8_t *__restrict__ absmax_q,
-                                          const float *__restrict__ absmax, const float *__restrict__ nested_absmax,
-                                          const float *__restrict__ code, float offset, int64_t groups, int bs_log2,
-                                          uint4 *__restrict__ out)
+__global__ void k_nf4_dequantize_bf16_x8(const uint32_t *__restrict__ packed, const uint8_t *__restrict__ absmax_q,
+                                         const float *__restrict__ absmax, const float *__restrict__ nested_absmax,
+                                         const float *__restrict__ code, float offset, int64_t groups, int bs_log2,
+                                         uint4 *__restrict__ out)
 {
-    /* the 16 code values in shared memory: threads look up different entries, which the
-       constant cache would serialise (16 lookups a thread) */
-    __shared__ float lut[16];
-    if (threadIdx.x < 16) lut[threadIdx.x] = c_nf4[threadIdx.x];
+    /* the 16 code values in shared memory, one copy per bank: lane l reads entry c at
+       lut[c][l], so a warp's 32 lookups never conflict (a single copy in 16 banks would
+       serialise random lookups; the constant cache, 16 lookups a thread, worse) */
+    __shared__ float lut[16][32];
+    for (int i = threadIdx.x; i < 16 * 32; i += blockDim.x) lut[i >> 5][i & 31] = c_nf4[i >> 5];
     __syncthreads();
+    const int lane = threadIdx.x & 31;
     const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= groups) return;
-    const int64_t b = (t * 16) >> bs_log2;
+    const int64_t b = (t * 8) >> bs_log2;
     float s;
     if (DQ) s = __fadd_rn(__fmul_rn(__ldg(&code[absmax_q[b]]), __ldg(&nested_absmax[b / NESTED])), offset);
     else s = __ldg(&absmax[b]);
-    const uint2 p = packed[t];
-    uint32_t w[8];
+    const uint32_t p = packed[t];
+    uint32_t w[4];
 #pragma unroll
-    for (int k = 0; k < 8; k++) {
-        const uint32_t byte = ((k < 4 ? p.x : p.y) >> (8 * (k & 3))) & 0xffu;
-        const uint32_t hi = f32_to_bf16_rne(__fmul_rn(lut[byte >> 4], s));
-        const uint32_t lo = f32_to_bf16_rne(__fmul_rn(lut[byte & 15], s));
+    for (int k = 0; k < 4; k++) {
+        const uint32_t byte = (p >> (8 * k)) & 0xffu;
+        const uint32_t hi = f32_to_bf16_rne(__fmul_rn(lut[byte >> 4][lane], s));
+        const uint32_t lo = f32_to_bf16_rne(__fmul_rn(lut[byte & 15][lane], s));
         w[k] = hi | (lo << 16);   /* element 2k (high nibble) first in memory */
     }
-    out[2 * t] = make_uint4(w[0], w[1], w[2], w[3]);
-    out[2 * t + 1] = make_uint4(w[4], w[5], w[6], w[7]);
+    out[t] = make_uint4(w[0], w[1], w[2], w[3]);
 }
 
 /* ---------------------------------------------------------------- launchers */
@@ -291,7 +293,7 @@ extern "C" ql_status ql_cuda_nf4_dequantize_bf16_fast(const uint8_t *packed, int
 {
     if (!bs_ok(blocksize)) return ql_fail(QL_EINVAL, "nf4 dequantize: blocksize %d is not a power of two in 32..4096", blocksize);
     if (n <= 0) return n == 0 ? QL_OK : ql_fail(QL_EINVAL, "nf4 dequantize: negative size");
-    const bool vec = n % 16 == 0 && ((uintptr_t)packed & 7) == 0 && ((uintptr_t)out & 15) == 0;
+    const bool vec = n % 8 == 0 && ((uintptr_t)packed & 3) == 0 && ((uintptr_t)out & 15) == 0;
     if (!vec) {   /* the one-thread-per-byte path */
         const float *am = absmax_f32;
         if (double_quant) {
@@ -303,14 +305,14 @@ extern "C" ql_status ql_cuda_nf4_dequantize_bf16_fast(const uint8_t *packed, int
     }
     int lg = 0;
     while ((1 << lg) < blocksize) lg++;
-    const int64_t groups = n / 16;
+    const int64_t groups = n / 8;
     unsigned grid = 0;
     QL_TRY(grid_for(groups, 256, "dequantize bf16", &grid));
     if (double_quant)
-        k_nf4_dequantize_bf16_x16<true><<<grid, 256, 0, (cudaStream_t)stream>>>(
-            (const uint2 *)packed, absmax_q, NULL, nested_absmax, nested_code, offset, groups, lg, (uint4 *)out);
+        k_nf4_dequantize_bf16_x8<true><<<grid, 256, 0, (cudaStream_t)stream>>>(
+            (const uint32_t *)packed, absmax_q, NULL, nested_absmax, nested_code, offset, groups, lg, (uint4 *)out);
     else
-        k_nf4_dequantize_bf16_x16<false><<<grid, 256, 0, (cudaStream_t)stream>>>(
-            (const uint2 *)packed, NULL, absmax_f32, NULL, NULL, 0.0f, groups, lg, (uint4 *)out);
+        k_nf4_dequantize_bf16_x8<false><<<grid, 256, 0, (cudaStream_t)stream>>>(
+            (const uint32_t *)packed, NULL, absmax_f32, NULL, NULL, 0.0f, groups, lg, (uint4 *)out);
     return launch_check("dequantize bf16");
 }

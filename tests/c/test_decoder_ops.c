@@ -118,6 +118,10 @@ static void close_(const float *g, const float *c, int64_t n, double tol, const 
 }
 #define CLOSE(g, c, n, tol, what) close_(g, c, n, tol, what, __LINE__)
 
+/* attention shapes other than the fixture's (heads, kv heads, head dim), for the attention tests
+   only: the other ops would read weights of the fixture's shapes */
+static int ov_heads, ov_kvh, ov_hd;
+
 static int setup(fixture *f, int64_t n, int window)
 {
     memset(f, 0, sizeof *f);
@@ -131,6 +135,12 @@ static int setup(fixture *f, int64_t n, int window)
     CHECK_MSG(f->mc && f->mg, "loading %s: %s", dir, ql_last_error());
     if (!f->mc || !f->mg) return 0;
     f->mc->cfg.sliding_window = f->mg->cfg.sliding_window = window;
+    int rope_dims = f->mc->cfg.head_dim / 2;   /* inv_freq was made for the fixture's head dim */
+    if (ov_hd) {
+        f->mc->cfg.heads = f->mg->cfg.heads = ov_heads;
+        f->mc->cfg.kv_heads = f->mg->cfg.kv_heads = ov_kvh;
+        f->mc->cfg.head_dim = f->mg->cfg.head_dim = ov_hd;
+    }
     f->n = n;
     const ql_model_config *c = &f->mc->cfg;
     f->ids = malloc(sizeof(int32_t) * (size_t)n * 6);
@@ -148,15 +158,16 @@ static int setup(fixture *f, int64_t n, int window)
     f->bg = bg;
     int64_t H = c->hidden, Q = (int64_t)c->heads * c->head_dim, W = c->inter > H ? c->inter : H, r = 8;
     if (Q > W) W = Q;
-    ql_dec_ctx cc = { CPU, f->mc, ql_cpu(), n, NULL, f->mc->inv_freq, malloc(4 * (size_t)(n * W)),
-                      malloc(4 * (size_t)(n * r)), NULL, 0 };
+    ql_dec_ctx cc = { .ops = CPU, .m = f->mc, .dev = ql_cpu(), .n = n, .inv_freq = f->mc->inv_freq,
+                      .tmp = malloc(4 * (size_t)(n * W)), .tr = malloc(4 * (size_t)(n * r)) };
     f->cc = cc;
     /* dropout > 0 so that the scratch of the dropout path is planned too */
     f->lora = ql_lora_new(f->mg, (int)r, 16, 0, 0.25f, (1u << QL_NTARGETS) - 1, NULL, 1);
     CHECK(f->lora != NULL);
     size_t ab = GPU->aux_size(f->mg, f->lora, n);
-    ql_dec_ctx cg = { GPU, f->mg, ql_cuda(0), n, f->lora, up_f32(f, f->mc->inv_freq, c->head_dim / 2),
-                      dalloc(f, 2 * (size_t)(n * W)), dalloc(f, 2 * (size_t)(n * r)), dalloc(f, ab), ab };
+    ql_dec_ctx cg = { .ops = GPU, .m = f->mg, .dev = ql_cuda(0), .n = n, .lora = f->lora,
+                      .inv_freq = up_f32(f, f->mc->inv_freq, rope_dims), .tmp = dalloc(f, 2 * (size_t)(n * W)),
+                      .tr = dalloc(f, 2 * (size_t)(n * r)), .aux = dalloc(f, ab), .aux_bytes = ab };
     f->cg = cg;
     return !qltest_failed_now();
 }
@@ -186,6 +197,42 @@ QL_TEST(decoder_ops_norm_residual_embed_rope_swiglu)
     CHECK_OK(GPU->embed(&f.cg, &f.bg, de));
     float *ge = down_f32(de, n * H);
     CLOSE(ge, xe, n * H, 0, "embed");
+    /* an untied table stays in host memory (model_load.c): page-locked, the kernel reads its rows
+       over the bus; pageable, the rows are gathered on the host and uploaded. Both exact. */
+    const ql_tensor *E = f.mc->embed;
+    size_t eb = (size_t)ql_dtype_bytes(E->dtype, ql_tensor_numel(E));
+    void *pin = ql_cuda_backend.host_alloc(eb);
+    CHECK(pin != NULL);
+    if (pin) {
+        memcpy(pin, ql_tensor_data(E), eb);
+        ql_tensor *kept = f.mg->embed;
+        ql_tensor *ph = ql_tensor_wrap(E->dtype, E->ndim, E->shape, pin, eb, NULL, NULL);
+        ql_tensor *pg = ql_tensor_wrap(E->dtype, E->ndim, E->shape, ql_tensor_data(E), eb, NULL, NULL);
+        float *gp = NULL, *gq = NULL;
+        f.mg->embed = ph;
+        CHECK_OK(GPU->embed(&f.cg, &f.bg, de));
+        CLOSE((gp = down_f32(de, n * H)), xe, n * H, 0, "embed from page-locked host memory");
+        f.mg->embed = pg;
+        CHECK_OK(GPU->embed(&f.cg, &f.bg, de));
+        CLOSE((gq = down_f32(de, n * H)), xe, n * H, 0, "embed from pageable host memory");
+        f.mg->embed = kept;
+        ql_tensor_release(ph);
+        ql_tensor_release(pg);
+        ql_cuda_backend.host_free(pin);
+        free(gp);
+        free(gq);
+    }
+    /* widen (bf16 checkpoints back to f32): exact */
+    {
+        float *w = rnd(n * H, 9, 3.0f), *wd = dalloc(&f, 4 * (size_t)(n * H));
+        CHECK(GPU->widen != NULL && CPU->widen == NULL);
+        CHECK_OK(GPU->widen(&f.cg, up_act(&f, w, n * H), n * H, wd));
+        float *wg = down_f32(wd, n * H);
+        for (int64_t i = 0; i < n * H; i++) w[i] = ql_bf16_to_f32(ql_f32_to_bf16(w[i]));
+        CLOSE(wg, w, n * H, 0, "widen");
+        free(w);
+        free(wg);
+    }
     /* rmsnorm */
     float *x = rnd(n * H, 1, 1.5f), *yc = malloc(4 * (size_t)(n * H)), *rc = malloc(4 * (size_t)n);
     float *dx_ = up_f32(&f, x, n * H), *dr = dalloc(&f, 4 * (size_t)n);
@@ -285,18 +332,32 @@ static void attention_case(int64_t n, int window)
     teardown(&f);
 }
 
-/* the tensor-core path (attention_gemm.cu), then the warp kernels (attention.cu) that serve
-   KV-cache decoding and segments longer than the score scratch */
-static void attention_both(int64_t n, int window)
+/* every path over the batch's own keys: flash_attn.cu (the default), the products per segment
+   (attention_gemm.cu), then the warp kernels (attention.cu) that also serve KV-cache decoding */
+static void attention_all(int64_t n, int window)
 {
     attention_case(n, window);
-    setenv("QL_ATTN_WARP", "1", 1);
+    setenv("QL_ATTN", "gemm", 1);
     attention_case(n, window);
-    unsetenv("QL_ATTN_WARP");
+    setenv("QL_ATTN", "warp", 1);
+    attention_case(n, window);
+    unsetenv("QL_ATTN");
 }
-QL_TEST(decoder_ops_attention) { attention_both(37, 0); }
-QL_TEST(decoder_ops_attention_window) { attention_both(61, 5); }
-QL_TEST(decoder_ops_attention_long) { attention_both(700, 0); }
+QL_TEST(decoder_ops_attention) { attention_all(37, 0); }
+QL_TEST(decoder_ops_attention_window) { attention_all(61, 5); }
+QL_TEST(decoder_ops_attention_long) { attention_all(700, 0); }
+
+/* the head dims of real models (64: Qwen2.5-0.5B, SmolLM2; 128: Qwen2.5-7B, Llama 3, Mistral) and
+   an odd multiple of 16, with grouped queries, across several tiles of queries and keys */
+static void attention_shape(int heads, int kvh, int hd, int64_t n, int window)
+{
+    ov_heads = heads; ov_kvh = kvh; ov_hd = hd;
+    attention_all(n, window);
+    ov_heads = ov_kvh = ov_hd = 0;
+}
+QL_TEST(decoder_ops_attention_hd64) { attention_shape(6, 2, 64, 301, 0); }
+QL_TEST(decoder_ops_attention_hd128) { attention_shape(4, 1, 128, 333, 0); }
+QL_TEST(decoder_ops_attention_hd80_window) { attention_shape(2, 2, 80, 200, 37); }
 
 static void linear_case(int target, float dropout)
 {
@@ -393,13 +454,13 @@ QL_TEST(decoder_ops_optimizer)
     teardown(&f);
 }
 
-/* The decoder's NF4 -> bf16 dequantization (16 elements a thread, scales decoded inline)
+/* The decoder's NF4 -> bf16 dequantization (8 elements a thread, scales decoded inline)
    gives the CPU's bytes, with and without double quantization, over block sizes and
-   lengths that take the vector path and the fallback. */
+   lengths that take the vector path (multiples of 8, odd multiples included) and the fallback. */
 QL_TEST(decoder_ops_nf4_dequant_bytes_equal_cpu)
 {
     if (ql_cuda_backend.device_count() <= 0) { qltest_skip("no CUDA device"); return; }
-    const int64_t lens[] = { 4096 * 16, 1000 * 64 + 16, 4096 * 16 + 2 };
+    const int64_t lens[] = { 4096 * 16, 1000 * 64 + 24, 4096 * 16 + 2 };
     const int bss[] = { 64, 128, 32 };
     for (int li = 0; li < 3; li++)
         for (int bi = 0; bi < 3; bi++)

@@ -17,6 +17,13 @@ local function rel(a, r) return ((a - r):abs():max() / r:abs():max()):item() end
 -- roundings per layer on its way back (activations, dy casts, products): 3e-2 of the
 -- tensor's largest value.
 local LOSS_TOL, GRAD_TOL = 5e-3, 3e-2
+-- With checkpointing the GPU keeps each layer's input as bf16 (decoder.c) and the residual
+-- stream continues from that rounded value, as the recomputation sees it: one more rounding of
+-- the stream per layer, which every later activation and gradient inherits. Measured on the
+-- H200 (2026-12-02) for the packed NF4 case below: worst 0.029-0.032 across the three attention
+-- kernels (flash, gemm, warp), while the steps without checkpointing stay at or below 0.026;
+-- 4e-2 keeps a margin over that.
+local CKPT_GRAD_TOL = 4e-2
 
 for _, name in ipairs({ "tiny-qwen2", "tiny-llama", "tiny-mistral" }) do
   local dir = T.fixture("models/" .. name)
@@ -58,6 +65,7 @@ for _, name in ipairs({ "tiny-qwen2", "tiny-llama", "tiny-mistral" }) do
       if e > worst then worst, wk = e, k end
     end
     T.truthy(count > 0)
+    print(string.format("    worst gradient error %.4f of tolerance %.2f (%s)", worst, GRAD_TOL, wk))
     T.truthy(worst <= GRAD_TOL, string.format("%s: relative error %.3g", wk, worst))
   end)
 
@@ -75,7 +83,8 @@ for _, name in ipairs({ "tiny-qwen2", "tiny-llama", "tiny-mistral" }) do
       local e = rel(t, want[k])
       if e > worst then worst, wk = e, k end
     end
-    T.truthy(worst <= GRAD_TOL, string.format("%s: relative error %.3g", wk, worst))
+    print(string.format("    worst gradient error %.4f of tolerance %.2f (%s)", worst, CKPT_GRAD_TOL, wk))
+    T.truthy(worst <= CKPT_GRAD_TOL, string.format("%s: relative error %.3g", wk, worst))
   end)
 
   T.test(name .. ": GPU logits and greedy generation agree with the CPU", function()
