@@ -4,6 +4,7 @@ shard (never the whole model in memory), for the loading and forward benchmarks.
 
     python bench/gen_checkpoint.py qwen2.5-7b /tmp/q7b
     python bench/gen_checkpoint.py qwen2.5-0.5b /tmp/q05b
+    python bench/gen_checkpoint.py llama-3.1-8b /tmp/l8b
 """
 import json
 import os
@@ -16,8 +17,12 @@ SHAPES = {
                        num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False, rope_theta=1e6),
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                          num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rope_theta=1e6),
+    # Llama-3.1-8B: no projection biases; its llama3 RoPE scaling changes no cost and is left out
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=5e5),
 }
 name, out = sys.argv[1], sys.argv[2]
+LLAMA = name.startswith("llama")
 c = SHAPES[name]
 os.makedirs(out, exist_ok=True)
 rng = np.random.default_rng(0)
@@ -87,15 +92,20 @@ for l in range(L):
     shard[p + "post_attention_layernorm.weight"] = np.full(H, 0x3F80, dtype=np.uint16)
     for n, (o, i) in {"q_proj": (Q, H), "k_proj": (KV, H), "v_proj": (KV, H), "o_proj": (H, Q)}.items():
         shard[p + f"self_attn.{n}.weight"] = bf16(o, i)
-        if n != "o_proj":
+        if n != "o_proj" and not LLAMA:
             shard[p + f"self_attn.{n}.bias"] = bf16(o)
     for n, (o, i) in {"gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}.items():
         shard[p + f"mlp.{n}.weight"] = bf16(o, i)
     if (l + 1) % 4 == 0:
         flush()
 flush()
-cfg = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu", rms_norm_eps=1e-6,
-           max_position_embeddings=32768, torch_dtype="bfloat16", bos_token_id=151643, eos_token_id=151645, **c)
+if LLAMA:
+    cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", rms_norm_eps=1e-5,
+               max_position_embeddings=131072, torch_dtype="bfloat16", bos_token_id=128000, eos_token_id=128001,
+               attention_bias=False, mlp_bias=False, **c)
+else:
+    cfg = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu", rms_norm_eps=1e-6,
+               max_position_embeddings=32768, torch_dtype="bfloat16", bos_token_id=151643, eos_token_id=151645, **c)
 json.dump(cfg, open(os.path.join(out, "config.json"), "w"), indent=1)
 json.dump({"metadata": {}, "weight_map": weight_map}, open(os.path.join(out, "model.safetensors.index.json"), "w"))
 print("wrote", out, len(shards), "shards")

@@ -1,8 +1,8 @@
 -- bench/train_gpu.lua — QLoRA training steps/s and peak memory of qlora; the peer is
 -- bench/peer_train.py (transformers + bitsandbytes + PEFT) with the same settings.
---   qlora bench/train_gpu.lua dir=MODEL_DIR [seq=2048] [batch=1] [steps=10] [device=cuda]
+--   qlora bench/train_gpu.lua dir=MODEL_DIR [seq=2048] [batch=1] [steps=10] [device=cuda] [ckpt=1]
 -- NF4 base (quantized on load), LoRA r=16, alpha=32, dropout 0 on all seven projections,
--- gradient checkpointing, AdamW lr 2e-4; random token ids from a fixed seed, labels = ids.
+-- gradient checkpointing (ckpt=0: every layer's activations kept instead), AdamW lr 2e-4; random token ids from a fixed seed, labels = ids.
 -- Two warm-up steps, then `steps` timed ones. Each step reads its loss back, so on a CUDA
 -- device it returns after the device has finished: no explicit synchronisation is needed.
 -- Prints one machine-readable line
@@ -15,6 +15,7 @@ local S = tonumber(args.seq or "2048")
 local B = tonumber(args.batch or "1")
 local steps = tonumber(args.steps or "10")
 local device = args.device or "cuda"
+local ckpt = (args.ckpt or "1") ~= "0"
 local shape = dir:gsub("/+$", ""):match("([^/]+)$")
 local gib = 2 ^ 30
 
@@ -22,7 +23,8 @@ local t0 = qlora.sys.now()
 local m = assert(qlora.model.load(dir, { quant = "nf4", device = device }))
 local lo = assert(qlora.lora.new(m, { r = 16, alpha = 32, dropout = 0, targets = "all", seed = 0 }))
 local load_s = qlora.sys.now() - t0
-print(string.format("qlora_train load %.1f s (%s, nf4); trainable %d params", load_s, device, lo:num_params()))
+print(string.format("qlora_train load %.1f s (%s, nf4); trainable %d params; at %s UTC", load_s, device,
+  lo:num_params(), os.date("!%H:%M:%S")))
 
 -- random ids in [0, vocab) from a fixed seed; labels = ids
 local V = m:config().vocab_size
@@ -36,13 +38,13 @@ end
 
 local function step(k)
   lo:zero_grad()
-  local sum, count = lo:forward_backward(ids, ids, { checkpointing = true })
+  local sum, count = lo:forward_backward(ids, ids, { checkpointing = ckpt })
   lo:grad_norm()
   lo:adamw { lr = 2e-4, step = k }
   return sum / count
 end
 
-for k = 1, 2 do print(string.format("qlora_train warm-up %d: loss %.4f", k, step(k))) end
+for k = 1, 2 do print(string.format("qlora_train warm-up %d: loss %.4f; at %s UTC", k, step(k), os.date("!%H:%M:%S"))) end
 local loss
 t0 = qlora.sys.now()
 for k = 1, steps do loss = step(2 + k) end
@@ -50,7 +52,7 @@ local dt = qlora.sys.now() - t0
 
 local mem = qlora.device.memory(device)
 local used = (mem.total and mem.free) and (mem.total - mem.free) / gib or 0 / 0
-print(string.format("qlora_train shape=%s seq=%d batch=%d tokens_per_s=%.1f peak_gib=%.3f used_gib=%.3f step_ms=%.1f loss=%.4f",
-  shape, S, B, B * S * steps / dt, mem.peak / gib, used, dt / steps * 1e3, loss))
+print(string.format("qlora_train shape=%s%s seq=%d batch=%d tokens_per_s=%.1f peak_gib=%.3f used_gib=%.3f step_ms=%.1f loss=%.4f",
+  shape, ckpt and "" or "-nockpt", S, B, B * S * steps / dt, mem.peak / gib, used, dt / steps * 1e3, loss))
 print(string.format("qlora_train %s %s: load %.1f s, host peak RSS %.2f GiB", qlora.version, device, load_s,
   (qlora.sys.peak_rss() or 0) / gib))

@@ -18,7 +18,7 @@
 #   - appends a row per run to /tmp/qltrain/results.tsv, so that separate calls on a
 #     warm machine (say `05b`, then `7b peer`, then `7b qlora`) build one table, and prints
 #     that table; logs and the table go to $OUT (./bench-out when OUT is unset).
-# Environment: SEQ (2048), BATCH (1), STEPS (10 for 05b, 5 for 7b), RUN_TIMEOUT (seconds
+# Environment: QL_ARGS (more settings of bench/train_gpu.lua, e.g. ckpt=0), SEQ (2048), BATCH (1), STEPS (10 for 05b, 5 for 7b), RUN_TIMEOUT (seconds
 # per run: 200 for 05b, 270 for 7b), DEVICE (cuda; cpu tries the qlora side without a GPU).
 # Keep each device call under its 600 s limit: the 7B checkpoint (15 GB) has to be written
 # (`7b gen`) and each tool loads and quantizes it.
@@ -35,8 +35,9 @@ mkdir -p "$out" "$state"
 SEQ="${SEQ:-2048}"
 BATCH="${BATCH:-1}"
 DEVICE="${DEVICE:-cuda}"
+QL_ARGS="${QL_ARGS:-}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-case "$shapes" in all) shapes="05b 7b" ;; 05b|7b) ;; *) echo "usage: $0 [05b|7b|all] [both|peer|qlora|gen] [QLORA]"; exit 2 ;; esac
+case "$shapes" in all) shapes="05b 7b 8b" ;; 05b|7b|8b) ;; *) echo "usage: $0 [05b|7b|8b|all] [both|peer|qlora|gen] [QLORA]"; exit 2 ;; esac
 case "$tools" in both) tools="peer qlora" ;; peer|qlora|gen) ;; *) echo "usage: $0 [05b|7b|all] [both|peer|qlora|gen] [QLORA]"; exit 2 ;; esac
 
 log() { echo "train_gpu: $*" | tee -a "$out/train_gpu.log"; }
@@ -70,7 +71,7 @@ setup_qlora() {
 # gen SHAPE -> prints the checkpoint folder, writing it when absent (the index is written last)
 gen() {
   local name dir
-  case "$1" in 05b) name=qwen2.5-0.5b dir=/tmp/q05b ;; 7b) name=qwen2.5-7b dir=/tmp/q7b ;; esac
+  case "$1" in 05b) name=qwen2.5-0.5b dir=/tmp/q05b ;; 7b) name=qwen2.5-7b dir=/tmp/q7b ;; 8b) name=llama-3.1-8b dir=/tmp/l8b ;; esac
   if [ ! -f "$dir/model.safetensors.index.json" ]; then
     local t0=$SECONDS
     python3 bench/gen_checkpoint.py "$name" "$dir" >&2 || return 1
@@ -128,12 +129,12 @@ done
 
 for s in $shapes; do
   dir=$(gen "$s") || { log "could not write the $s checkpoint (python3 with numpy needed)"; continue; }
-  case "$s" in 05b) steps="${STEPS:-10}" limit="${RUN_TIMEOUT:-200}" ;; 7b) steps="${STEPS:-5}" limit="${RUN_TIMEOUT:-270}" ;; esac
+  case "$s" in 05b) steps="${STEPS:-10}" limit="${RUN_TIMEOUT:-200}" ;; *) steps="${STEPS:-5}" limit="${RUN_TIMEOUT:-270}" ;; esac
   for t in $tools; do
     case "$t" in
       peer) [ "$peer_ok" = 1 ] && measure "$s" peer "$limit" python3 bench/peer_train.py "$dir" "$SEQ" "$BATCH" "$steps" ;;
       qlora) [ "$qlora_ok" = 1 ] && measure "$s" qlora "$limit" env LD_LIBRARY_PATH="$QLORA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-               "$QLORA" bench/train_gpu.lua dir="$dir" seq="$SEQ" batch="$BATCH" steps="$steps" device="$DEVICE" ;;
+               "$QLORA" bench/train_gpu.lua dir="$dir" seq="$SEQ" batch="$BATCH" steps="$steps" device="$DEVICE" $QL_ARGS ;;
     esac
   done
 done
