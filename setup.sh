@@ -6,8 +6,60 @@
 #   ./setup.sh                 release build, CUDA when nvcc is found
 #   ./setup.sh --cuda=off      CPU-only build
 #   QL_CONFIG=asan ./setup.sh  sanitizer build (bin/asan/)
+#   ./setup.sh --prefix=DIR    build, then install into DIR (below), e.g. --prefix=/usr/local
+#   ./setup.sh --prefix=DIR --no-build    install what is built already
+# Installed, qlora finds its modules and recipes beside itself, so `qlora ls`, `qlora cp`,
+# `qlora NAME` and `qlora chat` work from any folder:
+#   DIR/bin/qlora                      the program
+#   DIR/lib/lua/5.4/qlora.so           the bindings for a stock lua5.4 (its cpath for /usr/local)
+#   DIR/share/qlora/lua/qlora/*.lua    the Lua modules (qlora.llm, qlora.train, ...)
+#   DIR/share/qlora/recipes/           the recipes and their sample PDFs
+#   DIR/share/qlora/tests/fixtures/tokenizers/gpt2/   the tokenizer of full.lua's smoke run
 set -euo pipefail
+start_dir="$PWD"
 cd "$(dirname "$0")"
+
+# our own options; the others go to premake
+prefix="" no_build=0 bindir=bin
+premake_args=()
+for a in "$@"; do
+  case "$a" in
+    --prefix=*)
+      prefix="${a#--prefix=}"
+      if [ -z "$prefix" ]; then echo "setup: --prefix= needs a folder (--prefix=/usr/local, --prefix=\$HOME/.local)" >&2; exit 2; fi
+      case "$prefix" in /*) ;; *) prefix="$start_dir/$prefix" ;; esac ;;
+    --no-build) no_build=1 ;;
+    *) premake_args+=("$a") ;;
+  esac
+  case "$a" in --bindir=*) bindir="${a#--bindir=}" ;; esac
+done
+if [ "$no_build" = 1 ] && [ -z "$prefix" ]; then
+  echo "setup: --no-build only makes sense with --prefix=DIR (install what is built)" >&2; exit 2
+fi
+
+install_qlora() {
+  local cfg="${QL_CONFIG:-release}" from="$bindir"
+  [ "$cfg" = release ] || from="$bindir/$cfg"
+  if [ ! -x "$from/qlora" ]; then
+    echo "setup: $from/qlora is not built: run ./setup.sh${QL_CONFIG:+ with QL_CONFIG=$cfg} first (or drop --no-build)" >&2
+    return 1
+  fi
+  local share="$prefix/share/qlora"
+  echo "setup: installing into $prefix"
+  install -d "$prefix/bin" "$share/lua/qlora" "$share/recipes/samples" "$share/tests/fixtures/tokenizers/gpt2"
+  install -m 755 "$from/qlora" "$prefix/bin/qlora"
+  if [ -f "$from/qlora.so" ]; then
+    install -d "$prefix/lib/lua/5.4"
+    install -m 644 "$from/qlora.so" "$prefix/lib/lua/5.4/qlora.so"
+  fi
+  install -m 644 lua/qlora/*.lua "$share/lua/qlora/"
+  install -m 644 recipes/*.lua "$share/recipes/"
+  find recipes/samples -maxdepth 1 -type f -exec install -m 644 {} "$share/recipes/samples/" \;
+  install -m 644 tests/fixtures/tokenizers/gpt2/tokenizer.json "$share/tests/fixtures/tokenizers/gpt2/"
+  echo "setup: installed $prefix/bin/qlora; try: $prefix/bin/qlora ls"
+  case ":$PATH:" in *":$prefix/bin:"*) ;; *) echo "setup: $prefix/bin is not on PATH: add it (export PATH=\"$prefix/bin:\$PATH\")" ;; esac
+}
+if [ "$no_build" = 1 ]; then install_qlora; exit $?; fi
 
 # The package table, the one place that names packages: the distribution's id and
 # version (ID and VERSION_ID of /etc/os-release) -> its package names. Ubuntu 24.04
@@ -110,10 +162,11 @@ fi
 
 builddir=build
 for a in "$@"; do case "$a" in --builddir=*) builddir="${a#--builddir=}";; esac; done
-$premake "$@" $generator >/dev/null
+$premake ${premake_args[@]+"${premake_args[@]}"} $generator >/dev/null
 jobs=$(nproc 2>/dev/null || echo 2)
 # the CUDA kernels first, in parallel (premake's prebuild step would run them on one job)
 if [ -f "$builddir/kernels.mk" ]; then
   make -C "$builddir" -f kernels.mk -j"$jobs" config="${QL_CONFIG:-release}" >/dev/null
 fi
 make -C "$builddir" -j"$jobs" config="${QL_CONFIG:-release}"
+[ -z "$prefix" ] || install_qlora

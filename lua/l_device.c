@@ -1,9 +1,7 @@
 /*
  * l_device.c — qlora.device: what the GPUs can do for this binary.
- *   qlora.device.probe() -> {cuda_built, archs = {..}, ptx_arch, driver_version, runtime_version,
- *                            cublaslt_version, count_error, count_error_msg, gpus = {{...}, ...}}
- *   qlora.device.count() -> number of usable CUDA devices (0 without a GPU or a CUDA build)
- *   qlora.device.memory("cuda:0") -> {in_use, peak, tensors, free, total} in bytes
+ * Each function's documentation: the docs table(s) beside the luaL_Reg tables below
+ * (help(qlora.device) in the REPL).
  */
 #include "qlora.h"
 
@@ -95,8 +93,18 @@ static const luaL_Reg functions[] = {
     { "probe", l_probe }, { "count", l_count }, { "memory", l_memory }, { NULL, NULL }
 };
 
+static const ql_lua_doc docs[] = {
+    { "", "what the GPUs can do for this binary (qlora doctor reads it)" },
+    { "probe", "probe() -> {cuda_built, archs = {...}, ptx_arch, driver_version, runtime_version,\n"
+               "  cublaslt_version, count_error, count_error_msg, gpus = {{...}, ...}}: the driver, the runtime and each GPU" },
+    { "count", "count() -> n   usable CUDA devices (0 without a GPU or a CUDA build)" },
+    { "memory", "memory(\"cuda:0\") -> {in_use, peak, tensors, free, total}   bytes on a device" },
+    { NULL, NULL }
+};
+
 int luaopen_qlora_device(lua_State *L)
 {
     luaL_newlib(L, functions);
+    ql_lua_docs(L, -1, "qlora.device", "qlora.device.", docs);
     return 1;
 }

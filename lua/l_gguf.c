@@ -1,26 +1,8 @@
 /*
  * l_gguf.c — qlora.gguf: GGUF files (llama.cpp, Ollama) from Lua.
  *
- *   qlora.gguf.writer(path [, {alignment = 32}]) -> w | nil, message
- *     w:kv(key, type, value)        type: u8 i8 u16 i16 u32 i32 u64 i64 f32 f64 bool str,
- *                                   or "arr:<type>" with a Lua array (arr:str for strings)
- *     w:tensor(name, type, shape)   declares the next tensor: type f32 f16 bf16 q8_0; shape in
- *                                   PyTorch order ({rows, cols}), stored reversed as ggml wants
- *     w:begin()                     writes header, key/values and tensor infos
- *     w:write(t)                    the current tensor's data: a CPU tensor (f32, f16, bf16,
- *                                   converted to the declared type) or a string of raw bytes
- *     w:current() -> name           the tensor the next write goes to (nil when done)
- *     w:close()                     checks every tensor was written, renames into place
- *     w:abort()                     removes the temporary file (also on __gc / __close)
- *   qlora.gguf.open(path) -> f | nil, message     validated; values read from a mapping
- *     f:version(), f:alignment(), f:data_offset()
- *     f:keys() -> {key, ...} in file order
- *     f:get(key) -> value, type    (nil when absent; arrays as Lua tables; type as for w:kv)
- *     f:kv() -> {key = value}, {key = type}
- *     f:tensors() -> {{name, type = "Q8_0", shape = {...} (PyTorch order), ne = {...}, offset, nbytes}, ...}
- *     f:tensor(name) -> f32 tensor (F32, F16, BF16, Q8_0), f:bytes(name) -> raw data string
- *     f:close()
- *   qlora.gguf.quantize_q8_0(t) -> string   ggml's Q8_0 blocks of a tensor's values
+ * Each function's documentation: the docs table(s) beside the luaL_Reg tables below
+ * (help(qlora.gguf) in the REPL).
  * Writers raise on misuse and write errors; opening returns nil, message.
  */
 #include "qlora.h"
@@ -396,20 +378,58 @@ static const luaL_Reg functions[] = {
     { "writer", l_writer }, { "open", l_open }, { "quantize_q8_0", l_quantize_q8_0 }, { NULL, NULL }
 };
 
+static const ql_lua_doc writer_docs[] = {
+    { "", "a GGUF file being written (qlora.gguf.writer): kv and tensor declarations, begin, then each tensor's data" },
+    { "kv", "kv(key, type, value)   type: u8 i8 u16 i16 u32 i32 u64 i64 f32 f64 bool str, or \"arr:<type>\" with a Lua array" },
+    { "tensor", "tensor(name, type, shape)   declares the next tensor: type f32 f16 bf16 q8_0; shape in PyTorch order\n"
+                "  ({rows, cols}), stored reversed as ggml wants" },
+    { "begin", "begin()   writes the header, the key/values and the tensor infos" },
+    { "write", "write(t)   the current tensor's data: a CPU tensor (f32, f16, bf16; converted to the declared type)\n"
+               "  or a string of raw bytes" },
+    { "current", "current() -> name   the tensor the next write goes to (nil when all are written)" },
+    { "close", "close()   checks that every tensor was written, renames the file into place" },
+    { "abort", "abort()   removes the temporary file (also on __gc / __close)" },
+    { NULL, NULL }
+};
+static const ql_lua_doc file_docs[] = {
+    { "", "a GGUF file open for reading (qlora.gguf.open); values are read from a mapping" },
+    { "version", "version() -> n   the GGUF version" },
+    { "alignment", "alignment() -> n   general.alignment (32 when absent)" },
+    { "data_offset", "data_offset() -> n   where the tensor data starts" },
+    { "keys", "keys() -> {key, ...}   in file order" },
+    { "get", "get(key) -> value, type   nil when absent; arrays as Lua tables; type as for w:kv" },
+    { "kv", "kv() -> {key = value}, {key = type}" },
+    { "tensors", "tensors() -> {{name, type = \"Q8_0\", shape = {...} (PyTorch order), ne = {...}, offset, nbytes}, ...}" },
+    { "tensor", "tensor(name) -> f32 tensor   (F32, F16, BF16, Q8_0)" },
+    { "bytes", "bytes(name) -> string   the tensor's raw data" },
+    { "close", "close()   (also __gc / __close)" },
+    { NULL, NULL }
+};
+static const ql_lua_doc docs[] = {
+    { "", "GGUF files (llama.cpp, Ollama) from Lua; writers raise on misuse and write errors, opening returns nil, message" },
+    { "writer", "writer(path [, {alignment = 32}]) -> w | nil, message   (help(w) lists its methods)" },
+    { "open", "open(path) -> f | nil, message   validated; help(f) lists its methods" },
+    { "quantize_q8_0", "quantize_q8_0(t) -> string   ggml's Q8_0 blocks of a tensor's values" },
+    { NULL, NULL }
+};
+
 int luaopen_qlora_gguf(lua_State *L)
 {
     luaL_newmetatable(L, WRITER_MT);
     luaL_newlib(L, writer_methods);
+    ql_lua_docs(L, -1, WRITER_MT, "w:", writer_docs);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, w_abort); lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, w_abort); lua_setfield(L, -2, "__close");
     lua_pop(L, 1);
     luaL_newmetatable(L, FILE_MT);
     luaL_newlib(L, file_methods);
+    ql_lua_docs(L, -1, FILE_MT, "f:", file_docs);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, f_close); lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, f_close); lua_setfield(L, -2, "__close");
     lua_pop(L, 1);
     luaL_newlib(L, functions);
+    ql_lua_docs(L, -1, "qlora.gguf", "qlora.gguf.", docs);
     return 1;
 }

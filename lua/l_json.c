@@ -1,9 +1,7 @@
 /*
  * l_json.c — qlora.json: JSON for recipes (JSONL data, trainer state, configs).
- *   qlora.json.decode(text [, name]) -> value | nil, message   (name labels errors: "data.jsonl:12")
- *   qlora.json.encode(value [, {indent = 2}]) -> text
- *   qlora.json.null                      -- what JSON null decodes to
- *   qlora.json.array(t)                  -- marks t to encode as an array even when empty
+ * Each function's documentation: the docs table(s) beside the luaL_Reg tables below
+ * (help(qlora.json) in the REPL).
  * Tables whose keys are 1..n encode as arrays, others as objects with sorted keys.
  * Numbers: integers stay integers when they fit; others are doubles (%.17g).
  */
@@ -217,6 +215,16 @@ static int l_array(lua_State *L)
 
 static const luaL_Reg functions[] = { { "decode", l_decode }, { "encode", l_encode }, { "array", l_array }, { NULL, NULL } };
 
+static const ql_lua_doc docs[] = {
+    { "", "JSON for recipes (JSONL data, trainer state, configs); objects encode with sorted keys" },
+    { "decode", "decode(text [, name]) -> value | nil, message   (name labels errors: \"data.jsonl:12\")" },
+    { "encode", "encode(value [, {indent = 2}]) -> text\n"
+                "  tables with keys 1..n become arrays, others objects; integers stay integers, other numbers %.17g" },
+    { "array", "array(t) -> t   marks t to encode as an array even when empty" },
+    { "null", "null   (a field) what JSON null decodes to, and encodes as null" },
+    { NULL, NULL }
+};
+
 int luaopen_qlora_json(lua_State *L)
 {
     if (luaL_newmetatable(L, JBUF_MT)) { lua_pushcfunction(L, jbuf_gc); lua_setfield(L, -2, "__gc"); }
@@ -224,5 +232,6 @@ int luaopen_qlora_json(lua_State *L)
     luaL_newlib(L, functions);
     lua_pushlightuserdata(L, &null_key);
     lua_setfield(L, -2, "null");
+    ql_lua_docs(L, -1, "qlora.json", "qlora.json.", docs);
     return 1;
 }

@@ -2,21 +2,8 @@
  * l_lora.c — qlora.lora: LoRA adapters and the training step. The adapter trains
  * where its model lives (the CPU reference, or a GPU: parameters, gradients and AdamW
  * state stay there; saving and params() copy them back).
- *   local lo = qlora.lora.new(model, {r = 16, alpha = 32, dropout = 0, rslora = false,
- *                                     targets = {"q_proj", ...} | "all", layers = {0, 1, ...}, seed = 0})
- *   local lo = qlora.lora.load(model, adapter_dir)           -- PEFT adapter folder
- *   lo:save(dir [, base_model_name])                          -- PEFT files, written atomically
- *   lo:save_state(path) / lo:load_state(path)                 -- AdamW moments, for exact resume
- *   lo:forward_backward(ids, labels, {doc_lens, denom, train = true, checkpointing = false})
- *       -> loss_sum, count      (gradients of loss_sum / denom are added to the adapter's)
- *   lo:loss(ids, labels [, {doc_lens}]) -> mean, sum, count  (no gradients)
- *   lo:logits(ids [, {doc_lens}]) -> tensor
- *   lo:zero_grad(), lo:grad_norm(), lo:scale_grad(f)
- *   lo:adamw{lr, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0, step}
- *   lo:params(), lo:grads() -> {PEFT key = tensor (copies)}
- *   lo:merge(base_dir, out_dir) -> note                       -- merged bf16 checkpoint
- *   lo:num_params(), lo.r, lo.alpha, lo.dropout, lo.rslora
- *   lo:release()                                              -- also when collected or closed
+ * Each function's documentation: the docs table(s) beside the luaL_Reg tables below
+ * (help(qlora.lora) in the REPL).
  * The adapter keeps its model's weights alive: model:release() while an adapter uses them
  * makes the model object unusable, and the weights go with the last such adapter.
  * Layer numbers are the model's own (0-based, as in "model.layers.0").
@@ -365,10 +352,40 @@ static const luaL_Reg methods[] = {
 
 static const luaL_Reg functions[] = { { "new", l_new }, { "load", l_load }, { NULL, NULL } };
 
+static const ql_lua_doc method_docs[] = {
+    { "", "a LoRA adapter on a model; lo.r, lo.alpha, lo.dropout, lo.rslora, lo.model, lo.seed, lo.dropout_step are fields" },
+    { "save", "save(dir [, base_model_name])   PEFT files (adapter_model.safetensors, adapter_config.json), written atomically" },
+    { "save_state", "save_state(path)   the AdamW moments, for an exact resume" },
+    { "load_state", "load_state(path)   reads what save_state wrote" },
+    { "forward_backward", "forward_backward(ids, labels, {doc_lens, denom, train = true, checkpointing = false}) -> loss_sum, count\n"
+                          "  the gradients of loss_sum / denom are added to the adapter's" },
+    { "loss", "loss(ids, labels [, {doc_lens}]) -> mean, sum, count   no gradients" },
+    { "logits", "logits(ids [, {doc_lens}]) -> tensor   the model's logits with the adapter applied" },
+    { "zero_grad", "zero_grad()   sets the gradients to 0" },
+    { "grad_norm", "grad_norm() -> x   the L2 norm of all gradients" },
+    { "scale_grad", "scale_grad(f)   multiplies the gradients by f" },
+    { "adamw", "adamw{lr, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0, step}   one AdamW update (torch's)" },
+    { "params", "params() -> {PEFT key = tensor}   copies of the adapter's weights" },
+    { "grads", "grads() -> {PEFT key = tensor}   copies of the gradients" },
+    { "merge", "merge(base_dir, out_dir) -> note | nil, message   the adapter merged into base_dir's bf16 weights, a new model folder" },
+    { "num_params", "num_params() -> n   trainable parameters" },
+    { "release", "release()   frees the adapter now (also when collected or closed)" },
+    { "set_dropout_step", "set_dropout_step(step [, seed])   the dropout stream position, restored from a checkpoint for an exact resume" },
+    { NULL, NULL }
+};
+static const ql_lua_doc docs[] = {
+    { "", "LoRA adapters and the training step; the adapter trains where its model lives (CPU or GPU)" },
+    { "new", "new(model, {r = 16, alpha = 32, dropout = 0, rslora = false, targets = {\"q_proj\", ...} | \"all\",\n"
+             "  layers = {0, 1, ...}, seed = 0}) -> adapter   (layers: the model's own 0-based numbers)" },
+    { "load", "load(model, adapter_dir) -> adapter | nil, message   a PEFT adapter folder" },
+    { NULL, NULL }
+};
+
 int luaopen_qlora_lora(lua_State *L)
 {
     if (luaL_newmetatable(L, LORA_MT)) {
         luaL_newlib(L, methods);
+        ql_lua_docs(L, -1, LORA_MT, "lo:", method_docs);
         lua_pushcclosure(L, m_index, 1);
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, m_release); lua_setfield(L, -2, "__gc");
@@ -376,5 +393,6 @@ int luaopen_qlora_lora(lua_State *L)
     }
     lua_pop(L, 1);
     luaL_newlib(L, functions);
+    ql_lua_docs(L, -1, "qlora.lora", "qlora.lora.", docs);
     return 1;
 }

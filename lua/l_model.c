@@ -1,17 +1,7 @@
 /*
  * l_model.c — qlora.model: Hugging Face checkpoints.
- *   local m = qlora.model.load(dir [, {quant = "nf4" | "none", device = "cpu" | "cuda[:N]"}])  -> model | nil, msg
- *       cpu: the fp32 reference; cuda: every weight moves to the GPU and the decoder
- *       (engine/model/decoder.c) runs there in bf16 with f32 accumulation
- *   m:config()                         -> table of config.json facts
- *   m:logits(ids [, {doc_lens = {...}}]) -> tensor [T, V] (ids: a Lua array or an integer tensor;
- *                                         a table of rows gives [B, T, V]; doc_lens packs documents)
- *   m:loss(ids, labels [, {doc_lens}])  -> mean, sum, count   (labels aligned with ids; -100 ignored)
- *   m:generate(ids, {max_new_tokens = 32, temperature = 0, top_k = 0, top_p = 1, seed = 0,
- *                    stop = {ids} (default: eos), on_token = function(id) ... end}) -> array of ids
- *   m:memory()                          -> bytes of weights held in RAM
- *   m:check_tokenizer(tok)              -> true | nil, msg  (every token id has an embedding row)
- *   m:release()                         -> frees the weights now, or with the last adapter using them
+ * Each function's documentation: the docs table(s) beside the luaL_Reg tables below
+ * (help(qlora.model) in the REPL).
  * Token ids are 0-based, as in the tokenizer files.
  */
 #include "qlora.h"
@@ -313,10 +303,32 @@ static const luaL_Reg methods[] = {
 
 static const luaL_Reg functions[] = { { "load", l_load }, { NULL, NULL } };
 
+static const ql_lua_doc method_docs[] = {
+    { "", "a loaded Hugging Face model (qlora.model.load); token ids are 0-based, as in the tokenizer files" },
+    { "config", "config() -> table of config.json facts (vocab_size, hidden_size, ...)" },
+    { "logits", "logits(ids [, {doc_lens = {...}}]) -> tensor [T, V]\n"
+                "  ids: a Lua array or an integer tensor; a table of rows gives [B, T, V]; doc_lens packs documents" },
+    { "loss", "loss(ids, labels [, {doc_lens}]) -> mean, sum, count   labels aligned with ids; -100 is ignored" },
+    { "generate", "generate(ids, {max_new_tokens = 32, temperature = 0, top_k = 0, top_p = 1, seed = 0,\n"
+                  "  stop = {ids} (default: eos), on_token = function(id) ... end}) -> array of new ids\n"
+                  "  greedy at temperature 0; on_token returning true stops" },
+    { "memory", "memory() -> bytes of weights held" },
+    { "check_tokenizer", "check_tokenizer(tok) -> true | nil, message   every token id of tok has an embedding row" },
+    { "release", "release()   frees the weights now, or with the last adapter using them" },
+    { NULL, NULL }
+};
+static const ql_lua_doc docs[] = {
+    { "", "Hugging Face checkpoints: loading (NF4 on load), forward, loss, generation" },
+    { "load", "load(dir [, {quant = \"nf4\" | \"none\", device = \"cpu\" | \"cuda[:N]\"}]) -> model | nil, message\n"
+              "  cpu: the fp32 reference; cuda: the weights move to the GPU and the decoder runs there in bf16 with f32 accumulation" },
+    { NULL, NULL }
+};
+
 int luaopen_qlora_model(lua_State *L)
 {
     if (luaL_newmetatable(L, MODEL_MT)) {
         luaL_newlib(L, methods);
+        ql_lua_docs(L, -1, MODEL_MT, "m:", method_docs);
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, m_release); lua_setfield(L, -2, "__gc");
         lua_pushcfunction(L, m_release); lua_setfield(L, -2, "__close");
@@ -324,5 +336,6 @@ int luaopen_qlora_model(lua_State *L)
     }
     lua_pop(L, 1);
     luaL_newlib(L, functions);
+    ql_lua_docs(L, -1, "qlora.model", "qlora.model.", docs);
     return 1;
 }

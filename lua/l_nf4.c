@@ -1,10 +1,7 @@
 /*
  * l_nf4.c — qlora.nf4: bitsandbytes NF4 from Lua.
- *   qlora.nf4.quantize(t [, {blocksize = 64, double_quant = true}]) -> nf4 tensor
- *   qlora.nf4.dequantize(q [, dtype = "bf16"]) -> tensor
- *   qlora.nf4.load(path) -> {name = tensor}, metadata   4-bit weights come back as nf4 tensors
- *   qlora.nf4.save(path, {name = tensor}, metadata)      nf4 tensors in the transformers 4-bit layout
- *   qlora.nf4.info(q) -> {blocksize, double_quant, nested_offset, orig_dtype}
+ * Each function's documentation: the docs table(s) beside the luaL_Reg tables below
+ * (help(qlora.nf4) in the REPL).
  */
 #include "qlora.h"
 
@@ -109,8 +106,20 @@ static const luaL_Reg functions[] = {
     { NULL, NULL }
 };
 
+static const ql_lua_doc docs[] = {
+    { "", "bitsandbytes NF4 (4-bit NormalFloat), bit for bit" },
+    { "quantize", "quantize(t [, {blocksize = 64, double_quant = true}]) -> nf4 tensor" },
+    { "dequantize", "dequantize(q [, dtype = \"bf16\"]) -> tensor" },
+    { "info", "info(q) -> {blocksize, double_quant, nested_offset, orig_dtype}" },
+    { "load", "load(path) -> {name = tensor}, metadata   a safetensors file; 4-bit weights come back as nf4 tensors" },
+    { "save", "save(path, {name = tensor} [, metadata]) -> true | nil, message\n"
+              "  nf4 tensors in the transformers 4-bit layout, written atomically" },
+    { NULL, NULL }
+};
+
 int luaopen_qlora_nf4(lua_State *L)
 {
     luaL_newlib(L, functions);
+    ql_lua_docs(L, -1, "qlora.nf4", "qlora.nf4.", docs);
     return 1;
 }

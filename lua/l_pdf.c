@@ -1,27 +1,7 @@
 /*
  * l_pdf.c — qlora.pdf: PDF documents and PDF → Markdown for recipes.
- *   pdf.open(path [, {password=}])      -> doc | nil, msg
- *   doc:page_count(), doc:metadata(key), doc:outline() -> {{level, title, page}, ...}
- *   doc:page(n)  (1-based) -> {number, width, height, lines = {{x0,y0,x1,y1, baseline,
- *        spans = {{text, font, size, bold, italic, mono, super, x0,y0,x1,y1}}}},
- *        rules = {{kind = "h"|"v"|"dot", x0,y0,x1,y1}}}
- *   doc:close()  (also __gc / __close)
- *   pdf.to_markdown(path [, opts]) -> markdown, stats | nil, msg, status
- *        opts: page_markers, use_outline, keep_furniture, inline_styles, password,
- *        timeout (seconds for the file; 0 or nil: none)
- *        stats: pages, chars, headings, furniture_lines, seconds, and the damage
- *        seen: unmapped_pages (text without a Unicode mapping: garbage, OCR it),
- *        first_unmapped (1-based page or nil), damaged_pages, repaired
- *        status: "timeout" when the time limit stopped it, else "error"
- *   pdf.convert(jobs [, opts])  jobs = {{src=, dst=}, ...}: converts in parallel
- *        (one MuPDF context per file), writes each dst atomically, shows a
- *        progress bar with pages/s on a terminal (opts.progress=false to hide);
- *        opts.timeout limits each file (a file past it fails with timeout=true
- *        and the others go on); returns {{src, dst, ok, pages, error, timeout,
- *        stats}, ...} in job order (stats as to_markdown's, for converted files)
- *   pdf.list_files(dir, ext) -> sorted paths under dir ending in ext (recursive;
- *        links to folders are not followed, so a link cannot make a cycle or
- *        list a file twice; links to files are listed)
+ * Each function's documentation: the docs table(s) beside the luaL_Reg tables below
+ * (help(qlora.pdf) in the REPL).
  */
 #include "qlora.h"
 
@@ -372,15 +352,42 @@ static const luaL_Reg funcs[] = {
     {"list_files", l_list_files}, {NULL, NULL}
 };
 
+static const ql_lua_doc doc_method_docs[] = {
+    { "", "an open PDF document (qlora.pdf.open)" },
+    { "page_count", "page_count() -> n" },
+    { "metadata", "metadata(key) -> string | nil   e.g. \"info:Title\", \"format\"" },
+    { "outline", "outline() -> {{level, title, page}, ...}   the bookmarks" },
+    { "page", "page(n) -> {number, width, height, lines = {{x0, y0, x1, y1, baseline, spans = {{text, font, size,\n"
+              "  bold, italic, mono, super, x0, y0, x1, y1}}}}, rules = {{kind = \"h\"|\"v\"|\"dot\", x0, y0, x1, y1}}}   n is 1-based" },
+    { "close", "close()   (also __gc / __close)" },
+    { NULL, NULL }
+};
+static const ql_lua_doc docs[] = {
+    { "", "PDF documents (MuPDF) and PDF -> Markdown for recipes" },
+    { "open", "open(path [, {password =}]) -> doc | nil, message" },
+    { "to_markdown", "to_markdown(path [, opts]) -> markdown, stats | nil, message, status\n"
+                     "  opts: page_markers, use_outline, keep_furniture, inline_styles, password, timeout (seconds; 0/nil: none)\n"
+                     "  stats: pages, chars, headings, furniture_lines, seconds, unmapped_pages (text without a Unicode\n"
+                     "  mapping: OCR it), first_unmapped, damaged_pages, repaired; status: \"timeout\" or \"error\"" },
+    { "convert", "convert({{src =, dst =}, ...} [, opts]) -> {{src, dst, ok, pages, error, timeout, stats}, ...}\n"
+                 "  converts in parallel (one MuPDF context per file), writes each dst atomically, a progress bar with\n"
+                 "  pages/s on a terminal (opts.progress = false hides it); opts.timeout limits each file" },
+    { "list_files", "list_files(dir, ext) -> sorted paths under dir ending in ext\n"
+                    "  recursive; links to folders are not followed, links to files are listed" },
+    { NULL, NULL }
+};
+
 int luaopen_qlora_pdf(lua_State *L)
 {
     if (luaL_newmetatable(L, PDF_MT)) {
         luaL_newlib(L, doc_methods);
+        ql_lua_docs(L, -1, PDF_MT, "doc:", doc_method_docs);
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, l_close); lua_setfield(L, -2, "__gc");
         lua_pushcfunction(L, l_close); lua_setfield(L, -2, "__close");
     }
     lua_pop(L, 1);
     luaL_newlib(L, funcs);
+    ql_lua_docs(L, -1, "qlora.pdf", "qlora.pdf.", docs);
     return 1;
 }

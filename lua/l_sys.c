@@ -1,7 +1,8 @@
 /*
  * l_sys.c — qlora.sys: the platform layer for recipes (clocks, threads,
  * files, terminal, build facts). Everything OS-specific stays in engine/core/platform.c.
- *   qlora.sys.list_dir(path) -> sorted names | nil, message;  qlora.sys.pid(), qlora.sys.pid_alive(pid)
+ * Each function's documentation: the docs table(s) beside the luaL_Reg tables below
+ * (help(qlora.sys) in the REPL).
  */
 #include "qlora.h"
 
@@ -157,10 +158,37 @@ static const luaL_Reg functions[] = {
     { NULL, NULL }
 };
 
+static const ql_lua_doc docs[] = {
+    { "", "the platform layer for recipes: clocks, threads, files, terminal, build facts" },
+    { "now", "now() -> seconds   a monotonic clock (for durations)" },
+    { "threads", "threads([n]) -> n   the CPU threads qlora uses; n sets them" },
+    { "peak_rss", "peak_rss() -> bytes   the most memory this process has held resident" },
+    { "isatty", "isatty([fd = 1]) -> boolean   whether stdout (1) or stderr (2) is a terminal" },
+    { "term_width", "term_width() -> columns   of the terminal (80 when unknown)" },
+    { "exists", "exists(path) -> boolean   a file or folder" },
+    { "is_dir", "is_dir(path) -> boolean" },
+    { "mtime", "mtime(path) -> seconds | nil   modification time (Unix seconds, fractional)" },
+    { "size", "size(path) -> bytes | nil" },
+    { "mkdir", "mkdir(path) -> true | nil, message   with its parents (mkdir -p)" },
+    { "exe_dir", "exe_dir() -> path   the folder of the running program" },
+    { "write_file", "write_file(path, data) -> true | nil, message   the whole file, atomically (temp file + rename)" },
+    { "build", "build() -> {version, commit, options, cuda_archs, cuda}   how this qlora was built" },
+    { "trap_interrupt", "trap_interrupt(on)   true: Ctrl-C only sets a flag (read it with interrupted()); false: Ctrl-C interrupts" },
+    { "interrupted", "interrupted() -> boolean   true once after each Ctrl-C while trapped" },
+    { "append_line", "append_line(path, text) -> true | nil, message   appends text and a newline, then closes (logs)" },
+    { "rename", "rename(from, to) -> true | nil, message   atomic within a file system" },
+    { "remove_tree", "remove_tree(path) -> true | nil, message   a file, or a folder with everything in it" },
+    { "list_dir", "list_dir(path) -> {names} | nil, message   sorted, without . and .." },
+    { "pid_alive", "pid_alive(pid) -> boolean   whether a process with this id exists" },
+    { "pid", "pid() -> n   this process's id" },
+    { NULL, NULL }
+};
+
 int luaopen_qlora_sys(lua_State *L)
 {
     if (luaL_newmetatable(L, NAMES_MT)) { lua_pushcfunction(L, names_gc); lua_setfield(L, -2, "__gc"); }
     lua_pop(L, 1);
     luaL_newlib(L, functions);
+    ql_lua_docs(L, -1, "qlora.sys", "qlora.sys.", docs);
     return 1;
 }

@@ -6,6 +6,8 @@
  * in string.sub: t:slice(1, 2, 4) takes rows 2, 3 and 4. t[i] selects along
  * the first dimension. Shapes are given as a table {2, 3} or as numbers.
  * Creation functions take an options table last: {dtype = "bf16", device = "cuda"}.
+ * Each function's documentation is in the docs tables beside the luaL_Reg tables
+ * below (help(qlora.tensor), help(t) in the REPL).
  */
 #include "qlora.h"
 
@@ -616,6 +618,75 @@ static int m_index(lua_State *L)
     return 1;
 }
 
+static const ql_lua_doc method_docs[] = {
+    { "", "a tensor: dtype, device, shape and strides over a shared storage; t.shape, t.dtype, t.device, "
+          "t.ndim and t.T (2-D transpose) are fields; t[i] selects along the first dimension; + - * / ^ work "
+          "elementwise with tensors and numbers" },
+    { "shape", "shape -> {n1, n2, ...}   (a field) the sizes of the dimensions" },
+    { "dtype", "dtype -> \"f32\" | \"bf16\" | \"f16\" | \"i64\" | \"i32\" | \"u8\" | \"nf4\"   (a field)" },
+    { "device", "device -> \"cpu\" | \"cuda:N\"   (a field)" },
+    { "ndim", "ndim -> n   (a field) the number of dimensions" },
+    { "T", "T -> tensor   (a field) the transpose of a 2-D tensor (a view)" },
+    { "size", "size([dim]) -> {n1, n2, ...} | n\n  the shape, or the size of one dimension (1-based, negative from the end)" },
+    { "numel", "numel() -> n   the number of elements" },
+    { "dim", "dim() -> n   the number of dimensions" },
+    { "stride", "stride() -> {s1, s2, ...}   strides in elements" },
+    { "is_contiguous", "is_contiguous() -> boolean   whether the elements are dense in row-major order" },
+    { "view", "view(shape) -> tensor\n  the same storage seen with another shape (a contiguous tensor; -1 infers one size)" },
+    { "reshape", "reshape(shape) -> tensor\n  a view when possible, else a copy with that shape" },
+    { "transpose", "transpose([d1, d2]) -> tensor\n  a view with two dimensions swapped (no arguments: a 2-D tensor's transpose)" },
+    { "permute", "permute({d1, d2, ...}) -> tensor   a view with the dimensions reordered" },
+    { "slice", "slice(dim, first [, last [, step]]) -> tensor\n  a view of indices first..last (inclusive, 1-based, negative from the end): "
+               "t:slice(1, 2, 4) takes rows 2 to 4" },
+    { "select", "select(dim, i) -> tensor   the i-th entry along dim (1-based), one dimension fewer (a view)" },
+    { "contiguous", "contiguous() -> tensor   itself when contiguous, else a dense copy" },
+    { "clone", "clone() -> tensor   a copy with the same dtype and device" },
+    { "to", "to(dtype | device, ...) or to{dtype =, device =} -> tensor\n  converted and/or moved: t:to(\"bf16\"), t:to(\"cuda\"), t:to(\"bf16\", \"cuda:1\")" },
+    { "cpu", "cpu() -> tensor   a copy on the CPU (itself when already there)" },
+    { "cuda", "cuda([n]) -> tensor   a copy on GPU n (default 0)" },
+    { "float", "float() -> tensor   converted to f32 on the same device" },
+    { "copy_", "copy_(src | number) -> t\n  copies src (broadcast, converted) or a number into t, in place" },
+    { "totable", "totable() -> nested Lua table of the values (copied to the CPU)" },
+    { "item", "item() -> number   the value of a one-element tensor" },
+    { "neg", "neg() -> tensor   -t, elementwise" },
+    { "abs", "abs() -> tensor   |t|, elementwise" },
+    { "exp", "exp() -> tensor   e^t, elementwise" },
+    { "log", "log() -> tensor   natural logarithm, elementwise" },
+    { "sqrt", "sqrt() -> tensor   square root, elementwise" },
+    { "rsqrt", "rsqrt() -> tensor   1 / sqrt(t), elementwise" },
+    { "sin", "sin() -> tensor   sine, elementwise" },
+    { "cos", "cos() -> tensor   cosine, elementwise" },
+    { "tanh", "tanh() -> tensor   hyperbolic tangent, elementwise" },
+    { "sigmoid", "sigmoid() -> tensor   1 / (1 + e^-t), elementwise" },
+    { "silu", "silu() -> tensor   t * sigmoid(t), elementwise" },
+    { "relu", "relu() -> tensor   max(t, 0), elementwise" },
+    { "gelu", "gelu() -> tensor   GELU (the exact erf form, torch's default), elementwise" },
+    { "square", "square() -> tensor   t * t, elementwise" },
+    { "recip", "recip() -> tensor   1 / t, elementwise" },
+    { "add", "add(other) -> tensor   t + other (a tensor, broadcast, or a number); also the + operator" },
+    { "sub", "sub(other) -> tensor   t - other; also the - operator" },
+    { "mul", "mul(other) -> tensor   t * other, elementwise; also the * operator" },
+    { "div", "div(other) -> tensor   t / other; also the / operator" },
+    { "pow", "pow(other) -> tensor   t ^ other; also the ^ operator" },
+    { "maximum", "maximum(other) -> tensor   the larger of t and other, elementwise" },
+    { "minimum", "minimum(other) -> tensor   the smaller of t and other, elementwise" },
+    { "eq", "eq(other) -> tensor   1 where t == other, else 0" },
+    { "ne", "ne(other) -> tensor   1 where t ~= other, else 0" },
+    { "lt", "lt(other) -> tensor   1 where t < other, else 0" },
+    { "le", "le(other) -> tensor   1 where t <= other, else 0" },
+    { "gt", "gt(other) -> tensor   1 where t > other, else 0" },
+    { "ge", "ge(other) -> tensor   1 where t >= other, else 0" },
+    { "sum", "sum([dim [, keepdim]]) -> tensor   the sum of all elements, or along dim" },
+    { "mean", "mean([dim [, keepdim]]) -> tensor   the mean of all elements, or along dim" },
+    { "max", "max([dim [, keepdim]]) -> tensor   the largest element, or along dim" },
+    { "min", "min([dim [, keepdim]]) -> tensor   the smallest element, or along dim" },
+    { "argmax", "argmax([dim [, keepdim]]) -> tensor   1-based index of the largest element, or along dim" },
+    { "softmax", "softmax([dim]) -> tensor   softmax along dim (default: the last)" },
+    { "matmul", "matmul(other) -> tensor   matrix product (batched over leading dimensions)" },
+    { "release", "release()   frees the storage now (also on __gc / __close); using t afterwards raises" },
+    { NULL, NULL }
+};
+
 static const luaL_Reg metamethods[] = {
     { "__add", m_add }, { "__sub", m_sub }, { "__mul", m_mul }, { "__div", m_div }, { "__pow", m_pow },
     { "__unm", m_neg }, { "__len", m_len }, { "__tostring", m_tostring },
@@ -720,11 +791,37 @@ static const luaL_Reg functions[] = {
     { NULL, NULL }
 };
 
+static const ql_lua_doc function_docs[] = {
+    { "", "tensors as Lua objects: 1-based dimensions and indices, inclusive ranges; the methods of "
+          "a tensor (help(t)) are functions here too: qlora.tensor.matmul(a, b)" },
+    { "zeros", "zeros(shape [, {dtype = \"f32\", device = \"cpu\"}]) -> tensor   filled with 0; shape: {2, 3} or 2, 3" },
+    { "ones", "ones(shape [, {dtype, device}]) -> tensor   filled with 1" },
+    { "full", "full(shape, value [, {dtype, device}]) -> tensor   filled with value" },
+    { "empty", "empty(shape [, {dtype, device}]) -> tensor   uninitialised values" },
+    { "arange", "arange([start,] stop [, step] [, {dtype, device}]) -> 1-D tensor\n"
+                "  start, start + step, ... with stop excluded (i64 when every argument is an integer, else f32)" },
+    { "rand", "rand(shape [, {seed, stream, dtype, device}]) -> tensor   uniform in [0, 1); the same numbers on CPU and CUDA" },
+    { "randn", "randn(shape [, {seed, stream, dtype, device}]) -> tensor\n"
+               "  standard normal values; the same numbers on CPU and CUDA for a seed "
+               "(without one: the generator of manual_seed, a new stream per call)" },
+    { "manual_seed", "manual_seed(n)   seeds the generator used by rand/randn without {seed =}" },
+    { "from", "from(table | number [, {dtype, device}]) -> tensor\n"
+              "  from a nested Lua table (rows of equal length) or a number (0-d); i64 when all are integers" },
+    { "load", "load(path) -> {name = tensor}, metadata | nil, message\n"
+              "  a safetensors file, memory-mapped, its header validated" },
+    { "save", "save(path, {name = tensor} [, metadata]) -> true | nil, message\n"
+              "  a safetensors file, written atomically (temp file + rename)" },
+    { "memory", "memory([device]) -> {in_use, peak, tensors}   bytes and tensors allocated on a device (default cpu)" },
+    { "is_tensor", "is_tensor(x) -> boolean" },
+    { NULL, NULL }
+};
+
 int luaopen_qlora_tensor(lua_State *L)
 {
     if (luaL_newmetatable(L, QL_TENSOR_MT)) {
         luaL_setfuncs(L, metamethods, 0);
         luaL_newlib(L, methods);
+        ql_lua_docs(L, -1, QL_TENSOR_MT, "t:", method_docs);
         lua_pushcclosure(L, m_index, 1);
         lua_setfield(L, -2, "__index");
         lua_pushliteral(L, "qlora.Tensor");
@@ -735,5 +832,6 @@ int luaopen_qlora_tensor(lua_State *L)
     /* module-level ops mirror the methods: qlora.tensor.matmul(a, b) */
     luaL_setfuncs(L, methods, 0);
     lua_pushnil(L); lua_setfield(L, -2, "release");
+    ql_lua_docs(L, -1, "qlora.tensor", "qlora.tensor.", function_docs);
     return 1;
 }

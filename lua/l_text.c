@@ -1,9 +1,7 @@
 /*
  * l_text.c — qlora.text: corpus text cleaning on utf8proc (engine/text/text.c).
- *   text.clean(s [, {nfkc=true, fold_quotes=false, collapse_spaces=true, max_blank_lines=1}]) -> s
- *   text.minhash(s [, {k=5, n=64}]) -> signature (binary string of n uint32)
- *   text.similarity(sig_a, sig_b) -> estimated Jaccard similarity in [0, 1]
- *   text.fingerprint(s) -> 16 hex digits of the folded text (exact duplicates)
+ * Each function's documentation: the docs table(s) beside the luaL_Reg tables below
+ * (help(qlora.text) in the REPL).
  * Corpus-level boilerplate and duplicate removal: qlora.dedup (lua/qlora/dedup.lua).
  */
 #include "qlora.h"
@@ -84,8 +82,19 @@ static const luaL_Reg funcs[] = {
     {"fingerprint", l_fingerprint}, {NULL, NULL}
 };
 
+static const ql_lua_doc docs[] = {
+    { "", "corpus text cleaning on utf8proc; corpus-level boilerplate and duplicates: qlora.dedup" },
+    { "clean", "clean(s [, {nfkc = true, fold_quotes = false, collapse_spaces = true, max_blank_lines = 1}]) -> s\n"
+               "  Unicode normalisation, control/zero-width/private-use characters removed, ligatures and odd spaces fixed" },
+    { "minhash", "minhash(s [, {k = 5, n = 64}]) -> signature   a binary string of n uint32 (k-word shingles)" },
+    { "similarity", "similarity(sig_a, sig_b) -> x   estimated Jaccard similarity in [0, 1]" },
+    { "fingerprint", "fingerprint(s) -> 16 hex digits of the folded text (exact duplicates)" },
+    { NULL, NULL }
+};
+
 int luaopen_qlora_text(lua_State *L)
 {
     luaL_newlib(L, funcs);
+    ql_lua_docs(L, -1, "qlora.text", "qlora.text.", docs);
     return 1;
 }

@@ -1,25 +1,7 @@
 /*
  * l_tokenizer.c — qlora.tokenizer: HF tokenizer.json tokenizers from Lua.
- *   qlora.tokenizer.load(dir_or_json) -> tok | nil, message
- *       a directory with tokenizer.json (+ tokenizer_config.json), the path of a
- *       tokenizer.json, or the JSON text itself (a string starting with '{')
- *   tok:encode(text [, {add_special = true}]) -> {ids}     ids as HF tokenizers gives them
- *   tok:count(text [, {add_special = true}]) -> n
- *   tok:encode_batch({texts} [, {add_special = true}]) -> {{ids}, ...}   on all threads
- *   tok:decode(ids [, {skip_special = false}]) -> string
- *   tok:apply_chat_template(messages [, {add_generation_prompt = false,
- *       enable_thinking = true, tokenize = false, tools = nil, vars = nil, now = nil}]) -> string | {ids}
- *       messages = {{role = "user", content = "...", reasoning_content = nil}, ...}; a message
- *       with other fields (tool_calls, content as a list of parts) goes to the template whole
- *       (as JSON: object keys sorted); tools: a list of tool schemas or their JSON text;
- *       vars: further template variables (a table or JSON text); now: strftime_now's clock
- *       (seconds, read as UTC). The template (tok.chat_template) is rendered by a Jinja2
- *       interpreter as transformers' apply_chat_template does.
- *   tok:token_to_id(s) -> id | nil;  tok:id_to_token(id) -> string | nil
- *   tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id, tok.bos_token, tok.eos_token,
- *   tok.pad_token, tok.unk_token, tok.chat_template (chat_template.jinja beside the tokenizer,
- *   else tokenizer_config.json's, or nil)
- *   tok:close()  (also __gc / __close)
+ * Each function's documentation: the docs table(s) beside the luaL_Reg tables below
+ * (help(qlora.tokenizer) in the REPL).
  * Ids are the model's ids (0-based), not Lua indices.
  */
 #include "qlora.h"
@@ -322,6 +304,33 @@ static const luaL_Reg methods[] = {
     { NULL, NULL }
 };
 
+static const ql_lua_doc method_docs[] = {
+    { "", "a Hugging Face tokenizer (qlora.tokenizer.load); ids are the model's ids (0-based)" },
+    { "encode", "encode(text [, {add_special = true}]) -> {ids}   as HF tokenizers gives them" },
+    { "count", "count(text [, {add_special = true}]) -> n   the number of tokens" },
+    { "encode_batch", "encode_batch({texts} [, {add_special = true}]) -> {{ids}, ...}   on all threads" },
+    { "decode", "decode(ids [, {skip_special = false}]) -> string" },
+    { "apply_chat_template", "apply_chat_template(messages [, {add_generation_prompt = false, enable_thinking = true,\n"
+                             "  tokenize = false, tools = nil, vars = nil, now = nil}]) -> string | {ids}\n"
+                             "  messages = {{role = \"user\", content = \"...\"}, ...}, rendered by a Jinja2 interpreter as\n"
+                             "  transformers' apply_chat_template does; tools: tool schemas or their JSON; vars: more template\n"
+                             "  variables; now: strftime_now's clock (seconds, UTC)" },
+    { "token_to_id", "token_to_id(s) -> id | nil" },
+    { "id_to_token", "id_to_token(id) -> string | nil" },
+    { "close", "close()   (also __gc / __close)" },
+    { "vocab_size", "vocab_size   (a field) the number of ids" },
+    { "bos_id", "bos_id, eos_id, pad_id   (fields) special token ids, or nil" },
+    { "bos_token", "bos_token, eos_token, pad_token, unk_token   (fields) special token strings, or nil" },
+    { "chat_template", "chat_template   (a field) chat_template.jinja beside the tokenizer, else tokenizer_config.json's, or nil" },
+    { NULL, NULL }
+};
+static const ql_lua_doc docs[] = {
+    { "", "Hugging Face tokenizer.json tokenizers, identical ids to HF tokenizers, and chat templates" },
+    { "load", "load(dir_or_json) -> tok | nil, message\n"
+              "  a folder with tokenizer.json (+ tokenizer_config.json), the path of a tokenizer.json, or the JSON text" },
+    { NULL, NULL }
+};
+
 static int l_index(lua_State *L)
 {
     const char *k = luaL_checkstring(L, 2);
@@ -358,8 +367,12 @@ int luaopen_qlora_tokenizer(lua_State *L)
         lua_pushcfunction(L, l_tostring); lua_setfield(L, -2, "__tostring");
     }
     lua_pop(L, 1);
+    luaL_newlib(L, methods);   /* the methods are reached through l_index: a table of them for the docs */
+    ql_lua_docs(L, -1, TOK_MT, "tok:", method_docs);
+    lua_pop(L, 1);
     lua_newtable(L);
     lua_pushcfunction(L, l_load);
     lua_setfield(L, -2, "load");
+    ql_lua_docs(L, -1, "qlora.tokenizer", "qlora.tokenizer.", docs);
     return 1;
 }

@@ -23,6 +23,18 @@ int luaopen_qlora_text(lua_State *L);
 int luaopen_qlora_model(lua_State *L);
 int luaopen_qlora_tokenizer(lua_State *L);
 
+/* Documentation for help(), written once beside each luaL_Reg table: rows of
+   { "name", "name(args) -> results\n  what it does" }, ended by { NULL, NULL }; a row
+   named "" describes the owner itself, a row naming no function documents a field.
+   ql_lua_docs records them in package.loaded["qlora.docs"] (lua/qlora/help.lua reads it):
+     fns[f] = prefix .. text, for each function f found under its name in the table at idx
+     owners[owner] = {prefix =, about =, names = {...}, text = {name = text},
+                      undocumented = {names of functions in the table at idx with no text}}
+   owner: the module ("qlora.tensor") or the metatable's __name ("qlora.Tensor");
+   prefix: how a call reads ("qlora.tensor." or "t:"). */
+typedef struct { const char *name; const char *text; } ql_lua_doc;
+void ql_lua_docs(lua_State *L, int idx, const char *owner, const char *prefix, const ql_lua_doc *docs);
+
 /* raises the engine's last error as a Lua error */
 int ql_lua_error(lua_State *L);
 /* pushes nil, message (the engine's last error) and returns 2: for expected failures */

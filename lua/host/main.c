@@ -6,6 +6,7 @@
  *                                    pairs, `arg` the raw arguments (arg[0] = FILE)
  *   qlora -e 'code' [key=value ...]  run code
  *   qlora doctor                     run recipes/doctor.lua (GPU checklist)
+ *   qlora chat MODEL [key=value ...] chat with a model (recipes/chat.lua, a recipe by name)
  *   qlora ls                         list the recipes, a line each (lua/qlora/recipes.lua)
  *   qlora cp NAME DEST.lua           copy a recipe to customise it
  *   qlora NAME [key=value ...]       run recipe NAME (full, train, ...) found beside the
@@ -13,7 +14,7 @@
  *                                    <exe>/../../recipes, <exe>/../share/qlora/recipes,
  *                                    then ./recipes
  *   qlora --version                  version, commit, build options, CUDA architectures
- *   qlora                            interactive REPL (readline, history, help())
+ *   qlora                            interactive REPL (readline, history, help(); repl.c)
  *
  * Exit status: 0 success, 1 a Lua error, 2 bad command line; recipes may
  * exit with their own codes (doctor documents its codes).
@@ -25,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../qlora.h"
 #include "platform.h"
@@ -33,12 +35,21 @@
 
 /* ---------------------------------------------------------------- Ctrl-C */
 
+/* Ctrl-C during a call sets a hook that raises "interrupted" at the call's next Lua
+   step, as lua.c does (lua_sethook is safe in a signal handler). Running a recipe, a
+   second Ctrl-C before that step kills the process (a C call that never returns to Lua);
+   in the REPL it never does: the REPL's work is kept, and the second press only says
+   what is going on. */
 static lua_State *g_L;
+static volatile sig_atomic_t g_repl, g_pending;
+
+void ql_host_repl_mode(int on) { g_repl = on; }
 
 static void lstop(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     lua_sethook(L, NULL, 0, 0);
+    g_pending = 0;
     luaL_error(L, "interrupted");
 }
 
@@ -49,7 +60,15 @@ static void on_sigint(int sig)
         signal(sig, on_sigint);
         return;
     }
-    signal(sig, SIG_DFL);  /* a second Ctrl-C kills */
+    if (g_repl) {
+        signal(sig, on_sigint);
+        if (g_pending) {
+            static const char note[] = "\nqlora: interrupting at the next Lua step; a C call (loading, a big product) finishes first; Ctrl-\\ kills\n";
+            ssize_t w = write(2, note, sizeof note - 1);
+            (void)w;
+        }
+    } else signal(sig, SIG_DFL);  /* a second Ctrl-C kills */
+    g_pending = 1;
     if (g_L) lua_sethook(g_L, lstop, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
@@ -71,9 +90,13 @@ int ql_host_docall(lua_State *L, int narg, int nres)
     lua_pushcfunction(L, msghandler);
     lua_insert(L, base);
     g_L = L;
+    g_pending = 0;
     signal(SIGINT, on_sigint);
     int status = lua_pcall(L, narg, nres, base);
-    signal(SIGINT, SIG_DFL);
+    signal(SIGINT, g_repl ? SIG_IGN : SIG_DFL);   /* the REPL reads its lines with its own handler */
+    /* a Ctrl-C that came as the call was returning must not stop the next one */
+    if (lua_gethook(L) == lstop) lua_sethook(L, NULL, 0, 0);
+    g_pending = 0;
     lua_remove(L, base);
     return status;
 }
@@ -164,6 +187,7 @@ static void usage(FILE *fp)
             "usage: qlora [FILE.lua [key=value ...]]\n"
             "       qlora -e 'lua code' [key=value ...]\n"
             "       qlora NAME [key=value ...]  run a recipe by name (qlora full --help)\n"
+            "       qlora chat MODEL        chat with a model (its chat template, streamed)\n"
             "       qlora ls                list the recipes\n"
             "       qlora cp NAME DEST.lua  copy a recipe to customise it\n"
             "       qlora doctor            check GPUs, drivers and this build\n"

@@ -4,6 +4,7 @@
 --   lm:generate("The capital of France is", {max_new_tokens = 32})   -- streams, returns the text
 --   lm:ask("Why is the sky blue?")                                   -- one chat turn (chat template)
 --   lm:chat()                                                        -- interactive chat; empty line leaves
+--   (`qlora chat MODEL` is lm:chat() from the command line: recipes/chat.lua)
 --
 --   qlora.llm.random_model(dir, {tokenizer = "path/to/tokenizer dir", layers = 2, hidden = 64})
 --     writes a tiny random Qwen2-shaped model using that tokenizer's vocabulary: a smoke-test
@@ -12,9 +13,11 @@ local M = {}
 local LM = {}
 LM.__index = LM
 
+-- a model folder and its tokenizer: opts.quant ("none" by default, or "nf4"), opts.device ("cpu"
+-- by default, "cuda[:N]"); returns lm or nil, message
 function M.load(dir, opts)
   opts = opts or {}
-  local model, err = qlora.model.load(dir, { quant = opts.quant or "none" })
+  local model, err = qlora.model.load(dir, { quant = opts.quant or "none", device = opts.device })
   if not model then return nil, err end
   local tok, terr = qlora.tokenizer.load(dir)
   if not tok then
@@ -26,13 +29,26 @@ function M.load(dir, opts)
   return setmetatable({ model = model, tokenizer = tok, dir = dir }, LM)
 end
 
--- generates from text or ids; streams decoded text to opts.write (io.write by default; false = silent)
+-- the REPL (qlora.repl), when this runs in it: told what was streamed, so that it is not printed twice
+local function repl() return package.loaded["qlora.repl"] end
+
+-- generates from text or ids; streams decoded text to opts.write (io.write by default; false = silent);
+-- returns the text and the new ids. opts: as model:generate's (max_new_tokens, temperature, top_k,
+-- top_p, seed, stop, on_token)
 function LM:generate(prompt, opts)
   opts = opts or {}
   local tok = self.tokenizer
   local ids = type(prompt) == "string" and tok:encode(prompt) or prompt
   local write = opts.write
-  if write == nil then write = function(s) io.write(s); io.flush() end end
+  local to_stdout = write == nil
+  if to_stdout then
+    write = function(s)
+      io.write(s)
+      io.flush()
+      local r = repl()
+      if r then r.line_open(s:sub(-1) ~= "\n") end
+    end
+  end
   local out, shown = {}, 0
   local gen_opts = {}
   for k, v in pairs(opts) do gen_opts[k] = v end
@@ -52,33 +68,66 @@ function LM:generate(prompt, opts)
   self.model:generate(ids, gen_opts)
   local text = tok:decode(out, { skip_special = true })
   if write and #text > shown then write(text:sub(shown + 1)) end
+  if to_stdout and repl() then repl().shown(text, out) end
   return text, out
 end
 
--- one chat turn: messages (or a question string) rendered with the tokenizer's chat template
+-- one chat turn: messages (or a question string) rendered with the tokenizer's chat template,
+-- the answer streamed (opts as generate's; max_new_tokens 256 by default); returns the answer
 function LM:ask(messages, opts)
   if type(messages) == "string" then messages = { { role = "user", content = messages } } end
   local ids = self.tokenizer:apply_chat_template(messages, { add_generation_prompt = true, tokenize = true })
   opts = opts or {}
   if opts.max_new_tokens == nil then opts.max_new_tokens = 256 end
   local text = self:generate(ids, opts)
-  if opts.write ~= false then io.write("\n") end
+  if opts.write == nil then
+    io.write("\n")
+    if repl() then repl().line_open(false) end
+  end
   return text
 end
 
+-- an interactive chat with the chat template, streaming each answer; the conversation so far
+-- goes with every turn. An empty line or the end of input (Ctrl-D) leaves; Ctrl-C stops the
+-- answer being written. opts: system (a system message), temperature, max_new_tokens, top_k,
+-- top_p, seed; read (a function returning the next line, default: io.read after a "you> " prompt).
+-- Returns the messages of the conversation.
 function LM:chat(opts)
+  opts = opts or {}
+  local sys = qlora.sys
   local history = {}
-  if opts and opts.system then history[1] = { role = "system", content = opts.system } end
-  while true do
+  if opts.system then history[1] = { role = "system", content = opts.system } end
+  if not self.tokenizer.chat_template then
+    error((self.dir or "the model") .. ": the tokenizer has no chat template (chat_template.jinja or " ..
+          "tokenizer_config.json's chat_template), so it cannot chat; lm:generate(text) continues plain text", 2)
+  end
+  local read = opts.read or function()
     io.write("you> ")
     io.flush()
-    local line = io.read("l")
+    local l = io.read("l")
+    if not l then io.write("\n") end
+    return l
+  end
+  while true do
+    local line = read()
     if not line or line == "" then break end
     history[#history + 1] = { role = "user", content = line }
     io.write("model> ")
-    local answer = self:ask(history, opts and { temperature = opts.temperature, max_new_tokens = opts.max_new_tokens } or nil)
+    io.flush()
+    local stopped = false
+    local gen = { temperature = opts.temperature, max_new_tokens = opts.max_new_tokens, top_k = opts.top_k,
+                  top_p = opts.top_p, seed = opts.seed,
+                  on_token = function() if sys.interrupted() then stopped = true; return true end end }
+    sys.interrupted()            -- forget an earlier Ctrl-C
+    sys.trap_interrupt(true)     -- Ctrl-C now stops this answer, not the chat
+    local ok, answer = pcall(self.ask, self, history, gen)
+    sys.trap_interrupt(false)
+    if not ok then error(answer, 0) end
+    if stopped then io.write("[stopped]\n") end
     history[#history + 1] = { role = "assistant", content = answer }
   end
+  if repl() then repl().shown(history) end   -- the conversation is on the screen already
+  return history
 end
 
 function LM:__tostring() return "llm(" .. tostring(self.model) .. ")" end

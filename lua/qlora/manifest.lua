@@ -15,6 +15,7 @@
 local M = {}
 local json, sys = qlora.json, qlora.sys
 
+-- where the manifest of a stage's output lives: <output>.manifest.json
 function M.path(output) return (output:gsub("/+$", "")) .. ".manifest.json" end
 
 local function ident(p)
@@ -44,12 +45,14 @@ function M.files(paths, ext)
   return t
 end
 
+-- the manifest a stage wants: its name, its settings (kept as strings) and its inputs (M.files)
 function M.new(stage, settings, inputs)
   local s = {}
   for k, v in pairs(settings or {}) do s[k] = tostring(v) end
   return { stage = stage, settings = s, inputs = inputs or {}, qlora = qlora.version }
 end
 
+-- the manifest recorded beside output, or nil (none, or not a manifest)
 function M.read(output)
   local f = io.open(M.path(output), "rb")
   if not f then return nil end
@@ -101,6 +104,7 @@ function M.why(output, want)
   return M.diff(M.read(output), want)
 end
 
+-- records want beside output (atomically); complete = false marks a stage left unfinished
 function M.write(output, want, complete)
   want.complete = complete ~= false
   return sys.write_file(M.path(output), json.encode(want, { indent = 1 }))

@@ -12,6 +12,7 @@
 local M = {}
 local sys = qlora.sys
 
+-- the folders searched for recipes, in order
 function M.dirs()
   local exe = sys.exe_dir() or "."
   -- <exe>/../../recipes: bin/asan/qlora and bin/debug/qlora, as lua/qlora.c finds the modules

@@ -51,6 +51,7 @@ local function distance(a, b)
   return d[#a][#b]
 end
 
+-- the name in names closest to a mistyped key ("stpes" -> "steps"), or nil when none is close
 function S.suggest(key, names)
   local best, bd = nil, math.huge
   for _, n in ipairs(names) do
@@ -207,6 +208,8 @@ local function shown_default(v)
   return tostring(v)
 end
 
+-- the text of `--help`: the recipe's header comment, a usage line and a table of the settings
+-- (name=TYPE, default, help and range) made from the declaration
 function S.help(decl, path)
   local out = {}
   for _, l in ipairs(S.header(path)) do out[#out + 1] = l end
@@ -232,6 +235,9 @@ end
 -- raised by parse() while S.describe() loads a recipe: carries the declaration
 local DESCRIBE = {}
 
+-- the recipe's settings from args (key=value words and config=FILE.lua): typed values, or the
+-- problems reported and exit 2; --help prints S.help and exits 0. Returns cfg and the set of
+-- keys given (on the command line or in the config file)
 function S.parse(args, decl)
   if S.describing then error(setmetatable({ decl = decl }, DESCRIBE), 0) end
   local path = rawget(_G, "arg") and arg[0] or "recipe"

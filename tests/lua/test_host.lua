@@ -76,3 +76,66 @@ T.test("qlora.so loads into Debian's stock lua5.4", function()
   T.eq(rc, 0)
   T.eq(out, qlora.version .. "\t3.0\n")
 end)
+
+-- `./setup.sh --prefix=DIR` (here with --no-build: what the suite runs is built already)
+-- installs the program, qlora.so, the Lua modules and the recipes; from another folder
+-- the installed qlora lists, copies, explains and runs recipes, and chats.
+T.test("setup.sh --prefix installs a qlora that works from any folder", function()
+  local f = io.open("setup.sh", "r")
+  if not f then T.skip("run from the repository root (tests/run does)") end
+  f:close()
+  local dir = q:match("^(.*)/[^/]*$") or "."
+  local bindir, config = dir, ""
+  local parent, sub = dir:match("^(.*)/(%a+)$")
+  if sub == "asan" or sub == "debug" then bindir, config = parent, "QL_CONFIG=" .. sub .. " " end
+  local tmp = T.tmpdir()
+  local prefix = tmp .. "/a/b/prefix"             -- deep: nothing of the repository above it
+  local out, rc = T.sh(config .. "./setup.sh --no-build --prefix=" .. prefix .. " --bindir=" .. bindir)
+  T.eq(rc, 0, out)
+  local iq = prefix .. "/bin/qlora"
+  local elsewhere = tmp .. "/work"
+  os.execute("mkdir -p '" .. elsewhere .. "'")
+  local function run(cmd) return T.sh("cd '" .. elsewhere .. "' && " .. cmd) end
+  out, rc = run(iq .. " ls")
+  T.eq(rc, 0, out)
+  T.truthy(out:find("(in " .. prefix .. "/bin/../share/qlora/recipes)", 1, true), "the installed recipes: " .. out)
+  for _, name in ipairs({ "full", "train", "chat", "merge", "pdf_to_md" }) do
+    T.truthy(out:find("\n" .. name .. " ", 1, true) or out:find("^" .. name .. " "), name .. " listed: " .. out)
+  end
+  out, rc = run(iq .. " cp full x.lua")
+  T.eq(rc, 0, out)
+  local a, b = io.open(elsewhere .. "/x.lua"):read("a"), io.open("recipes/full.lua"):read("a")
+  T.eq(a, b, "the copy is the recipe")
+  out, rc = run(iq .. " full --help")
+  T.eq(rc, 0, out)
+  T.truthy(out:find("usage:", 1, true) and out:find("model=DIR", 1, true), out)
+  out, rc = run(iq .. " chat --help")
+  T.eq(rc, 0, out)
+  T.truthy(out:find("max_new_tokens=N", 1, true), out)
+  out, rc = run(iq .. [[ -e 'print(qlora.llm ~= nil, package.searchpath("qlora.llm", package.path))']])
+  T.eq(rc, 0, out)
+  T.truthy(out:find("true\t" .. prefix .. "/bin/../share/qlora/lua/qlora/llm.lua", 1, true), out)
+  out, rc = run(iq .. " doctor")
+  T.truthy(rc == 3 or rc == 4 or rc == 0 or rc == 5 or rc == 6, "doctor ran from the install: " .. out)
+  -- a copied recipe finds the installed stages and samples
+  out, rc = run(iq .. " x.lua --help")
+  T.eq(rc, 0, out)
+  -- chat with a tiny model, from there
+  local m = tmp .. "/m"
+  qlora.llm.random_model(m, { tokenizer = T.fixture("tokenizers/qwen2.5"), layers = 1, hidden = 32, heads = 2, kv_heads = 1 })
+  out, rc = run("printf 'Hi\\n' | " .. iq .. " chat '" .. m .. "' max_new_tokens=3")
+  T.eq(rc, 0, out)
+  T.truthy(out:find("you> model> ", 1, true), out)
+  -- the module for a stock lua5.4
+  local _, has = T.sh("command -v lua5.4")
+  if has == 0 and not os.getenv("ASAN_OPTIONS") then
+    out, rc = run("lua5.4 -e 'package.cpath=\"" .. prefix .. "/lib/lua/5.4/?.so;\"..package.cpath; print(require(\"qlora\").version)'")
+    T.eq(rc, 0, out)
+    T.eq(out, qlora.version .. "\n")
+  end
+  -- bad input: --no-build without --prefix
+  out, rc = T.sh("./setup.sh --no-build")
+  T.eq(rc, 2, out)
+  T.truthy(out:find("--prefix", 1, true), out)
+  os.execute("rm -rf '" .. tmp .. "'")
+end)
