@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "gguf.h"
+#include "gguf_quant.h"
 
 #define WRITER_MT "qlora.gguf.Writer"
 #define FILE_MT "qlora.gguf.File"
@@ -141,8 +142,9 @@ static int w_tensor(lua_State *L)
     const char *ts = luaL_checkstring(L, 3);
     luaL_checktype(L, 4, LUA_TTABLE);
     int t = ql_ggml_type_parse(ts);
-    if (t != QL_GGML_F32 && t != QL_GGML_F16 && t != QL_GGML_BF16 && t != QL_GGML_Q8_0)
-        return luaL_error(L, "GGUF tensor '%s': type '%s' is not one of f32, f16, bf16, q8_0", name, ts);
+    if (t < 0 || !ql_gguf_type_supported((uint32_t)t))
+        return luaL_error(L, "GGUF tensor '%s': type '%s' is not one of f32, f16, bf16, q8_0, q4_K, q5_K, q6_K, q5_0, q5_1",
+                          name, ts);
     lua_Integer nd = luaL_len(L, 4);
     if (nd < 1 || nd > QL_GGUF_MAX_DIMS) return luaL_error(L, "GGUF tensor '%s': 1 to 4 dimensions, not %I", name, nd);
     int64_t ne[QL_GGUF_MAX_DIMS];
@@ -348,21 +350,55 @@ static int f_close(lua_State *L)
     return 0;
 }
 
-static int l_quantize_q8_0(lua_State *L)
+static uint32_t check_type(lua_State *L, int arg, uint32_t *block, uint32_t *bytes)
+{
+    const char *ts = luaL_checkstring(L, arg);
+    int t = ql_ggml_type_parse(ts);
+    if (t < 0 || !ql_gguf_type_supported((uint32_t)t))
+        luaL_error(L, "GGUF type '%s' is not one of f32, f16, bf16, q8_0, q4_K, q5_K, q6_K, q5_0, q5_1", ts);
+    ql_ggml_type_block((uint32_t)t, block, bytes);
+    return (uint32_t)t;
+}
+
+static int quantize_as(lua_State *L, int targ, const char *tname)
 {
     ql_tensor *t = ql_lua_checktensor(L, 1);
+    uint32_t block, bytes, ty = targ ? check_type(L, targ, &block, &bytes) : QL_GGML_Q8_0;
+    if (!targ) ql_ggml_type_block(ty, &block, &bytes);
     int64_t n = ql_tensor_numel(t);
-    if (n % 32) return luaL_error(L, "Q8_0 needs a multiple of 32 values, not %I", (lua_Integer)n);
+    if (n % block) return luaL_error(L, "%s needs a multiple of %d values, not %I", tname ? tname : ql_ggml_type_name(ty),
+                                     (int)block, (lua_Integer)n);
     ql_tensor *f = ql_tensor_to(t, QL_F32, ql_cpu());
     ql_tensor *c = f ? ql_tensor_contiguous(f) : NULL;
     ql_tensor_release(f);
     if (!c) return ql_lua_error(L);
+    size_t nb = (size_t)(n / block) * bytes;
     luaL_Buffer b;
-    char *out = luaL_buffinitsize(L, &b, (size_t)(n / 32 * 34));
-    ql_gguf_quantize_q8_0(ql_tensor_data(c), out, n);
+    char *out = luaL_buffinitsize(L, &b, nb ? nb : 1);
+    ql_gguf_quantize(ty, ql_tensor_data(c), out, n);
     ql_tensor_release(c);
-    luaL_pushresultsize(&b, (size_t)(n / 32 * 34));
+    luaL_pushresultsize(&b, nb);
     return 1;
+}
+
+static int l_quantize(lua_State *L) { return quantize_as(L, 2, NULL); }
+static int l_release_pages(lua_State *L) { ql_gguf_release_pages(ql_lua_checktensor(L, 1)); return 0; }
+static int l_quantize_q8_0(lua_State *L) { return quantize_as(L, 0, "Q8_0"); }
+
+static int l_dequantize(lua_State *L)
+{
+    size_t len;
+    const char *p = luaL_checklstring(L, 1, &len);
+    uint32_t block, bytes, ty = check_type(L, 2, &block, &bytes);
+    lua_Integer n = luaL_checkinteger(L, 3);
+    if (n < 0 || n % block || (uint64_t)(n / block) * bytes != len)
+        return luaL_error(L, "%s: %I values need %I bytes, the string has %I", ql_ggml_type_name(ty), n,
+                          n >= 0 ? (lua_Integer)((uint64_t)(n / block) * bytes) : (lua_Integer)0, (lua_Integer)len);
+    int64_t shape[1] = { (int64_t)n };
+    ql_tensor *o = ql_tensor_new(QL_F32, 1, shape, ql_cpu());
+    if (!o) return ql_lua_error(L);
+    ql_gguf_dequantize(ty, p, ql_tensor_data(o), (int64_t)n);
+    return ql_lua_pushtensor(L, o);
 }
 
 static const luaL_Reg writer_methods[] = {
@@ -375,13 +411,15 @@ static const luaL_Reg file_methods[] = {
     { "tensor", f_tensor }, { "bytes", f_bytes }, { "close", f_close }, { NULL, NULL }
 };
 static const luaL_Reg functions[] = {
-    { "writer", l_writer }, { "open", l_open }, { "quantize_q8_0", l_quantize_q8_0 }, { NULL, NULL }
+    { "writer", l_writer }, { "open", l_open }, { "quantize", l_quantize }, { "dequantize", l_dequantize },
+    { "quantize_q8_0", l_quantize_q8_0 }, { "release_pages", l_release_pages }, { NULL, NULL }
 };
 
 static const ql_lua_doc writer_docs[] = {
     { "", "a GGUF file being written (qlora.gguf.writer): kv and tensor declarations, begin, then each tensor's data" },
     { "kv", "kv(key, type, value)   type: u8 i8 u16 i16 u32 i32 u64 i64 f32 f64 bool str, or \"arr:<type>\" with a Lua array" },
-    { "tensor", "tensor(name, type, shape)   declares the next tensor: type f32 f16 bf16 q8_0; shape in PyTorch order\n"
+    { "tensor", "tensor(name, type, shape)   declares the next tensor: type f32 f16 bf16 q8_0 q4_K q5_K q6_K q5_0 q5_1\n"
+                "  (any case); shape in PyTorch order\n"
                 "  ({rows, cols}), stored reversed as ggml wants" },
     { "begin", "begin()   writes the header, the key/values and the tensor infos" },
     { "write", "write(t)   the current tensor's data: a CPU tensor (f32, f16, bf16; converted to the declared type)\n"
@@ -400,7 +438,7 @@ static const ql_lua_doc file_docs[] = {
     { "get", "get(key) -> value, type   nil when absent; arrays as Lua tables; type as for w:kv" },
     { "kv", "kv() -> {key = value}, {key = type}" },
     { "tensors", "tensors() -> {{name, type = \"Q8_0\", shape = {...} (PyTorch order), ne = {...}, offset, nbytes}, ...}" },
-    { "tensor", "tensor(name) -> f32 tensor   (F32, F16, BF16, Q8_0)" },
+    { "tensor", "tensor(name) -> f32 tensor   dequantized: every type w:tensor takes" },
     { "bytes", "bytes(name) -> string   the tensor's raw data" },
     { "close", "close()   (also __gc / __close)" },
     { NULL, NULL }
@@ -409,7 +447,12 @@ static const ql_lua_doc docs[] = {
     { "", "GGUF files (llama.cpp, Ollama) from Lua; writers raise on misuse and write errors, opening returns nil, message" },
     { "writer", "writer(path [, {alignment = 32}]) -> w | nil, message   (help(w) lists its methods)" },
     { "open", "open(path) -> f | nil, message   validated; help(f) lists its methods" },
-    { "quantize_q8_0", "quantize_q8_0(t) -> string   ggml's Q8_0 blocks of a tensor's values" },
+    { "quantize", "quantize(t, type) -> string   the tensor's values (row-major) in that type's blocks, as ggml's\n"
+                  "  reference quantizer writes them (gguf_quant.h)" },
+    { "dequantize", "dequantize(bytes, type, n) -> f32 tensor of n values" },
+    { "quantize_q8_0", "quantize_q8_0(t) -> string   quantize(t, \"q8_0\")" },
+    { "release_pages", "release_pages(t)   the pages of a tensor over a mapped file back to the kernel (w:write does it\n"
+                       "  for what it writes; see gguf.h)" },
     { NULL, NULL }
 };
 

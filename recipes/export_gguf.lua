@@ -1,6 +1,7 @@
 -- recipes/export_gguf.lua — a merged Hugging Face model to GGUF for llama.cpp and Ollama.
 --
 --   bin/qlora recipes/export_gguf.lua model=models/qwen-docs out=models/qwen-docs.gguf type=q8_0
+--   ... type=q4_k_m    the 4-bit mix Ollama users pick, equal to llama-quantize's Q4_K_M
 --   bin/qlora recipes/export_gguf.lua --help    every setting, its default and choices
 --
 -- Qwen2/2.5 (arch qwen2), Llama 2/3.x and Mistral (arch llama). The weights are
@@ -13,7 +14,8 @@ local S = require("qlora.settings")
 local SETTINGS = {
   { "model", "model", nil, "a merged Hugging Face model folder (recipes/merge.lua's out=)", required = true },
   { "out", "path", nil, "the GGUF file (default: <model>.gguf)" },
-  { "type", "enum", "f16", "tensor type in the file", choices = { "f16", "bf16", "q8_0" } },
+  { "type", "enum", "f16", "tensor type in the file (q4_k_m: llama-quantize's Q4_K_M mix)",
+    choices = { "f16", "bf16", "q8_0", "q4_k_m", "f32" } },
   { "tokenizer", "tokenizer", nil, "tokenizer folder (default: the model's)" },
   { "name", "string", nil, "general.name in the file (default: the folder's name)" },
   { "modelfile", "bool", true, "write an Ollama Modelfile beside the GGUF" },

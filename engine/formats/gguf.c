@@ -4,6 +4,7 @@
  * against the file size before handing out a pointer.
  */
 #include "gguf.h"
+#include "gguf_quant.h"
 #include "platform.h"
 #include "strbuf.h"
 
@@ -11,6 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 /* ---------------------------------------------------------------- type facts */
 
@@ -224,8 +229,9 @@ ql_status ql_gguf_writer_add_tensor(ql_gguf_writer *w, const char *name, ql_ggml
     if (!nl || nl >= QL_GGUF_MAX_NAME)
         return ql_fail(QL_EINVAL, "%s: tensor name '%s' must have 1 to %d bytes", w->path, name ? name : "", QL_GGUF_MAX_NAME - 1);
     uint32_t block, bytes;
-    if (type != QL_GGML_F32 && type != QL_GGML_F16 && type != QL_GGML_BF16 && type != QL_GGML_Q8_0)
-        return ql_fail(QL_EUNSUPPORTED, "%s: tensor '%s': the writer takes F32, F16, BF16 and Q8_0, not %s",
+    if (!ql_gguf_type_supported(type))
+        return ql_fail(QL_EUNSUPPORTED, "%s: tensor '%s': the writer takes F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K, "
+                       "Q5_0 and Q5_1, not %s",
                        w->path, name, ql_ggml_type_name(type) ? ql_ggml_type_name(type) : "an unknown type");
     ql_ggml_type_block(type, &block, &bytes);
     if (ndim < 1 || ndim > QL_GGUF_MAX_DIMS)
@@ -368,17 +374,38 @@ ql_status ql_gguf_writer_write_f32(ql_gguf_writer *w, const float *x, size_t n)
         if (k % block)
             return wfail(w, ql_fail(QL_EINVAL, "%s: tensor '%s': %s data must come in whole blocks of %u",
                                     w->path, t->name, ql_ggml_type_name(t->type), block));
-        switch (t->type) {
-        case QL_GGML_F32: memcpy(buf, x, k * 4); break;
-        case QL_GGML_F16: for (size_t i = 0; i < k; i++) { uint16_t h = ql_f32_to_f16(x[i]); memcpy(buf + 2 * i, &h, 2); } break;
-        case QL_GGML_BF16: for (size_t i = 0; i < k; i++) { uint16_t h = ql_f32_to_bf16(x[i]); memcpy(buf + 2 * i, &h, 2); } break;
-        case QL_GGML_Q8_0: ql_gguf_quantize_q8_0(x, buf, (int64_t)k); break;
-        }
-        QL_TRY(ql_gguf_writer_write(w, buf, k / block * bytes));
+        size_t nb = ql_gguf_quantize(t->type, x, buf, (int64_t)k);   /* at most 4 bytes a value: fits */
+        QL_TRY(ql_gguf_writer_write(w, buf, nb));
         x += k; n -= k;
     }
     return QL_OK;
 }
+
+/* pages of [p, p+n) back to the kernel (see ql_gguf_release_pages) */
+static void page_out(const void *p, size_t n)
+{
+#if defined(__linux__) && defined(MADV_PAGEOUT)
+    long ps = sysconf(_SC_PAGESIZE);
+    if (ps <= 0 || !p || !n) return;
+    uintptr_t a = (uintptr_t)p & ~((uintptr_t)ps - 1);   /* the pages it touches: an edge page shared */
+    uintptr_t e = ((uintptr_t)p + n + (uintptr_t)ps - 1) & ~((uintptr_t)ps - 1);   /* is read back if needed */
+    madvise((void *)a, e - a, MADV_PAGEOUT);   /* an old kernel says EINVAL: nothing lost */
+#else
+    (void)p; (void)n;
+#endif
+}
+
+static int foreign(const ql_tensor *t)
+{
+    return t && t->storage && t->storage->release && ql_tensor_device(t).type == QL_DEV_CPU;
+}
+
+void ql_gguf_release_pages(const ql_tensor *t)
+{
+    if (foreign(t)) page_out(ql_tensor_data(t), (size_t)ql_dtype_bytes(t->dtype, ql_tensor_numel(t)));
+}
+
+#define RELEASE_EVERY ((size_t)16 << 20)   /* source bytes between page-outs */
 
 ql_status ql_gguf_writer_write_tensor(ql_gguf_writer *w, const ql_tensor *src)
 {
@@ -394,20 +421,34 @@ ql_status ql_gguf_writer_write_tensor(ql_gguf_writer *w, const ql_tensor *src)
                        w->path, t->name, (unsigned long long)t->nelem, (long long)ql_tensor_numel(src));
     const uint8_t *p = ql_tensor_data(src);
     ql_dtype dt = src->dtype;
-    if (dt == QL_F32) return ql_gguf_writer_write_f32(w, (const float *)p, (size_t)t->nelem);
-    if (dt != QL_F16 && dt != QL_BF16)
+    if (dt != QL_F32 && dt != QL_F16 && dt != QL_BF16)
         return ql_fail(QL_EINVAL, "%s: tensor '%s': data must be f32, f16 or bf16, not %s", w->path, t->name, ql_dtype_name(dt));
-    if ((dt == QL_F16 && t->type == QL_GGML_F16) || (dt == QL_BF16 && t->type == QL_GGML_BF16))
-        return ql_gguf_writer_write(w, p, (size_t)t->nbytes);   /* same type: bytes as they are */
-    float *f = malloc(CHUNK * sizeof *f);
-    if (!f) return ql_fail(QL_ENOMEM, "out of memory");
+    const int same = (dt == QL_F16 && t->type == QL_GGML_F16) || (dt == QL_BF16 && t->type == QL_GGML_BF16);
+    const size_t esz = dt == QL_F32 ? 4 : 2;
+    /* whole quantization blocks per step (CHUNK is a multiple of every block), each step's
+       source pages handed back when the memory is a mapped file (ql_gguf_release_pages) */
+    const size_t step = same ? RELEASE_EVERY / esz : CHUNK;
+    const int drop = foreign(src);
+    float *f = NULL;
+    if (!same && dt != QL_F32 && !(f = malloc(CHUNK * sizeof *f))) return ql_fail(QL_ENOMEM, "out of memory");
     ql_status s = QL_OK;
-    for (uint64_t i = 0; s == QL_OK && i < t->nelem; i += CHUNK) {
-        size_t k = t->nelem - i < CHUNK ? (size_t)(t->nelem - i) : CHUNK;
-        const uint16_t *h = (const uint16_t *)p + i;
-        if (dt == QL_F16) for (size_t j = 0; j < k; j++) f[j] = ql_f16_to_f32(h[j]);
-        else for (size_t j = 0; j < k; j++) f[j] = ql_bf16_to_f32(h[j]);
-        s = ql_gguf_writer_write_f32(w, f, k);
+    size_t since = 0;
+    for (uint64_t i = 0; s == QL_OK && i < t->nelem; i += step) {
+        size_t k = t->nelem - i < step ? (size_t)(t->nelem - i) : step;
+        const uint8_t *q = p + i * esz;
+        if (same) s = ql_gguf_writer_write(w, q, k * esz);   /* same type: bytes as they are */
+        else if (dt == QL_F32) s = ql_gguf_writer_write_f32(w, (const float *)q, k);
+        else {
+            const uint16_t *h = (const uint16_t *)q;
+            if (dt == QL_F16) for (size_t j = 0; j < k; j++) f[j] = ql_f16_to_f32(h[j]);
+            else for (size_t j = 0; j < k; j++) f[j] = ql_bf16_to_f32(h[j]);
+            s = ql_gguf_writer_write_f32(w, f, k);
+        }
+        since += k * esz;
+        if (drop && (since >= RELEASE_EVERY || i + k == t->nelem)) {
+            page_out(q + k * esz - since, since);
+            since = 0;
+        }
     }
     free(f);
     return s;
@@ -837,9 +878,9 @@ ql_tensor *ql_gguf_tensor_f32(const ql_gguf_file *f, int64_t i)
 {
     const ql_gguf_tensor_info *t = ql_gguf_tensor_at(f, i);
     if (!t) { ql_fail(QL_EINVAL, "%s: no tensor #%lld", f->path, (long long)i); return NULL; }
-    if (t->type != QL_GGML_F32 && t->type != QL_GGML_F16 && t->type != QL_GGML_BF16 && t->type != QL_GGML_Q8_0) {
-        ql_fail(QL_EUNSUPPORTED, "%s: tensor '%s' is %s; qlora reads F32, F16, BF16 and Q8_0", f->path, t->name,
-                ql_ggml_type_name(t->type));
+    if (!ql_gguf_type_supported(t->type)) {
+        ql_fail(QL_EUNSUPPORTED, "%s: tensor '%s' is %s; qlora reads F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K, Q5_0 and Q5_1",
+                f->path, t->name, ql_ggml_type_name(t->type));
         return NULL;
     }
     int64_t shape[QL_GGUF_MAX_DIMS];
@@ -847,21 +888,6 @@ ql_tensor *ql_gguf_tensor_f32(const ql_gguf_file *f, int64_t i)
     ql_tensor *o = ql_tensor_new(QL_F32, (int)t->ndim, shape, ql_cpu());
     if (!o) return NULL;
     float *y = ql_tensor_data(o);
-    const uint8_t *p = ql_gguf_tensor_data(f, i);
-    int64_t n = ql_tensor_numel(o);
-    for (int64_t k = 0; k < n; k++) {
-        uint16_t h;
-        switch (t->type) {
-        case QL_GGML_F32: memcpy(&y[k], p + 4 * k, 4); break;
-        case QL_GGML_F16: memcpy(&h, p + 2 * k, 2); y[k] = ql_f16_to_f32(h); break;
-        case QL_GGML_BF16: memcpy(&h, p + 2 * k, 2); y[k] = ql_bf16_to_f32(h); break;
-        case QL_GGML_Q8_0: {
-            const uint8_t *b = p + (k / 32) * 34;
-            memcpy(&h, b, 2);
-            y[k] = ql_f16_to_f32(h) * (float)(int8_t)b[2 + k % 32];
-            break;
-        }
-        }
-    }
+    ql_gguf_dequantize(t->type, ql_gguf_tensor_data(f, i), y, ql_tensor_numel(o));   /* rows are whole blocks (open checked) */
     return o;
 }

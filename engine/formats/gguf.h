@@ -13,8 +13,8 @@
  * Writer: key/values and tensor infos are declared first (kept in memory, a few
  * MB for a 150k vocabulary), ql_gguf_writer_begin writes them, then the tensors'
  * data is streamed in declaration order, converted on the fly from f32/f16/bf16
- * to the declared type (F32, F16, BF16, Q8_0), so memory stays bounded by one
- * chunk. The file is written atomically: a temporary renamed into place by
+ * to the declared type (F32, F16, BF16, Q8_0 and the k-quants of gguf_quant.h),
+ * so memory stays bounded by one chunk. The file is written atomically: a temporary renamed into place by
  * close, removed by abort or on any failure.
  *
  * Reader: maps the file and checks every count, length, type, offset, size and
@@ -40,9 +40,11 @@ typedef enum ql_gguf_vtype {
     QL_GGUF_F64 = 12, QL_GGUF_NVTYPES
 } ql_gguf_vtype;
 
-/* ggml tensor types, numbered as in ggml; the writer converts to the first four */
+/* ggml tensor types, numbered as in ggml: the ones the writer converts to (gguf_quant.h
+   has the quantizers of the last five) */
 typedef enum ql_ggml_type {
-    QL_GGML_F32 = 0, QL_GGML_F16 = 1, QL_GGML_Q8_0 = 8, QL_GGML_BF16 = 30
+    QL_GGML_F32 = 0, QL_GGML_F16 = 1, QL_GGML_Q5_0 = 6, QL_GGML_Q5_1 = 7, QL_GGML_Q8_0 = 8,
+    QL_GGML_Q4_K = 12, QL_GGML_Q5_K = 13, QL_GGML_Q6_K = 14, QL_GGML_BF16 = 30
 } ql_ggml_type;
 
 const char *ql_gguf_vtype_name(uint32_t t);          /* "u32", "str", "arr"...; NULL if unknown */
@@ -82,13 +84,19 @@ ql_status ql_gguf_writer_add_tensor(ql_gguf_writer *w, const char *name, ql_ggml
 ql_status ql_gguf_writer_begin(ql_gguf_writer *w);
 /* Raw bytes of the tensors, in order, already in their declared type. */
 ql_status ql_gguf_writer_write(ql_gguf_writer *w, const void *data, size_t n);
-/* Elements of the current tensor as f32, converted to its type (Q8_0: n a
-   multiple of 32, blocks never straddle calls). */
+/* Elements of the current tensor as f32, converted to its type (a quantized type:
+   n a multiple of its block, 32 or 256 values; blocks never straddle calls). */
 ql_status ql_gguf_writer_write_f32(ql_gguf_writer *w, const float *x, size_t n);
 /* The whole current tensor from a CPU tensor of dtype f32, f16 or bf16 with as
    many elements as declared (any shape; made contiguous one chunk at a time is
    not needed: it must be contiguous). Converted in bounded chunks. */
 ql_status ql_gguf_writer_write_tensor(ql_gguf_writer *w, const ql_tensor *t);
+/* Hands the pages of t's memory back to the kernel when that memory is not qlora's own
+   (a tensor over a mapped checkpoint: the storage has a release function): resident memory
+   would otherwise grow to the size of the model as its tensors are read once each. Uses
+   Linux's MADV_PAGEOUT, which reclaims without discarding, so it is safe on any memory;
+   a no-op elsewhere and for tensors qlora allocated. write_tensor does it after writing. */
+void ql_gguf_release_pages(const ql_tensor *t);
 /* Checks that every tensor was written, then renames the file into place. Frees w. */
 ql_status ql_gguf_writer_close(ql_gguf_writer *w);
 void      ql_gguf_writer_abort(ql_gguf_writer *w);   /* removes the temporary; frees w */
@@ -136,7 +144,7 @@ const ql_gguf_tensor_info *ql_gguf_tensor_at(const ql_gguf_file *f, int64_t i);
 int64_t ql_gguf_find_tensor(const ql_gguf_file *f, const char *name);    /* -1 if absent */
 const void *ql_gguf_tensor_data(const ql_gguf_file *f, int64_t i);
 /* Tensor i as a new f32 CPU tensor in PyTorch order (ne reversed), for F32, F16,
-   BF16 and Q8_0 tensors. */
+   BF16, Q8_0 and gguf_quant.h's types. */
 ql_tensor *ql_gguf_tensor_f32(const ql_gguf_file *f, int64_t i);
 
 #endif

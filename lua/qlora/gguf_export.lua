@@ -2,18 +2,24 @@
 -- GGUF file for llama.cpp, Ollama and LM Studio, written the way llama.cpp's
 -- convert_hf_to_gguf.py writes it (its rules, re-stated here; see the notes below).
 --
---   qlora.gguf_export.export{model = DIR, out = "model.gguf", type = "f16"|"bf16"|"q8_0",
+--   qlora.gguf_export.export{model = DIR, out = "model.gguf", type = "f16"|"bf16"|"q8_0"|"q4_k_m"|"f32",
 --                            tokenizer = DIR (default: model), name = "...", log = print}
 --     -> {tensors = n, elements = n, arch = "qwen2"|"llama", chat_template = s, seconds = s} | nil, message
 --   qlora.gguf_export.modelfile(gguf_path, chat_template) -> text of an Ollama Modelfile
+--   qlora.gguf_export.q4_k_m_type(name, shape, ctx) -> ggml type name of one weight in a q4_k_m file
 --
 -- Families (one table below): Qwen2/Qwen2.5 -> arch "qwen2" (q/k/v biases, no Q/K
 -- permutation); Llama 2/3.x and Mistral -> arch "llama", whose Q and K rows are
 -- permuted from the Hugging Face rotate-half layout to ggml's interleaved pairs.
 -- Memory: tensors are read from the mapped safetensors and written one at a time;
--- only a permuted Q/K matrix is copied. Weights (2-D) take the chosen type, norms and
+-- only a permuted Q/K matrix is copied. Each source tensor's pages go back to the kernel
+-- once written and a shard is unmapped when the next one opens, so resident memory stays
+-- near one tensor's size (a 7B export peaks at ~1 GB; docs/gguf.md). Weights (2-D) take the chosen type, norms and
 -- biases stay f32, a q8_0 row that is not a multiple of 32 falls back to f16, as the
 -- converter does. Llama-3 "llama3" RoPE scaling becomes the rope_freqs.weight tensor.
+-- q4_k_m is the per-tensor mix llama-quantize writes for Q4_K_M (see q4_k_m_type), its
+-- blocks those of ggml's reference quantizer (engine/formats/gguf_quant.c), so the file
+-- equals llama-quantize's output from our f32 export tensor for tensor.
 -- Deliberate difference: the converter reads original_max_position_embeddings for
 -- that tensor from the top of config.json (8192 when absent); we read it where
 -- transformers does (rope_scaling / rope_parameters), so the factors match the model.
@@ -42,7 +48,7 @@ M.families = {
 }
 
 -- llama.cpp file types (general.file_type) and ggml type names per export type
-local FILE_TYPE = { f32 = 0, f16 = 1, q8_0 = 7, bf16 = 32 }
+local FILE_TYPE = { f32 = 0, f16 = 1, q8_0 = 7, q4_k_m = 15, bf16 = 32 }
 
 -- HF tensor name -> GGUF name (nil: not exported)
 local LAYER = {
@@ -118,6 +124,36 @@ function M.llama3_rope_factors(h)
     out[#out + 1] = f
   end
   return out
+end
+
+-- ---------------------------------------------------------------- q4_k_m
+
+-- llama.cpp's Q4_K_M recipe (llama-quant.cpp, llama_tensor_get_type) for the dense
+-- llama/qwen2 weights we write. Q4_K by default; Q6_K for the output matrix (the token
+-- embeddings when tied) and for attn_v and ffn_down in the layers "more bits" picks: the
+-- first and last eighth of the layers and every third one between; a 70B (80 layers,
+-- and for llama grouped-query attention) gets Q5_K for its other attn_v. A row that is
+-- not a whole number of 256-value super-blocks takes the fallback llama.cpp uses
+-- (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; the output matrix goes to Q8_0 directly),
+-- and F16 when not even 32 divides it. ctx = {n_layer, tied, is_70b}.
+local function more_bits(i, n) return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2 end
+local FALLBACK = { q4_K = "q5_0", q5_K = "q5_1", q6_K = "q8_0" }
+function M.q4_k_m_type(name, shape, ctx)
+  local ne0 = shape[#shape]
+  local t = "q4_K"
+  local layer = tonumber(name:match("^blk%.(%d+)%."))
+  if name == "output.weight" or (ctx.tied and name == "token_embd.weight") then
+    t = ne0 % 256 == 0 and "q6_K" or "q8_0"
+  elseif name == "token_embd.weight" then
+    t = "q4_K"
+  elseif name:find("attn_v.weight", 1, true) then
+    if more_bits(layer, ctx.n_layer) then t = "q6_K" elseif ctx.is_70b then t = "q5_K" end
+  elseif name:find("ffn_down", 1, true) then
+    if more_bits(layer, ctx.n_layer) then t = "q6_K" end
+  end
+  if ne0 % (t == "q8_0" and 32 or 256) ~= 0 then t = FALLBACK[t] or t end
+  if ne0 % 32 ~= 0 then t = "f16" end
+  return t
 end
 
 -- ---------------------------------------------------------------- tokenizer
@@ -252,14 +288,28 @@ function M.tokenizer(dir, cfg, vocab_size)
   end
   local t = { tokens = {}, types = {} }
   if byte_fallback then
-    -- SentencePiece-style BPE (Mistral, Llama 2) as gguf-py's LlamaHfVocab writes it
+    -- SentencePiece-style BPE (Mistral, Llama 2) as gguf-py's LlamaHfVocab writes it, but
+    -- for the scores. llama.cpp tokenizes this "llama" vocabulary SentencePiece's way:
+    -- it merges the adjacent pair whose joined text is the token of highest score. The
+    -- converter, given only tokenizer.json, writes -1000 for every token, and llama.cpp
+    -- then merges left to right instead of in the merges' order (" Hello" became
+    -- "▁▁|Hello", Hugging Face's "▁|▁Hello"). A token's score here is minus the rank of
+    -- the first merge that makes it, so the highest-scoring pair is the merge Hugging
+    -- Face's BPE would apply; a token no merge makes gets -1e9 (never preferred).
     t.model, t.pre, t.scores = "llama", "default", {}
+    local rank = {}
+    for r, m in ipairs(val(model.merges) or {}) do
+      local a, b
+      if type(m) == "table" then a, b = m[1], m[2] else a, b = m:match("^(.-) (.*)$") end
+      local id = a and model.vocab[a .. b]
+      if id and not rank[id] then rank[id] = r - 1 end
+    end
     local specials = {}
     for _, at in pairs(added_by_id) do if at.special then specials[at.id] = true end end
     for i = 0, vocab_size - 1 do
       local tok = rev[i] or ("[PAD" .. i .. "]")
       t.tokens[i + 1] = tok
-      t.scores[i + 1] = -1000.0
+      t.scores[i + 1] = rank[i] and -rank[i] or -1e9
       if not rev[i] then t.types[i + 1] = 5
       elseif tok:match("^<0x%x%x>$") then t.types[i + 1] = 6
       elseif specials[i] then t.types[i + 1] = 3
@@ -330,7 +380,7 @@ function M.export(opts)
   local out = opts.out or error("out= is required", 0)
   local qtype = (opts.type or "f16"):lower()
   local log = opts.log or function() end
-  if not FILE_TYPE[qtype] then return nil, "type=" .. qtype .. ": use f16, bf16, q8_0 or f32" end
+  if not FILE_TYPE[qtype] then return nil, "type=" .. qtype .. ": use f16, bf16, q8_0, q4_k_m or f32" end
   local t0 = qlora.sys.now()
   local w   -- the writer, aborted (its temporary removed) on any error, Ctrl-C included
   local ok, res = pcall(function()
@@ -378,7 +428,11 @@ function M.export(opts)
     local files = {}
     local function source(hf)
       local f = where[hf]
-      if not files[f] then files = { [f] = qlora.tensor.load(f) } end   -- one mapped file at a time
+      if not files[f] then
+        files = nil
+        collectgarbage()   -- unmaps the previous shard now, not whenever the collector runs
+        files = { [f] = qlora.tensor.load(f) }   -- one mapped file at a time
+      end
       return files[f][hf] or error(f .. ": tensor '" .. hf .. "' is missing", 0)
     end
 
@@ -430,12 +484,15 @@ function M.export(opts)
 
     -- tensor infos: shapes from the safetensors headers (no data read yet)
     local rope_factors = h.rope_type == "llama3" and arch == "llama" and M.llama3_rope_factors(h) or nil
+    local mix = { n_layer = h.n_layer, tied = not by_gguf["output.weight"] or h.tied,
+                  is_70b = h.n_layer == 80 and (arch == "qwen2" or h.n_head ~= h.n_head_kv) }
     for _, p in ipairs(plan) do
       if p.extra then p.shape, p.type = { #rope_factors }, "f32"
       else
         local t = source(p.hf)
         p.shape = t:size()
         if #p.shape == 1 or p.gguf:match("_norm%.weight$") or not p.gguf:match("%.weight$") then p.type = "f32"
+        elseif qtype == "q4_k_m" then p.type = M.q4_k_m_type(p.gguf, p.shape, mix)
         elseif qtype == "q8_0" and p.shape[#p.shape] % 32 ~= 0 then p.type = "f16"
         else p.type = qtype end
       end
@@ -448,12 +505,15 @@ function M.export(opts)
       if p.extra then t = qlora.tensor.from(rope_factors)
       else
         t = source(p.hf)
+        local src = t
         if fam.permute and p.gguf:match("attn_q%.") then t = permute_rows(t, h.n_head)
         elseif fam.permute and p.gguf:match("attn_k%.") then t = permute_rows(t, h.n_head_kv) end
         if t.dtype ~= "f32" and t.dtype ~= "f16" and t.dtype ~= "bf16" then t = t:float() end
+        if t ~= src then qlora.gguf.release_pages(src) end   -- a copy is written, not the source
       end
       w:write(t)
       nbytes = nbytes + t:numel()
+      if p.extra or t ~= source(p.hf) then t:release() end   -- copies freed now, not at the next collection
       if i % 16 == 0 or i == #plan then log(string.format("gguf: %d/%d tensors", i, #plan)) end
     end
     files = nil

@@ -2,7 +2,9 @@
 -- models against tests/fixtures/gguf/expected.json, written by tests/gen/gen_gguf.py from
 -- llama.cpp's gguf package (gguf-py read our files; keys, types and values follow the
 -- converter's rules and gguf.SpecialVocab; tensor bytes are gguf-py's own casts and its
--- Q8_0 quantizer, with llama.cpp's Q/K permutation for Llama).
+-- Q8_0 quantizer, with llama.cpp's Q/K permutation for Llama); and the q4_k_m export
+-- against llama-quantize's own output (tests/fixtures/gguf/q4_k_m.json, written by
+-- tests/gen/check_llamacpp.sh).
 local T = ...
 local G, E = qlora.gguf, require("qlora.gguf_export")
 
@@ -130,6 +132,124 @@ for _, qtype in ipairs({ "f16", "bf16", "q8_0" }) do
   T.test("export_tiny_qwen2_" .. qtype, function() check_export("tiny-qwen2", "qwen2", qtype) end)
   T.test("export_tiny_llama_" .. qtype, function() check_export("tiny-llama", "llama3", qtype) end)
 end
+
+-- ---------------------------------------------------------------- q4_k_m
+-- tests/fixtures/gguf/q4_k_m.json: per model, the type and a hash of every tensor of
+-- llama-quantize's Q4_K_M from our f32 export (tests/gen/check_llamacpp.lua); our q4_k_m
+-- export must be the same bytes. The tiny fixtures' 64-wide rows take llama.cpp's
+-- fallbacks (Q5_0, Q8_0); the wide models of tests/gen/gguf_models.lua, made here from
+-- seeded randn, take Q4_K and Q6_K.
+local ROOT = debug.getinfo(1, "S").source:match("^@(.*)tests/lua/[^/]+$") or "./"
+if ROOT == "" then ROOT = "./" end
+local GM = dofile(ROOT .. "tests/gen/gguf_models.lua")
+local q4golden
+local function q4k()
+  if not q4golden then
+    local fh = assert(io.open(T.fixture("gguf/q4_k_m.json"), "rb"))
+    q4golden = qlora.json.decode(fh:read("a")); fh:close()
+  end
+  return q4golden
+end
+
+local function check_q4_k_m(name, dir, tok)
+  local want = q4k().models[name]
+  T.truthy(want, "q4_k_m.json has no " .. name)
+  local tmp = T.tmpdir()
+  if not dir then
+    dir = GM.make(tmp .. "/" .. name, GM.specs[name])
+    local fh = assert(io.open(dir .. "/model.safetensors", "rb"))
+    local src = GM.hash(fh:read("a")); fh:close()
+    T.eq(src, want.source, name .. ": the random model is not the one the golden was made from " ..
+      "(tests/gen/gguf_models.lua or qlora's randn changed: rerun tests/gen/check_llamacpp.sh)")
+    tok = T.fixture(GM.specs[name].tokenizer)
+  end
+  local out = tmp .. "/m.gguf"
+  local res, err = E.export { model = dir, tokenizer = tok, out = out, type = "q4_k_m" }
+  T.truthy(res, err)
+  local f = assert(G.open(out))
+  T.eq(f:get("general.file_type"), 15)
+  local n, nwant, bad = 0, 0, {}
+  for _ in pairs(want.tensors) do nwant = nwant + 1 end
+  for _, t in ipairs(f:tensors()) do
+    n = n + 1
+    local e = want.tensors[t.name]
+    T.truthy(e, "unexpected tensor " .. t.name)
+    T.eq(t.type, e.type, t.name .. " type")
+    if GM.hash(f:bytes(t.name)) ~= e.hash then bad[#bad + 1] = t.name .. " (" .. t.type .. ")" end
+  end
+  T.eq(n, nwant, "tensor count")
+  T.eq(#bad, 0, name .. ": bytes differ from llama-quantize's in " .. table.concat(bad, ", "))
+  -- the reader dequantizes every type back (an output weight: the dequantized rows
+  -- approximate the source)
+  local w = f:tensor("blk.0.ffn_down.weight")
+  local src = qlora.tensor.load(dir .. "/model.safetensors")["model.layers.0.mlp.down_proj.weight"]:float()
+  T.eq(w:size(), src:size())
+  local rel = (w - src):abs():max():item() / src:abs():max():item()
+  T.truthy(rel < 0.15, name .. ": dequantized ffn_down is off by " .. rel)
+  f:close()
+  os.execute("rm -rf '" .. tmp .. "'")
+end
+
+T.test("export_q4_k_m_tiny_qwen2", function()
+  check_q4_k_m("tiny-qwen2", T.fixture("models/tiny-qwen2"), T.fixture("gguf/tok-qwen2"))
+end)
+T.test("export_q4_k_m_tiny_llama", function()
+  check_q4_k_m("tiny-llama", T.fixture("models/tiny-llama"), T.fixture("gguf/tok-llama3"))
+end)
+T.test("export_q4_k_m_wide_qwen2", function() check_q4_k_m("wide-qwen2") end)
+T.test("export_q4_k_m_wide_llama", function() check_q4_k_m("wide-llama") end)
+
+-- the mix on real shapes, as llama-quantize --dry-run printed it for a Qwen2.5-7B-shaped and a
+-- Qwen2.5-0.5B-shaped export (tests/gen/check_llamacpp.sh; a 7B file is too big to keep)
+T.test("q4_k_m_mix_real_shapes", function()
+  local mix = q4k().dry_run
+  T.truthy(mix, "q4_k_m.json has no dry_run section")
+  local nchecked = 0
+  for model, m in pairs(mix) do
+    local ctx = { n_layer = m.n_layer, tied = m.tied, is_70b = false }
+    for name, e in pairs(m.tensors) do
+      T.eq(E.q4_k_m_type(name, e.shape, ctx):upper(), e.type:upper(), model .. " " .. name)
+      nchecked = nchecked + 1
+    end
+  end
+  T.truthy(nchecked > 300, "only " .. nchecked .. " tensors in the dry-run record")
+  -- 70B: attn_v outside the "more bits" layers goes to Q5_K (llama-quant.cpp; no 70B run here)
+  local c70 = { n_layer = 80, tied = false, is_70b = true }
+  T.eq(E.q4_k_m_type("blk.1.attn_v.weight", { 1024, 8192 }, c70), "q6_K")
+  T.eq(E.q4_k_m_type("blk.11.attn_v.weight", { 1024, 8192 }, c70), "q5_K")
+  T.eq(E.q4_k_m_type("blk.11.attn_v.weight", { 1024, 8160 }, c70), "q5_1")
+  T.eq(E.q4_k_m_type("blk.11.attn_q.weight", { 8192, 100 }, c70), "f16")
+end)
+
+-- SentencePiece-style BPE (Mistral): llama.cpp merges the adjacent pair whose token has the
+-- highest score, so the score is minus the rank of the first merge making the token (ranks
+-- read from the fixture's tokenizer.json); with these, llama.cpp's ids equal Hugging Face's
+-- on all 998 texts of tests/gen/check_llamacpp.lua (the converter's flat -1000: 235 of 998)
+T.test("spm_scores_follow_merges", function()
+  local tok = assert(E.tokenizer(T.fixture("tokenizers/mistral-7b"), { bos_token_id = 1, eos_token_id = 2 }, 32000))
+  T.eq(tok.model, "llama")
+  local id = {}
+  for i, t in ipairs(tok.tokens) do id[t] = i end
+  T.eq(tok.scores[id["\u{2581}t"]], 0.0)                 -- "▁ t", the first merge
+  T.eq(tok.scores[id["\u{2581}\u{2581}"]], -58876.0)     -- "▁ ▁" comes late in Mistral's merges
+  T.eq(tok.scores[id["\u{2581}Hello"]], -47271.0)        -- made first by "▁H ello"
+  T.eq(tok.scores[id["<0x0A>"]], -1e9)                   -- bytes and specials: no merge makes them
+  T.eq(tok.scores[id["<s>"]], -1e9)
+end)
+
+T.test("quantize_bindings", function()
+  local x = qlora.tensor.randn({ 2, 256 }, { seed = 5 })
+  for _, ty in ipairs({ "q4_K", "q5_K", "q6_K", "q5_0", "q5_1", "q8_0", "f16", "bf16", "f32" }) do
+    local b = G.quantize(x, ty)
+    local y = G.dequantize(b, ty, 512)
+    T.eq(y:size(), { 512 })
+    T.truthy((y - x:view({ 512 })):abs():max():item() < 0.5, ty)
+  end
+  T.eq(G.quantize_q8_0(x), G.quantize(x, "Q8_0"))
+  T.raises(function() G.quantize(x, "q4_0") end, "not one of")
+  T.raises(function() G.quantize(qlora.tensor.randn({ 100 }), "q4_K") end, "multiple of 256")
+  T.raises(function() G.dequantize("abc", "q6_K", 256) end, "need 210 bytes")
+end)
 
 T.test("export_errors_and_modelfile", function()
   local dir = T.tmpdir()
