@@ -3,14 +3,16 @@
  *
  * Pipeline, per document:
  *   1. load every page's lines (pdf.c);
- *   2. furniture: lines in the top/bottom bands whose digit-normalised text
- *      repeats on many pages (running heads, "Page N"), and lone page numbers
- *      at a page's edge, are dropped (repetition, not fixed margins);
+ *   2. furniture: rows at the top/bottom edge that carry a page number whose
+ *      offset from the page index recurs, or whose text recurs at one place
+ *      (running heads, "Chapter 3: Title 7", "12 / 92", roman numerals), and
+ *      lone page numbers, are dropped (see find_furniture; no fixed margins);
  *   3. reading order: a page whose lines leave a vertical gutter free is read
  *      as two columns, band by band (full-width lines separate bands);
  *   4. rows: lines on one baseline within a column join into a row of spans;
  *      wide gaps split a row into cells;
- *   5. classes: code (all monospace), list items (bullet glyph, drawn dot, or
+ *   5. classes: code (all monospace), contents lines (title, leader, page
+ *      number: a nested list), list items (bullet glyph, drawn dot, or
  *      number marker), table runs (>=2 aligned cells on consecutive rows),
  *      footnotes (small rows led by a raised mark), heading candidates (larger
  *      than body text, or bold and short); heading levels come from the
@@ -121,7 +123,7 @@ static void norm_key(const char *t, char *out, size_t size, int digits_hash)
 }
 
 /* ---------------------------------------------------------------- rows */
-enum { R_TEXT, R_HEAD, R_CODE, R_LIST, R_TABLE, R_FOOT, R_SKIP };
+enum { R_TEXT, R_HEAD, R_CODE, R_LIST, R_TABLE, R_FOOT, R_SKIP, R_TOC };
 
 typedef struct row {
     int page, col;             /* col: index of the column band on the page */
@@ -204,85 +206,349 @@ static int line_alone(const ql_pdf_page *pg, int i)
     return 1;
 }
 
-/* Marks furniture lines: *furn[p][i] = 1. Returns lines marked. */
+/* ---------------------------------------------------------------- furniture */
+/* Running heads and footers. A page's band rows (lines on one baseline in the
+   outer 15% of the page, the three outermost rows of each band) are furniture
+   when:
+   - their first or last token is a page number, arabic or roman, whose offset
+     from the page index recurs on many pages of the same band ("Chapter 3:
+     Basic Shell Features 7", "12 / 92", "xii", "Page 4"); the printed page
+     number varies, its distance from the page index does not;
+   - or their digit-normalised text recurs at one place (band, baseline within
+     3 pt, font size) on many pages ("Evaluation Corpus Draft", "Trovato et al.");
+   - or they sit in a place where such rows stand and their text recurs there
+     at least twice (chapter names of running heads without page numbers, the
+     other side's head of odd and even pages).
+   Matching by place keeps a title that also runs as the head of later pages:
+   on its own page it stands lower and larger. Lone page numbers at a page's
+   edge, alone on their baseline, go too. */
+typedef struct {
+    int page, band;            /* band 0: top, 1: bottom */
+    float y, size;             /* baseline and font size of the row's first line */
+    int nl, lines[8];          /* the page's lines on this baseline in the band */
+    int numline[2];            /* line holding the first / last token */
+    long num[2]; int numk[2];  /* first / last token as a page number: value, kind (0 none, 1 arabic, 2 roman) */
+    char key[96];
+    int rank;                  /* 0: the outermost row of its band on its page */
+    int pnum;                  /* the row is only a page number ("12", "- 12 -", "12 / 92") */
+    int mark;
+} frow;
+
+static int roman_value(const char *t, size_t n)
+{
+    if (n == 0 || n > 8) return 0;
+    int upper = isupper((unsigned char)t[0]);
+    int v = 0, prev = 0;
+    for (size_t i = n; i-- > 0;) {
+        char c = t[i];
+        if ((upper && !isupper((unsigned char)c)) || (!upper && !islower((unsigned char)c))) return 0;
+        int d;
+        switch (tolower((unsigned char)c)) {
+        case 'i': d = 1; break; case 'v': d = 5; break; case 'x': d = 10; break;
+        case 'l': d = 50; break; case 'c': d = 100; break; default: return 0;
+        }
+        if (d < prev) v -= d; else { v += d; prev = d; }
+    }
+    /* canonical form only ("iiii", "vx", "il" are words or noise) */
+    static const char *const ones[] = {"", "i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix"};
+    static const char *const tens[] = {"", "x", "xx", "xxx", "xl", "l", "lx", "lxx", "lxxx", "xc"};
+    if (v <= 0 || v >= 200) return 0;
+    char buf[24];
+    snprintf(buf, sizeof buf, "%s%s%s", v >= 100 ? "c" : "", tens[(v / 10) % 10], ones[v % 10]);
+    if (strlen(buf) != n) return 0;
+    for (size_t i = 0; i < n; i++) if (tolower((unsigned char)t[i]) != buf[i]) return 0;
+    return v;
+}
+
+/* A token as a page number: 1-9999 in digits, or a roman numeral. */
+static long page_token(const char *t, size_t n, int *kind)
+{
+    *kind = 0;
+    while (n && strchr("-([.", *t)) { t++; n--; }
+    while (n && strchr("-)].,:", t[n - 1])) n--;
+    if (n == 0) return 0;
+    size_t d = 0;
+    while (d < n && isdigit((unsigned char)t[d])) d++;
+    if (d == n && n <= 4) { *kind = 1; return strtol(t, NULL, 10); }
+    int v = roman_value(t, n);
+    if (v) { *kind = 2; return v; }
+    return 0;
+}
+
+static int cmp_long3(const void *a, const void *b)
+{
+    const long *x = a, *y = b;
+    for (int i = 0; i < 3; i++) if (x[i] != y[i]) return x[i] < y[i] ? -1 : 1;
+    return (x[3] > y[3]) - (x[3] < y[3]);
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* median of v[0..n), n > 0 (reorders v) */
+static float median(float *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_float);
+    return v[n / 2];
+}
+
+static _Thread_local const frow *frow_sort;
+static int cmp_frow_key(const void *a, const void *b)
+{
+    const frow *x = &frow_sort[*(const int *)a], *y = &frow_sort[*(const int *)b];
+    if (x->band != y->band) return x->band - y->band;
+    int c = strcmp(x->key, y->key);
+    if (c) return c;
+    return (x->y > y->y) - (x->y < y->y);
+}
+
+static int cmp_frow_place(const void *a, const void *b)
+{
+    const frow *x = &frow_sort[*(const int *)a], *y = &frow_sort[*(const int *)b];
+    if (x->band != y->band) return x->band - y->band;
+    long sx = lroundf(x->size * 2), sy = lroundf(y->size * 2);
+    if (sx != sy) return sx < sy ? -1 : 1;
+    return (x->y > y->y) - (x->y < y->y);
+}
+
+/* Marks furniture lines: furn[p][i] = 1. Returns lines marked. */
 static int find_furniture(ql_pdf *pdf, ql_pdf_page **pages, int np, unsigned char **furn)
 {
-    typedef struct { char key[96]; int band; int pages; int last_page; } cand;
-    int ncand = 0, capc = 0; cand *cs = NULL;
-    int marked = 0;
+    int marked = 0, nr = 0, cap = 0;
+    frow *rs = NULL;
     enum { K = 3 };
-    /* candidates: up to K lines nearest the top and the bottom of each page */
     for (int p = 0; p < np && !ql_pdf_timed_out(pdf); p++) {
         ql_pdf_page *pg = pages[p];
         for (int band = 0; band < 2; band++) {
-            /* pick the K extreme distinct lines */
-            int idx[K]; int ni = 0;
+            /* the K outermost baselines in the band */
+            float bases[64]; int nb = 0;
+            /* the page's outermost line counts wherever it stands (a page number
+               under a short text block) */
+            float edge = band == 0 ? 1e9f : -1e9f;
+            for (int i = 0; i < pg->nlines; i++)
+                edge = band == 0 ? fminf(edge, pg->lines[i].baseline) : fmaxf(edge, pg->lines[i].baseline);
             for (int i = 0; i < pg->nlines; i++) {
-                float y = band == 0 ? pg->lines[i].y0 : -pg->lines[i].y1;
-                int j = ni;
-                while (j > 0) {
-                    int o = idx[j - 1];
-                    float yo = band == 0 ? pg->lines[o].y0 : -pg->lines[o].y1;
-                    if (yo <= y) break;
-                    j--;
-                }
-                if (j >= K) continue;
-                if (ni < K) ni++;
-                for (int m = ni - 1; m > j; m--) idx[m] = idx[m - 1];
-                idx[j] = i;
+                const ql_pdf_line *l = &pg->lines[i];
+                if ((band == 0 ? l->y0 > pg->height * 0.15f : l->y1 < pg->height * 0.85f) && l->baseline != edge) continue;
+                float tol = 0.3f * (l->y1 - l->y0);
+                int k;
+                for (k = 0; k < nb; k++) if (fabsf(bases[k] - l->baseline) < tol) break;
+                if (k == nb && nb < 64) bases[nb++] = l->baseline;
             }
-            for (int m = 0; m < ni; m++) {
-                ql_pdf_line *l = &pg->lines[idx[m]];
-                char *t = line_text(l);
-                if (!t) continue;
+            for (int a = 1; a < nb; a++)
+                for (int k = a; k > 0 && (band == 0 ? bases[k] < bases[k - 1] : bases[k] > bases[k - 1]); k--) {
+                    float t = bases[k]; bases[k] = bases[k - 1]; bases[k - 1] = t;
+                }
+            if (nb > K) nb = K;
+            for (int b = 0; b < nb; b++) {
+                if (nr == cap) {
+                    int c2 = cap ? cap * 2 : 256;
+                    void *q = realloc(rs, (size_t)c2 * sizeof *rs);
+                    if (!q) { free(rs); return marked; }
+                    rs = q; cap = c2;
+                }
+                frow *r = &rs[nr];
+                memset(r, 0, sizeof *r);
+                r->page = p; r->band = band; r->y = bases[b]; r->rank = b;
+                /* the row's lines in x order */
+                for (int i = 0; i < pg->nlines && r->nl < 8; i++) {
+                    const ql_pdf_line *l = &pg->lines[i];
+                    if (fabsf(l->baseline - r->y) >= 0.3f * (l->y1 - l->y0)) continue;
+                    int k = r->nl++;
+                    while (k > 0 && pg->lines[r->lines[k - 1]].x0 > l->x0) { r->lines[k] = r->lines[k - 1]; k--; }
+                    r->lines[k] = i;
+                }
+                if (!r->nl) continue;
+                const ql_pdf_line *l0 = &pg->lines[r->lines[0]];
+                r->size = l0->nspans ? l0->spans[0].size : 0;
+                str t = {0};
+                size_t e0 = 0, s1 = 0;   /* end of the first token, start of the last */
+                for (int k = 0; k < r->nl; k++) {
+                    char *lt = line_text(&pg->lines[r->lines[k]]);
+                    if (!lt) continue;
+                    if (t.n) s_addc(&t, ' ');
+                    size_t at = t.n;
+                    s_add(&t, lt);
+                    free(lt);
+                    if (t.oom) break;
+                    /* first token, last token, and the lines they are in */
+                    if (k == 0) {
+                        size_t e = at;
+                        while (e < t.n && t.p[e] != ' ') e++;
+                        r->num[0] = page_token(t.p + at, e - at, &r->numk[0]);
+                        e0 = e;
+                        r->numline[0] = r->lines[k];
+                    }
+                    if (k == r->nl - 1) {
+                        size_t s0 = t.n;
+                        while (s0 > at && t.p[s0 - 1] != ' ') s0--;
+                        r->num[1] = page_token(t.p + s0, t.n - s0, &r->numk[1]);
+                        s1 = s0;
+                        r->numline[1] = r->lines[k];
+                    }
+                }
+                if (t.oom || !t.p) { free(t.p); continue; }
+                /* a long line is text, not a head */
+                if (t.n > 160) { r->numk[0] = r->numk[1] = 0; }
                 /* lone page number at the very edge of the page */
-                if (m == 0 && is_pagenum_text(t) && !furn[p][idx[m]] && line_alone(pg, idx[m])) { furn[p][idx[m]] = 1; marked++; }
-                char key[96];
-                norm_key(t, key, sizeof key, 1);
-                free(t);
-                if (strlen(key) < 2) continue;
-                int c;
-                for (c = 0; c < ncand; c++)
-                    if (cs[c].band == band && strcmp(cs[c].key, key) == 0) break;
-                if (c == ncand) {
-                    if (ncand == capc) {
-                        int cap = capc ? capc * 2 : 64;
-                        void *q = realloc(cs, (size_t)cap * sizeof *cs);
-                        if (!q) continue;
-                        cs = q; capc = cap;
-                    }
-                    memset(&cs[ncand], 0, sizeof cs[ncand]);
-                    snprintf(cs[ncand].key, sizeof cs[ncand].key, "%s", key);
-                    cs[ncand].band = band; cs[ncand].last_page = -1;
-                    ncand++;
+                r->pnum = is_pagenum_text(t.p);
+                if (b == 0 && r->nl == 1 && r->pnum && line_alone(pg, r->lines[0])) r->mark = 2;
+                /* the key: page numbers at either end as '#', roman ones too
+                   ("ii The Handbook" and "6 The Handbook" are one head) */
+                if (r->numk[1] == 2 && s1 > e0) t.n = s1, t.p[t.n] = 0, s_addc(&t, '#');
+                norm_key(t.p + (r->numk[0] == 2 && e0 < t.n ? e0 : 0), r->key + (r->numk[0] == 2), sizeof r->key - 1, 1);
+                if (r->numk[0] == 2) r->key[0] = '#';
+                free(t.p);
+                nr++;
+            }
+        }
+    }
+    if (np < 2 || !rs) goto apply;
+    /* body size: running heads are never set larger (slide titles that repeat
+       over a deck's overlays are) */
+    float body = 0;
+    {
+        static const int NB = 400;
+        float w[400] = {0};
+        for (int p = 0; p < np; p++)
+            for (int i = 0; i < pages[p]->nlines; i++) {
+                const ql_pdf_line *l = &pages[p]->lines[i];
+                for (int s = 0; s < l->nspans; s++) {
+                    long b = lroundf(l->spans[s].size * 2);
+                    if (b > 0 && b < NB) w[b] += (float)strlen(l->spans[s].text);
                 }
-                if (cs[c].last_page != p) { cs[c].pages++; cs[c].last_page = p; }
             }
+        int best = 0;
+        for (int b = 1; b < NB; b++) if (w[b] > w[best]) best = b;
+        body = best * 0.5f;
+    }
+    float maxhead = body > 0 ? body * 1.05f + 0.5f : 1e9f;
+    /* 1. page numbers by their offset from the page index */
+    {
+        long (*o)[4] = malloc((size_t)(2 * nr + 1) * sizeof *o);
+        int no = 0;
+        if (o) {
+            for (int i = 0; i < nr; i++)
+                for (int e = 0; e < 2; e++) {
+                    if (!rs[i].numk[e] || (e == 1 && rs[i].numk[0] && rs[i].num[0] - rs[i].page == rs[i].num[1] - rs[i].page && rs[i].numk[0] == rs[i].numk[1]))
+                        continue;
+                    o[no][0] = rs[i].band; o[no][1] = rs[i].numk[e]; o[no][2] = rs[i].num[e] - rs[i].page; o[no][3] = rs[i].page; no++;
+                }
+            qsort(o, (size_t)no, sizeof *o, cmp_long3);
+            int need_arabic = np / 20 > 4 ? np / 20 : 4;
+            for (int a = 0; a < no;) {
+                int b = a, pagesn = 0;
+                while (b < no && o[b][0] == o[a][0] && o[b][1] == o[a][1] && o[b][2] == o[a][2]) {
+                    if (b == a || o[b][3] != o[b - 1][3]) pagesn++;
+                    b++;
+                }
+                if (pagesn >= (o[a][1] == 1 ? need_arabic : 3)) {
+                    /* the rows of the group stand at one place in one type: a
+                       chapter title whose number happens to be the page's
+                       ("1 Introduction" on page 1) stands lower and larger */
+                    int nm = 0;
+                    float *ys = malloc((size_t)(2 * (b - a)) * sizeof *ys), *ss = ys ? ys + (b - a) : NULL;
+                    for (int i = 0; ys && i < nr && nm < b - a; i++)
+                        for (int e = 0; e < 2; e++)
+                            if (rs[i].band == o[a][0] && rs[i].numk[e] == o[a][1] && rs[i].num[e] - rs[i].page == o[a][2]) {
+                                ys[nm] = rs[i].y; ss[nm] = rs[i].size; nm++; break;
+                            }
+                    float my = nm ? median(ys, nm) : 0, ms = nm ? median(ss, nm) : 0;
+                    for (int i = 0; ys && i < nr; i++)
+                        for (int e = 0; e < 2; e++)
+                            if (rs[i].band == o[a][0] && rs[i].numk[e] == o[a][1] && rs[i].num[e] - rs[i].page == o[a][2] &&
+                                !rs[i].mark && fabsf(rs[i].y - my) < 3 && fabsf(rs[i].size - ms) < 1 &&
+                                (rs[i].size <= maxhead || rs[i].pnum))
+                                rs[i].mark = 3 + e;   /* 3: by the first token, 4: by the last */
+                    free(ys);
+                }
+                a = b;
+            }
+            free(o);
         }
     }
-    int need = np >= 4 ? (np + 1) / 2 : 2;
-    if (np >= 2) {
-        for (int p = 0; p < np && !ql_pdf_timed_out(pdf); p++) {
-            ql_pdf_page *pg = pages[p];
-            for (int i = 0; i < pg->nlines; i++) {
-                if (furn[p][i]) continue;
-                ql_pdf_line *l = &pg->lines[i];
-                /* only lines in the outer 15% of the page can be running heads */
-                if (l->y0 > pg->height * 0.15f && l->y1 < pg->height * 0.85f) continue;
-                int band = l->y0 <= pg->height * 0.15f ? 0 : 1;
-                char *t = line_text(l);
-                if (!t) continue;
-                char key[96];
-                norm_key(t, key, sizeof key, 1);
-                free(t);
-                for (int c = 0; c < ncand; c++)
-                    if (cs[c].band == band && cs[c].pages >= need && strcmp(cs[c].key, key) == 0) {
-                        furn[p][i] = 1; marked++; break;
-                    }
+    /* 2. text recurring at one place; 3. recurring text where furniture stands */
+    {
+        int *ix = malloc((size_t)nr * sizeof *ix);
+        if (!ix) goto apply;
+        for (int i = 0; i < nr; i++) ix[i] = i;
+        frow_sort = rs;
+        qsort(ix, (size_t)nr, sizeof *ix, cmp_frow_key);
+        int need = np >= 4 ? ((np + 4) / 5 > 3 ? (np + 4) / 5 : 3) : 2;
+        for (int a = 0; a < nr;) {
+            int b = a;
+            while (b < nr && rs[ix[b]].band == rs[ix[a]].band && !strcmp(rs[ix[b]].key, rs[ix[a]].key)) b++;
+            if (strlen(rs[ix[a]].key) >= 3)
+                for (int c = a; c < b;) {   /* clusters by baseline */
+                    int d = c + 1;
+                    while (d < b && rs[ix[d]].y - rs[ix[c]].y < 3) d++;
+                    int same = 0;
+                    for (int k = c; k < d; k++) if (fabsf(rs[ix[k]].size - rs[ix[c]].size) < 0.6f) same++;
+                    if (same >= need && rs[ix[c]].size <= maxhead)
+                        for (int k = c; k < d; k++) if (fabsf(rs[ix[k]].size - rs[ix[c]].size) < 0.6f && !rs[ix[k]].mark) rs[ix[k]].mark = 1;
+                    c = d;
+                }
+            a = b;
+        }
+        /* places: rows of one band on one baseline (within 2 pt) in one size.
+           Where most rows of a place repeat their text, or furniture already
+           stands there, the rows whose text repeats at that place are running
+           heads too (chapter names without page numbers, odd and even sides) */
+        frow_sort = rs;
+        qsort(ix, (size_t)nr, sizeof *ix, cmp_frow_place);
+        int *tmp = malloc((size_t)nr * sizeof *tmp);
+        for (int a = 0; tmp && a < nr;) {
+            const frow *f = &rs[ix[a]];
+            int b = a + 1;
+            while (b < nr && rs[ix[b]].band == f->band && lroundf(rs[ix[b]].size * 2) == lroundf(f->size * 2) &&
+                   rs[ix[b]].y - f->y < 2) b++;
+            int n = 0, furnished = 0, m = 0;
+            for (int k = a; k < b; k++) {
+                /* only rows at the edge: nothing but furniture further out */
+                const frow *r = &rs[ix[k]];
+                int edge = 1;
+                for (int j = ix[k] - 1; j >= 0 && edge && rs[j].page == r->page && rs[j].band == r->band; j--)
+                    edge = rs[j].mark != 0;
+                furnished |= r->mark != 0;
+                if (edge) tmp[n++] = ix[k];
             }
+            qsort(tmp, (size_t)n, sizeof *tmp, cmp_frow_key);
+            for (int k = 0; k < n; k++)
+                if (strlen(rs[tmp[k]].key) >= 3 && ((k > 0 && !strcmp(rs[tmp[k]].key, rs[tmp[k - 1]].key)) ||
+                                                    (k + 1 < n && !strcmp(rs[tmp[k]].key, rs[tmp[k + 1]].key)))) m++;
+            if (f->size <= maxhead && ((furnished && m >= 2) || (n >= 3 && m >= 3 && m * 10 >= n * 6)))
+                for (int k = 0; k < n; k++)
+                    if (!rs[tmp[k]].mark && strlen(rs[tmp[k]].key) >= 3 &&
+                        ((k > 0 && !strcmp(rs[tmp[k]].key, rs[tmp[k - 1]].key)) || (k + 1 < n && !strcmp(rs[tmp[k]].key, rs[tmp[k + 1]].key))))
+                        rs[tmp[k]].mark = 1;
+            a = b;
+        }
+        free(tmp);
+        free(ix);
+    }
+apply:
+    for (int i = 0; i < nr; i++) {
+        frow *r = &rs[i];
+        if (!r->mark) continue;
+        ql_pdf_page *pg = pages[r->page];
+        float nsize = 0;
+        if (r->mark >= 3) {
+            /* by a page number: the number's line, and the row's lines set in
+               its type (a frame title beside a slide number stays) */
+            const ql_pdf_line *nl = &pg->lines[r->numline[r->mark - 3]];
+            nsize = nl->nspans ? nl->spans[0].size : 0;
+        }
+        for (int k = 0; k < r->nl; k++) {
+            int li = r->lines[k];
+            const ql_pdf_line *l = &pg->lines[li];
+            if (r->mark >= 3 && li != r->numline[r->mark - 3] && l->nspans && fabsf(l->spans[0].size - nsize) > 1) continue;
+            if (!furn[r->page][li]) { furn[r->page][li] = 1; marked++; }
         }
     }
-    free(cs);
+    free(rs);
     return marked;
 }
 
@@ -560,6 +826,49 @@ static int section_depth(const char *t)
     if (*p != ' ') return 0;
     while (*p == ' ') p++;
     return isalpha((unsigned char)*p) || (unsigned char)*p >= 0x80 ? d : 0;
+}
+
+/* A section number standing alone: "3", "3.2", "3.2.1", "A", "A.4", "IV". */
+static int section_number(const char *t)
+{
+    const char *p = t;
+    if (isupper((unsigned char)*p) && (p[1] == 0 || p[1] == '.')) p++;
+    else if (isdigit((unsigned char)*p)) while (isdigit((unsigned char)*p) && p - t < 3) p++;
+    else { int k = 0; while (strchr("IVX", *p) && *p && k < 5) { p++; k++; } if (!k || *p) return 0; return 1; }
+    while (*p == '.' && isdigit((unsigned char)p[1])) { p++; while (isdigit((unsigned char)*p)) p++; }
+    if (*p == '.') p++;
+    return *p == 0;
+}
+
+/* A line of a table of contents: a title, then a dot leader (1) or a wide
+   gap to a right-hand page number (2), then the page number; 0 when not.
+   *title: bytes of the title in r->text. */
+static int toc_row(const row *r, int *title)
+{
+    const char *t = r->text;
+    size_t n = strlen(t);
+    while (n && t[n - 1] == ' ') n--;
+    size_t s = n;
+    while (s && t[s - 1] != ' ' && t[s - 1] != '.') s--;
+    int kind;
+    if (s == n || !page_token(t + s, n - s, &kind)) return 0;
+    size_t q = s;
+    int dots = 0;
+    for (;;) {
+        if (q && (t[q - 1] == ' ' || t[q - 1] == '.')) { dots += t[q - 1] == '.'; q--; continue; }
+        if (q >= 3 && !memcmp(t + q - 3, "\xE2\x80\xA6", 3)) { dots += 3; q -= 3; continue; }   /* ... */
+        break;
+    }
+    int alpha = 0;
+    for (size_t k = 0; k < q; k++) if (isalpha((unsigned char)t[k]) || (unsigned char)t[k] >= 0x80) { alpha = 1; break; }
+    if (!alpha || q == 0) return 0;
+    *title = (int)q;
+    if (dots >= 4) return 1;
+    /* no leader: the number is a span of its own, far right of the title */
+    if (r->nspans < 2) return 0;
+    const ql_pdf_span *last = r->spans[r->nspans - 1], *before = r->spans[r->nspans - 2];
+    if (strlen(last->text) != n - s || last->x0 - before->x1 < 3 * r->size || last->x1 < r->colx1 - 2) return 0;
+    return 2;
 }
 
 /* ---------------------------------------------------------------- emit */
@@ -984,6 +1293,7 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
 
     /* classify rows */
     hstyle hs[64]; int nhs = 0;
+    unsigned char *tocc = calloc((size_t)nr + 1, 1);   /* rows that may be contents lines without a leader */
     for (int i = 0; i < nr; i++) {
         row *r = &R[i];
         r->kind = R_TEXT;
@@ -993,6 +1303,17 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
         int ord;
         int ml = list_marker(r->text, sep && strlen(r->spans[0]->text) <= 4, &ord);
         if ((r->all & QL_PDF_MONO) && !(ml && sep && !(r->spans[0]->flags & QL_PDF_MONO))) { r->kind = R_CODE; continue; }
+        /* a table of contents: titles, a dot leader, a page number */
+        int tlen, toc = toc_row(r, &tlen);
+        if (toc == 1) { r->kind = R_TOC; r->marker_len = tlen; r->marker_x = r->x0; continue; }
+        if (toc == 2 && tocc) tocc[i] = (unsigned char)1;
+        /* "1. Title" set in bold alone on its row: a numbered heading (groff
+           ms .NH), not a list */
+        if (ml && ord && (r->all & QL_PDF_BOLD) && section_depth(r->text) && tl < 120 && !text_ends_sentence(r->text)) ml = 0;
+        /* "3.2 | Title", "A.1 | Title": a numbered heading whose number stands
+           apart (DocBook/dblatex, AsciiDoc), not a two-cell table row */
+        if (!ml && r->ncells == 2 && section_number(r->spans[0]->text) && tl < 120 && !text_ends_sentence(r->text) &&
+            (r->size >= body * 1.12f || (r->all & QL_PDF_BOLD))) r->ncells = 1;
         if (ml) {
             r->kind = R_LIST; r->marker_len = ml; r->ordered = ord; r->marker_x = r->x0;
             continue;
@@ -1011,6 +1332,36 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
             if (k < nhs) hs[k].count++;
         }
     }
+    /* contents lines without a leader ("Canvas size    32"): in a run of
+       contents lines on one page that holds a leader, or of three or more whose
+       page numbers do not decrease (a table's last column seldom does that) */
+    for (int i = 0; tocc && i < nr;) {
+        if (!tocc[i] && R[i].kind != R_TOC) { i++; continue; }
+        int j = i, leader = 0, mono = 1, cand = 0;
+        long last = -1;
+        while (j < nr && (tocc[j] || R[j].kind == R_TOC) && R[j].page == R[i].page) {
+            leader |= R[j].kind == R_TOC;
+            cand += tocc[j];
+            const char *t = R[j].text;
+            size_t n = strlen(t), s0;
+            while (n && t[n - 1] == ' ') n--;
+            s0 = n;
+            while (s0 && t[s0 - 1] != ' ' && t[s0 - 1] != '.') s0--;
+            int kind;
+            long v = page_token(t + s0, n - s0, &kind);
+            if (kind == 1) { if (v < last || v > 2L * np + 50) mono = 0; last = v; }
+            j++;
+        }
+        if (cand && (leader || (j - i >= 3 && mono)))
+            for (int k = i; k < j; k++)
+                if (tocc[k] && (R[k].kind == R_TEXT || R[k].kind == R_HEAD || R[k].kind == R_TABLE)) {
+                    int tlen;
+                    toc_row(&R[k], &tlen);
+                    R[k].kind = R_TOC; R[k].marker_len = tlen; R[k].marker_x = R[k].x0; R[k].level = 0;
+                }
+        i = j;
+    }
+    free(tocc);
     /* drawn bullets */
     if (TIME_UP()) goto done;
     for (int i = 0; i < nr && !ql_pdf_timed_out(pdf); i++) {
@@ -1070,7 +1421,7 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
         int *olhit = calloc((size_t)nol, sizeof *olhit);
         for (int i = 0; i < nr && !ql_pdf_timed_out(pdf); i++) {
             row *r = &R[i];
-            if (r->kind == R_CODE || r->kind == R_TABLE) continue;
+            if (r->kind == R_CODE || r->kind == R_TABLE || r->kind == R_TOC) continue;
             norm_key(r->text, a, sizeof a, 0);
             if (!a[0]) continue;
             for (int k = 0; k < nol; k++) {
@@ -1155,7 +1506,7 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
         int same_flow = prev && prev->page == r->page && prev->col == r->col;
         float gap = same_flow ? r->base - prev->base : 0;
         if (r->kind != R_TEXT || !para_open) emit_page_marker(&e, r->page);
-        if (r->kind != R_LIST && r->kind != R_FOOT) prev_was_list = 0;
+        if (r->kind != R_LIST && r->kind != R_FOOT && r->kind != R_TOC) prev_was_list = 0;
         switch (r->kind) {
         case R_HEAD: {
             FLUSH_PARA(); in_list = 0;
@@ -1204,8 +1555,11 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
                 for (int s = 0; s < R[k].nspans; s++) {
                     const ql_pdf_span *sp = R[k].spans[s];
                     if (s > 0) {
+                        /* spaces as the glyph positions say: none where a
+                           style changes inside a word ("test-commands; do") */
                         int sp_n = (int)lroundf((sp->x0 - cx) / cw);
-                        if (sp_n < 1) sp_n = 1;
+                        if (sp_n < 0) sp_n = 0;
+                        if (sp_n == 0 && (sp->flags & QL_PDF_GAP)) sp_n = 1;
                         if (sp_n > 40) sp_n = 40;
                         for (int q = 0; q < sp_n; q++) s_addc(&e.out, ' ');
                     }
@@ -1215,6 +1569,30 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
                 s_addc(&e.out, '\n');
             }
             s_add(&e.out, "```\n");
+            i = j;
+            continue;
+        }
+        case R_TOC: {
+            /* a table of contents as a nested list of titles (leaders and page
+               numbers dropped), nested by where the titles start */
+            FLUSH_PARA(); in_list = 0;
+            float tx[8]; int depth = 0, j = i;
+            tx[0] = r->marker_x;
+            if (!prev_was_list) emit_block_sep(&e);
+            for (; j < nr && R[j].kind == R_TOC; j++) {
+                float x = R[j].marker_x;
+                if (R[j].page != R[j > i ? j - 1 : j].page && j > i) { depth = 0; tx[0] = x; }
+                while (depth > 0 && x < tx[depth] - 3) depth--;
+                if (x > tx[depth] + 3 && depth < 7) tx[++depth] = x;
+                else if (x < tx[depth]) tx[depth] = x;
+                for (int d = 0; d < depth; d++) s_add(&e.out, "  ");
+                s_add(&e.out, "- ");
+                size_t at = e.out.n;
+                s_addn(&e.out, R[j].text, (size_t)R[j].marker_len);
+                md_escape_line_start(&e.out, at);
+                s_addc(&e.out, '\n');
+            }
+            prev_was_list = 1;
             i = j;
             continue;
         }

@@ -88,6 +88,13 @@ PY
 # groff sources (tests/pdf/src/*.ms) rendered once each, with gropdf:
 #   footnote-long.ms.pdf   a footnote of more than 256 bytes over several rows
 #                          (the footnote hang of issue 9)
+#   heads.ms.pdf           a book's running heads and footers: chapter names with
+#                          page numbers, odd/even sides, roman front matter, "N / M",
+#                          a title that also runs as a head (src/heads.ms is
+#                          written by tests/pdf/gen_heads.py)
+#   layout.ms.pdf          numbered headings, code with style changes inside a
+#                          word, a table of contents with leaders
+python3 "$here/gen_heads.py"
 for src in "$here"/src/*.ms; do
   groff -ms -Tpdf "$src" > "$out/$(basename "$src" .ms).ms.pdf"
 done
