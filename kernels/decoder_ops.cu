@@ -2,8 +2,9 @@
  * decoder_ops.cu — the CUDA op table of the decoder (engine/model/decoder.h):
  * bf16 activations (A buffers), f32 residual stream, statistics and
  * gradients, f32 LoRA parameters (cast to bf16 per product), every product
- * through cuBLASLt with f32 accumulation (gemm.cu), the other kernels in
- * decoder_kernels.cu and attention.cu.
+ * through cuBLASLt with f32 accumulation (gemm.cu), attention by flash_attn.cu
+ * (attention_gemm.cu and attention.cu by QL_ATTN, and for KV-cache decoding),
+ * the other kernels in decoder_kernels.cu.
  *
  * Frozen weights that are not bf16 (NF4, f32, f16) are dequantized or cast
  * into one reused bf16 buffer (the largest weight's size) right before

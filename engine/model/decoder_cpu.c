@@ -245,8 +245,9 @@ static ql_status cpu_linear(ql_dec_ctx *c, const ql_dec_lin *L, const void *xv, 
     const float *xd = dropout_x(L, x, n * mod->in, c->tmp);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, mod->r, mod->in, 1.0f, xd, mod->in, L->A, mod->in,
                 0.0f, xa, mod->r);
-    if (y) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, mod->out, mod->r, mod->scale, xa, mod->r, L->B, mod->r,
-                1.0f, y, mod->out);
+    if (y)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, mod->out, mod->r, mod->scale, xa, mod->r, L->B,
+                    mod->r, 1.0f, y, mod->out);
     return QL_OK;
 }
 
