@@ -253,6 +253,54 @@ T.test("a non-finite loss stops training, naming the step and the last good chec
   os.execute("rm -rf '" .. dir .. "'")
 end)
 
+-- the issue's "done when": a 200-step run with save_every=50 resumes from every checkpoint, step for
+-- step (dropout on, so the masks' positions must be restored too)
+T.test("a 200-step run with save_every=50 resumes from each checkpoint to the same losses", function()
+  local dir = T.tmpdir()
+  tiny(dir .. "/m")
+  write_data(dir .. "/d.jsonl", 60)
+  local common = T.qlora .. " recipes/train.lua model=" .. dir .. "/m data=" .. dir .. "/d.jsonl seq_len=16 batch=2 " ..
+                 "steps=200 lr=3e-3 r=4 alpha=8 dropout=0.1 save_every=50 eval_fraction=0 seed=7"
+  local out, rc = T.sh(common .. " out=" .. dir .. "/full")
+  T.eq(rc, 0, out)
+  local function losses(path)
+    local l = {}
+    for line in io.lines(path) do
+      local r = json.decode(line)
+      if r.step and r.loss then l[r.step] = r.loss end
+    end
+    return l
+  end
+  local full = losses(dir .. "/full/metrics.jsonl")
+  T.eq(#full, 200)
+  for _, k in ipairs({ 50, 100, 150 }) do
+    local run = dir .. "/r" .. k
+    os.execute("cp -r '" .. dir .. "/full' '" .. run .. "'")
+    -- what the run had written when it stopped after step k: its checkpoints up to k and the
+    -- metrics rows up to k; no adapter
+    for _, later in ipairs({ 50, 100, 150, 200 }) do
+      if later > k then os.execute("rm -rf '" .. run .. "/checkpoint-" .. later .. "'") end
+    end
+    os.execute("rm -rf '" .. run .. "/adapter' '" .. run .. "/loss.svg'")
+    local kept = {}
+    for line in io.lines(run .. "/metrics.jsonl") do
+      local r = json.decode(line)
+      if not r.step or r.step <= k then kept[#kept + 1] = line end
+    end
+    local f = assert(io.open(run .. "/metrics.jsonl", "w"))
+    f:write(table.concat(kept, "\n"), "\n")
+    f:close()
+    T.eq(losses(run .. "/metrics.jsonl")[k + 1], nil)
+    out, rc = T.sh(common .. " out=" .. run .. " resume=" .. run .. "/checkpoint-" .. k)
+    T.eq(rc, 0, out)
+    T.truthy(out:find("resumed from"), out)
+    local got = losses(run .. "/metrics.jsonl")
+    for s = 1, 200 do T.eq(got[s], full[s], "resumed from checkpoint-" .. k .. ": loss at step " .. s) end
+    T.eq(read(run .. "/adapter/adapter_model.safetensors"), read(dir .. "/full/adapter/adapter_model.safetensors"))
+  end
+  os.execute("rm -rf '" .. dir .. "'")
+end)
+
 T.test("bad chat records are skipped with a warning naming file and line", function()
   local tok = assert(qlora.tokenizer.load(T.fixture("tokenizers/qwen2.5")))
   for _, msgs in ipairs({ { 1, 2 }, { { role = "user" } }, { { role = 1, content = "x" } }, {}, { "a" } }) do
