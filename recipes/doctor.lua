@@ -133,6 +133,16 @@ for _, g in ipairs(r.gpus) do
   else
     line(true, "bf16 supported")
   end
+  -- which attention kernels training uses (kernels/decoder_ops.cu: attention_path)
+  local pick = os.getenv("QL_ATTN")
+  if pick == "gemm" or pick == "warp" then
+    line(nil, "attention: QL_ATTN=" .. pick .. " picks the " .. (pick == "gemm" and "per-segment products" or "warp kernels") ..
+         " over flash attention", "unset QL_ATTN for the fastest path")
+  elseif sm >= 80 then
+    line(true, "attention: flash attention on tensor cores (head dims that are multiples of 16 up to 128)")
+  else
+    line(nil, "attention: per-segment products (flash attention needs sm_80 or newer)")
+  end
 end
 if usable == 0 then print("exit 6: no GPU can run this binary's kernels"); os.exit(6) end
 print(string.format("%d of %d GPU%s ready", usable, #r.gpus, #r.gpus == 1 and "" or "s"))
