@@ -42,9 +42,11 @@ fi
 for src in tests/fuzz/fuzz_*.c; do
   name=$(basename "${src%.c}")
   extra=""
-  [ "$name" = fuzz_jsonl ] && extra="lua/l_json.c"
+  [ "$name" = fuzz_jsonl ] && extra="lua/l_json.c lua/l_docs.c"
+  stale=0
+  for e in $extra; do [ "$e" -nt "$out/$name" ] && stale=1; done
   if [ ! -e "$out/$name" ] || [ "$src" -nt "$out/$name" ] || [ "$out/libqlengine-fuzz.a" -nt "$out/$name" ] \
-     || [ tests/fuzz/fuzz.h -nt "$out/$name" ] || { [ -n "$extra" ] && [ "$extra" -nt "$out/$name" ]; }; then
+     || [ tests/fuzz/fuzz.h -nt "$out/$name" ] || [ "$stale" = 1 ]; then
     echo "fuzz: $name"
     $CC $cflags -fsanitize=fuzzer "$src" $extra "$out/libqlengine-fuzz.a" $libs -o "$out/$name" &
   fi
