@@ -3,7 +3,8 @@
 # (bench/train_gpu.lua) against transformers + bitsandbytes + PEFT (bench/peer_train.py),
 # same checkpoint, seq, batch and steps; tokens/s, step time and peak GPU memory.
 #
-#   bash bench/train_gpu.sh [05b|7b|all] [both|peer|qlora|gen] [QLORA_BINARY]
+#   bash bench/train_gpu.sh [05b|7b|8b|all] [both|three|peer|unsloth|qlora|gen] [QLORA_BINARY]
+#   (both: peer and qlora; three: peer, Unsloth and qlora)
 #
 # Run from the checkout's root on the GPU machine. What it does:
 #   - peer: installs the carried bitsandbytes wheel (.whl/, git-ignored: carry ".whl")
@@ -37,7 +38,7 @@ BATCH="${BATCH:-1}"
 DEVICE="${DEVICE:-cuda}"
 QL_ARGS="${QL_ARGS:-}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-case "$shapes" in all) shapes="05b 7b 8b" ;; 05b|7b|8b) ;; *) echo "usage: $0 [05b|7b|8b|all] [both|peer|qlora|gen] [QLORA]"; exit 2 ;; esac
+case "$shapes" in all) shapes="05b 7b 8b" ;; 05b|7b|8b) ;; *) echo "usage: $0 [05b|7b|8b|all] [both|three|peer|unsloth|qlora|gen] [QLORA]"; exit 2 ;; esac
 case "$tools" in both) tools="peer qlora" ;; peer|qlora|gen) ;; *) echo "usage: $0 [05b|7b|all] [both|peer|qlora|gen] [QLORA]"; exit 2 ;; esac
 
 log() { echo "train_gpu: $*" | tee -a "$out/train_gpu.log"; }
@@ -55,6 +56,19 @@ setup_peer() {
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
   python3 -c "import torch, transformers, peft, bitsandbytes as b; print('peer:', 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'bitsandbytes', b.__version__)" 2>&1 \
     | tail -1 | tee -a "$out/train_gpu.log"
+}
+
+# Unsloth: the carried site folder (bench/peer_unsloth.py says what is in it) on top of the peer's
+setup_unsloth() {
+  setup_peer || return 1
+  if [ ! -d /tmp/unsloth-site/site ]; then
+    [ -f .carry/unsloth/site.tar.xz ] || { log "no .carry/unsloth/site.tar.xz (carry \".carry/unsloth\")"; return 1; }
+    mkdir -p /tmp/unsloth-site
+    python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" .carry/unsloth/site.tar.xz /tmp/unsloth-site || return 1
+  fi
+  local pv; pv=$(python3 -c 'import sys; print("py%d%d" % sys.version_info[:2])')
+  UNSLOTH_PATH="/tmp/unsloth-site/site/$pv:/tmp/unsloth-site/site"
+  PYTHONPATH="$UNSLOTH_PATH:$PYTHONPATH" python3 -c "import unsloth; print('unsloth', unsloth.__version__)" 2>&1 | tail -1 | tee -a "$out/train_gpu.log"
 }
 
 setup_qlora() {
@@ -108,7 +122,7 @@ measure() {
   line=$(grep -E '^(peer_train|qlora_train) shape=' "$out/$tag.log" | tail -1)
   kv() { echo "$line" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
   local tps ms loss alloc resv
-  if [ "$tool" = peer ]; then alloc=$(kv peak_alloc_gib); resv=$(kv peak_reserved_gib)
+  if [ "$tool" != qlora ]; then alloc=$(kv peak_alloc_gib); resv=$(kv peak_reserved_gib)
   else alloc=$(kv peak_gib); resv=$(kv used_gib); fi
   tps=$(kv tokens_per_s); ms=$(kv step_ms); loss=$(kv loss)
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$shape" "$tool" "${tps:--}" "${ms:--}" "${loss:--}" \
@@ -119,10 +133,11 @@ measure() {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ) shapes: $shapes tools: $tools seq=$SEQ batch=$BATCH"
   nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv 2>&1
 } | tee -a "$out/train_gpu.log"
-peer_ok=0 qlora_ok=0
+peer_ok=0 qlora_ok=0 unsloth_ok=0
 for t in $tools; do
   case "$t" in
     peer) setup_peer && peer_ok=1 ;;
+    unsloth) setup_unsloth && unsloth_ok=1 ;;
     qlora) setup_qlora && qlora_ok=1 ;;
   esac
 done
@@ -133,6 +148,8 @@ for s in $shapes; do
   for t in $tools; do
     case "$t" in
       peer) [ "$peer_ok" = 1 ] && measure "$s" peer "$limit" python3 bench/peer_train.py "$dir" "$SEQ" "$BATCH" "$steps" ;;
+      unsloth) [ "$unsloth_ok" = 1 ] && measure "$s" unsloth "$limit" env PYTHONPATH="$UNSLOTH_PATH:$PYTHONPATH" \
+                 python3 bench/peer_unsloth.py "$dir" "$SEQ" "$BATCH" "$steps" ;;
       qlora) [ "$qlora_ok" = 1 ] && measure "$s" qlora "$limit" env LD_LIBRARY_PATH="$QLORA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
                "$QLORA" bench/train_gpu.lua dir="$dir" seq="$SEQ" batch="$BATCH" steps="$steps" device="$DEVICE" $QL_ARGS ;;
     esac
