@@ -29,6 +29,9 @@ local SETTINGS = {
   { "dropout", "number", 0.05, "LoRA dropout", min = 0, max = 0.99 },
   { "save_every", "int", 100, "checkpoint every N steps (0: only at the end)", min = 0 },
   { "eval_every", "int", 0, "evaluate the held-out split every N steps (0: only at the end)", min = 0 },
+  { "tensorboard", "bool", true, "a TensorBoard event file beside the metrics (tensorboard --logdir <out>)" },
+  { "samples", "file", nil, "prompts, one a line: greedy samples at each evaluation into <out>/train/samples.jsonl" },
+  { "sample_tokens", "int", 64, "tokens per sample at most", min = 1 },
   { "device", "enum", "auto", "auto (the GPU when doctor passes, else the CPU), cpu, cuda or cuda:N",
     choices = { "auto", "cpu", "cuda" }, pattern = "^cuda:%d+$", shown = "auto|cpu|cuda|cuda:N" },
   { "gguf", "enum", nil, "also export the merged model to GGUF (+ an Ollama Modelfile)", choices = { "f16", "bf16", "q8_0" } },
@@ -102,7 +105,9 @@ local want = mf.new("train", targs, inputs)
 local rec = mf.read(run)
 local why = mf.diff(rec, want)
 local last = qlora.train.latest_checkpoint(run)
-local extra = { save_every = config.save_every, device = config.device }
+-- settings that do not change the adapter: passed on, never a reason to train again
+local extra = { save_every = config.save_every, device = config.device, tensorboard = config.tensorboard,
+                samples = config.samples, sample_tokens = config.sample_tokens }
 if not why and rec.complete and sys.exists(run .. "/adapter/adapter_model.safetensors") then
   print("== train: " .. run .. " finished with the same settings, data and model; reusing it")
 else

@@ -7,10 +7,13 @@
 -- trained) or {"instruction", "input", "output"} records. Writes out/metrics.jsonl
 -- (one line per step, a new file per run; a resumed run continues it), out/checkpoint-N/
 -- (adapter, optimizer state, trainer state; resume= continues exactly), out/adapter/
--- (PEFT files) and out/loss.svg. An out= that holds another run is refused unless
--- resume= continues it or overwrite=true replaces it. Ctrl-C saves a checkpoint and
--- stops. device=auto trains on the GPU when `qlora doctor` would pass, else on the
--- CPU reference; checkpoints resume on either. On a GPU, checkpointing defaults to true.
+-- (PEFT files), out/loss.svg and, with tensorboard=true (the default), a TensorBoard event file
+-- (tensorboard --logdir out). samples=FILE (one prompt per line) adds greedy generations from
+-- each prompt with the adapter of the moment at every evaluation to out/samples.jsonl.
+-- An out= that holds another run is refused unless resume= continues it or overwrite=true
+-- replaces it. Ctrl-C saves a checkpoint and stops. device=auto trains on the GPU when
+-- `qlora doctor` would pass, else on the CPU reference; checkpoints resume on either. On a
+-- GPU, checkpointing defaults to true.
 local S = require("qlora.settings")
 local SETTINGS = {
   { "model", "model", nil, "a Hugging Face model folder (config.json, safetensors, tokenizer)", required = true },
@@ -37,6 +40,11 @@ local SETTINGS = {
   { "eval_fraction", "number", 0.05, "share of the records held out for evaluation", min = 0, max = 0.9 },
   { "eval_every", "int", 0, "evaluate every N steps (0: only at the end)", min = 0 },
   { "save_every", "int", 100, "checkpoint every N steps (0: only at the end)", min = 0, stamp = false },
+  { "tensorboard", "bool", true, "also log the scalars to a TensorBoard event file in out= (tensorboard --logdir out)",
+    stamp = false },
+  { "samples", "file", nil, "prompts, one a line: greedy samples at each evaluation into out/samples.jsonl",
+    stamp = false },
+  { "sample_tokens", "int", 64, "tokens per sample at most", min = 1, stamp = false },
   { "checkpointing", "bool", nil, "activation checkpointing (default: true on a GPU, false on the CPU)" },
   { "seed", "int", 0, "seed of the data order, split, LoRA init and dropout" },
   { "device", "enum", "auto", "auto (the GPU when doctor passes), cpu, cuda or cuda:N", choices = { "auto", "cpu", "cuda" },
@@ -64,6 +72,13 @@ if #previous > 0 and not cfg.resume then
   print("train: overwrite=true: removed the earlier run's " .. table.concat(previous, ", ") .. " from " .. out)
 end
 if cfg.threads then qlora.sys.threads(cfg.threads) end
+-- the sample prompts are read before the model loads: an empty or unreadable file is said now
+local prompts
+if cfg.samples then
+  local perr
+  prompts, perr = qlora.train.read_prompts(cfg.samples)
+  if not prompts then io.stderr:write("train: " .. perr .. "\n"); os.exit(2) end
+end
 
 local device, why = qlora.train.pick_device(cfg.device)
 if not device then io.stderr:write("train: " .. why .. "\n"); os.exit(2) end
@@ -91,6 +106,7 @@ local ok, tr = pcall(qlora.train.new, {
   schedule = cfg.schedule, epochs = cfg.epochs, max_steps = cfg.steps, weight_decay = cfg.weight_decay,
   max_grad_norm = cfg.max_grad_norm, eval_fraction = cfg.eval_fraction, save_every = cfg.save_every,
   eval_every = cfg.eval_every, checkpointing = checkpointing, seed = cfg.seed, resume = cfg.resume,
+  tensorboard = cfg.tensorboard, samples = prompts, sample_tokens = cfg.sample_tokens,
 })
 if not ok then io.stderr:write("train: " .. tostring(tr) .. "\n"); os.exit(2) end
 print("train: " .. tr:summary())
@@ -110,5 +126,7 @@ end, tr, { on_step = function(info)
   end
 end })
 if not fit_ok then io.stderr:write(res, "\n"); os.exit(1) end
-print(string.format("train: %d steps; metrics %s/metrics.jsonl, plot %s/loss.svg%s", res.steps, out, out,
+print(string.format("train: %d steps; metrics %s/metrics.jsonl, plot %s/loss.svg%s%s%s", res.steps, out, out,
+                    cfg.tensorboard and (", TensorBoard: tensorboard --logdir " .. out) or "",
+                    prompts and (", samples " .. out .. "/samples.jsonl") or "",
                     res.adapter and (", adapter " .. res.adapter) or ""))

@@ -13,18 +13,32 @@
 --                        lora = {r = 16, alpha = 32}, seq_len = 512, batch_size = 4, grad_accum = 1,
 --                        lr = 2e-4, warmup = 0.03, schedule = "cosine", epochs = 1, max_steps = nil,
 --                        weight_decay = 0, max_grad_norm = 1.0, seed = 0, eval_fraction = 0.05,
---                        save_every = 100, eval_every = 50, checkpointing = false}
+--                        save_every = 100, eval_every = 50, checkpointing = false, tensorboard = true,
+--                        samples = nil, sample_tokens = 64, sample_chat = nil, clock = nil}
 --   tr:step()      -> {step, loss, lr, grad_norm, tokens, seconds}
 --   tr:evaluate()  -> mean loss on the held-out split
 --   tr:save(dir)   -> writes a checkpoint (adapter, optimizer state, trainer state)
 --   tr:fit()       -> the whole run: progress bar, metrics.jsonl, checkpoints, Ctrl-C, loss.svg
 --                     metrics.jsonl: one row per step ({step, loss, lr, grad_norm, tokens, tokens_per_s,
 --                     time (Unix seconds), eval_loss and eval_perplexity when evaluated: every eval_every
---                     steps and at the last step}); a new run starts a new file, a resumed run continues it
+--                     steps and at the last step}); a new run starts a new file, a resumed run continues it.
+--                     tensorboard (default true): the same scalars in a TensorBoard event file in out
+--                     (qlora.tfevents; tags train/loss, train/learning_rate, train/grad_norm,
+--                     train/tokens_per_s, eval/loss, eval/perplexity). samples (a list of prompts, or a
+--                     file of one prompt per line): at each evaluation a greedy continuation of each
+--                     (sample_tokens tokens at most) with the current adapter, one row each in
+--                     out/samples.jsonl ({step, prompt, text, time}); sample_chat (default: chat data and
+--                     a chat template) renders prompts as a user turn; clock: a function giving the event
+--                     log's wall times (Unix seconds; default the system clock)
+--   tr:sample(prompt [, n]) -> text, ids   greedy continuation with the current adapter: through the
+--                     chat template when the data is chat data and the tokenizer has one, else raw text
+--   train.read_prompts(path) -> prompts | nil, message   a samples file: one prompt per line
+--   train.greedy(adapter, ids, n, stop) -> ids   greedy decoding with an adapter applied
 --   train.run_outputs(dir) -> the names of a run's outputs already in dir (metrics.jsonl, checkpoint-N, ...)
 --   train.new{..., resume = "runs/x/checkpoint-100"} continues a run exactly
 local M = {}
 local json, sys = qlora.json, qlora.sys
+local tfevents = require("qlora.tfevents")
 
 -- ---------------------------------------------------------------- schedules and clipping
 
@@ -234,7 +248,7 @@ function M.new(cfg)
     recs, where = M.read_jsonl(assert(cfg.data, "train.new: data (a JSONL file) or records is required"))
     if not recs then error(where, 0) end   -- where is the message then
   end
-  local examples, skipped = {}, 0
+  local examples, skipped, n_chat = {}, 0, 0
   for i, r in ipairs(recs) do
     local ok, ids, labels = pcall(M.encode_record, self.tok, r)
     if not ok then ids, labels = nil, tostring(ids) end
@@ -243,6 +257,9 @@ function M.new(cfg)
       if skipped <= 3 then io.stderr:write(string.format("train: %s: record skipped: %s\n", where[i] or "record " .. i, labels)) end
     elseif #ids > 1 then
       examples[#examples + 1] = { ids = ids, labels = labels }
+      if r.messages ~= nil or (type(r.instruction) == "string" and type(r.output) == "string") then
+        n_chat = n_chat + 1
+      end
     end
   end
   if #examples == 0 then error("train: no usable records in the data", 0) end
@@ -273,6 +290,30 @@ function M.new(cfg)
     seed = self.seed })
   self.state = { step = 0, epoch = 0, pos = 0, tokens = 0, losses = {}, eval = {} }
   self.rows = rows0
+  -- sample generations at eval time: checked here, before any training
+  if cfg.samples ~= nil then
+    local prompts, perr = cfg.samples, nil
+    if type(prompts) == "string" then
+      prompts, perr = M.read_prompts(prompts)
+      if not prompts then error("train: " .. perr, 0) end
+    end
+    if type(prompts) ~= "table" or #prompts == 0 then
+      error("train: samples must be a non-empty list of prompts (strings) or a file of them", 0)
+    end
+    for i, p in ipairs(prompts) do
+      if type(p) ~= "string" or not p:find("%S") then
+        error(string.format("train: samples: prompt %d must be a non-empty string", i), 0)
+      end
+    end
+    self.prompts = prompts
+  end
+  self.sample_tokens = num(cfg.sample_tokens, 64)
+  if math.type(self.sample_tokens) ~= "integer" or self.sample_tokens < 1 then
+    error("train: sample_tokens must be an integer >= 1", 0)
+  end
+  -- samples go through the chat template when most records are chat-shaped (and it has one)
+  if cfg.sample_chat ~= nil then self.sample_chat = cfg.sample_chat and true or false
+  else self.sample_chat = self.tok.chat_template ~= nil and 2 * n_chat > #examples end
   if cfg.resume then self:load(cfg.resume) end
   return self
 end
@@ -364,6 +405,69 @@ function Trainer:evaluate()
   local l = count > 0 and sum / count or 0 / 0
   self.state.eval[#self.state.eval + 1] = { step = self.state.step, loss = l }
   return l
+end
+
+-- ---------------------------------------------------------------- sample generations
+
+-- the prompts of a samples file: one a line, blank lines skipped; nil, message naming the file
+-- when it cannot be read or holds no prompt
+function M.read_prompts(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, "samples=" .. path .. ": cannot read the prompts file (" .. tostring(err) .. ")" end
+  local text, rerr = f:read("a")
+  f:close()
+  if not text then return nil, "samples=" .. path .. ": cannot read the prompts file (" .. tostring(rerr) .. ")" end
+  local prompts = {}
+  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+    line = line:gsub("\r$", "")
+    if line:find("%S") then prompts[#prompts + 1] = line end
+  end
+  if #prompts == 0 then return nil, "samples=" .. path .. ": no prompts in the file (one prompt per line)" end
+  return prompts
+end
+
+-- greedy decoding with an adapter applied: the first largest logit, as model:generate's greedy.
+-- There is no KV cache with an adapter, so each new token runs the whole sequence again (n tokens
+-- cost n forward passes). Stops after n tokens or an id of stop (a list); returns the new ids.
+function M.greedy(lo, ids, n, stop)
+  local stops = {}
+  for _, id in ipairs(stop or {}) do stops[id] = true end
+  local seq = table.move(ids, 1, #ids, 1, {})
+  local out = {}
+  for _ = 1, n do
+    local row = lo:logits({ seq }):select(1, -1):totable()
+    local best = 1
+    for t = 2, #row do if row[t] > row[best] then best = t end end
+    local id = best - 1
+    out[#out + 1] = id
+    seq[#seq + 1] = id
+    if stops[id] then break end
+  end
+  return out
+end
+
+-- the ids that end a sample: the model's eos ids and the tokenizer's
+function Trainer:_stop_ids()
+  local stop, seen = {}, {}
+  local function add(id) if math.type(id) == "integer" and not seen[id] then seen[id] = true; stop[#stop + 1] = id end end
+  local eos = self.model:config().eos_token_id
+  if type(eos) == "table" then for _, id in ipairs(eos) do add(id) end else add(eos) end
+  add(self.tok.eos_id)
+  return stop
+end
+
+-- the prompt ids of a sample: one user turn through the chat template when tr.sample_chat, else the text
+function Trainer:sample_ids(prompt)
+  if self.sample_chat then
+    return self.tok:apply_chat_template({ { role = "user", content = prompt } }, { add_generation_prompt = true, tokenize = true })
+  end
+  return self.tok:encode(prompt)
+end
+
+-- a greedy continuation of prompt (at most n tokens, default sample_tokens) with the current adapter
+function Trainer:sample(prompt, n)
+  local ids = M.greedy(self.lora, self:sample_ids(prompt), n or self.sample_tokens, self:_stop_ids())
+  return self.tok:decode(ids, { skip_special = true }), ids
 end
 
 -- a checkpoint: written into dir.tmp, then renamed, so a crash never leaves half of one;
@@ -507,13 +611,14 @@ function M.latest_checkpoint(run)
   return best, best_n
 end
 
--- the training outputs a run folder already holds (names, sorted): metrics.jsonl, loss.svg,
--- adapter, checkpoint-N; anything else in it is not a run's (checkpoint-N.tmp, the leftover
--- of a killed save, is not an output either: fit removes it)
+-- the training outputs a run folder already holds (names, sorted): metrics.jsonl, samples.jsonl,
+-- loss.svg, adapter, checkpoint-N, TensorBoard event files; anything else in it is not a run's
+-- (checkpoint-N.tmp, the leftover of a killed save, is not an output either: fit removes it)
 function M.run_outputs(run)
   local found = {}
   for _, name in ipairs(sys.list_dir(run) or {}) do
-    if name == "metrics.jsonl" or name == "loss.svg" or name == "adapter" or name:match("^checkpoint%-%d+$") then
+    if name == "metrics.jsonl" or name == "samples.jsonl" or name == "loss.svg" or name == "adapter"
+       or name:match("^checkpoint%-%d+$") or tfevents.is_event_file(name) then
       found[#found + 1] = name
     end
   end
@@ -644,6 +749,31 @@ function Trainer:fit(opts)
     error(string.format("train: cannot write %s (%s): out= must be a folder you can write", metrics, tostring(ferr)), 0)
   end
   f:close()
+  -- sample generations: samples.jsonl as metrics.jsonl (a new run starts it, a resumed run keeps its rows)
+  local samples = out .. "/samples.jsonl"
+  if self.prompts then
+    local sok, serr = pcall(start_metrics, samples, st.step)
+    if not sok then error(string.format("train: cannot write %s (%s)", samples, tostring(serr)), 0) end
+  elseif st.step == 0 then
+    os.remove(samples)
+  end
+  -- the TensorBoard event log: a new run replaces the old files; each run (resumed or not) writes
+  -- a new file that starts with SessionLog START at the first step it will log, as TensorFlow's
+  -- sessions did. On a later START, TensorBoard drops the steps logged at or past it: a resumed
+  -- run's steps past its checkpoint, which the killed run had logged, show once
+  local events
+  if st.step == 0 then
+    for _, name in ipairs(sys.list_dir(out) or {}) do
+      if tfevents.is_event_file(name) then os.remove(out .. "/" .. name) end
+    end
+  end
+  if self.cfg.tensorboard ~= false then
+    local werr
+    events, werr = tfevents.open(out, { clock = self.cfg.clock })
+    if not events then error("train: " .. werr .. ": out= must be a folder you can write", 0) end
+    local rok, rerr = pcall(events.restart, events, st.step + 1)
+    if not rok then events:close(); error("train: " .. tostring(rerr), 0) end
+  end
   local save_every, eval_every = num(self.cfg.save_every, 0), num(self.cfg.eval_every, 0)
   local tty = sys.isatty(1)
   local t_start, tok_start = sys.now(), st.tokens
@@ -659,7 +789,8 @@ function Trainer:fit(opts)
       info.tokens_per_s = tps
       info.time = os.time()
       -- the held-out split every eval_every steps and after the last step (its row carries it)
-      if (eval_every > 0 and st.step % eval_every == 0) or st.step == self.max_steps then
+      local eval_now = (eval_every > 0 and st.step % eval_every == 0) or st.step == self.max_steps
+      if eval_now then
         info.eval_loss = self:evaluate()
         if info.eval_loss and not (math.abs(info.eval_loss) < math.huge) then
           self:_diverged(st.step, "evaluation loss", info.eval_loss)
@@ -671,6 +802,21 @@ function Trainer:fit(opts)
         end
       end
       assert(sys.append_line(metrics, json.encode(info)))
+      if events then
+        local v = { { "train/loss", info.loss }, { "train/learning_rate", info.lr }, { "train/grad_norm", info.grad_norm },
+                    { "train/tokens_per_s", tps } }
+        if info.eval_loss then v[#v + 1] = { "eval/loss", info.eval_loss } end
+        if info.eval_perplexity then v[#v + 1] = { "eval/perplexity", info.eval_perplexity } end
+        local wok, werr = pcall(events.scalars, events, st.step, v)
+        if not wok then error("train: " .. tostring(werr), 0) end
+      end
+      -- greedy samples from the fixed prompts with the adapter as it is now, at each evaluation
+      if eval_now and self.prompts then
+        for _, prompt in ipairs(self.prompts) do
+          local text = self:sample(prompt)
+          assert(sys.append_line(samples, json.encode({ step = st.step, prompt = prompt, text = text, time = os.time() })))
+        end
+      end
       local line = string.format("step %d/%d  loss %.4f  lr %.2e  gnorm %.3f  %.0f tok/s  ETA %s%s", st.step,
         self.max_steps, info.loss, info.lr, info.grad_norm, tps, fmt_time(eta),
         info.eval_loss and string.format("  eval %.4f", info.eval_loss) or "")
@@ -688,6 +834,7 @@ function Trainer:fit(opts)
     end
   end)
   sys.trap_interrupt(false)
+  if events then events:close() end
   if tty then io.write("\n") end
   if not ok then error(err, 0) end
   local final = self:save(out .. "/checkpoint-" .. st.step)

@@ -132,3 +132,157 @@ T.test("Ctrl-C during training saves a checkpoint and stops cleanly", function()
   T.truthy(io.open(run .. "/loss.svg"), "the plot is written too")
   os.execute("rm -rf '" .. dir .. "'")
 end)
+
+-- ---------------------------------------------------------------- sample generations at eval time
+-- On the tiny fixture model (tests/fixtures/models/tiny-qwen2, vocab 512) with the 512-id
+-- tokenizer cut from Qwen2.5's (tests/gen/gen_tiny_tokenizer.py), f32 weights on the CPU.
+
+local function fixture_lm()
+  local m = assert(qlora.model.load(T.fixture("models/tiny-qwen2"), { quant = "none" }))
+  local tok = assert(qlora.tokenizer.load(T.fixture("tokenizers/tiny512")))
+  assert(m:check_tokenizer(tok))
+  return m, tok
+end
+
+-- the test's own greedy loop: the whole sequence through the adapter, the first largest logit
+local function reference_greedy(lo, ids, n, stop)
+  local seq, out = table.move(ids, 1, #ids, 1, {}), {}
+  for _ = 1, n do
+    local z = lo:logits({ seq }):totable()
+    z = z[#z]
+    local best, bv = 0, z[1]
+    for i = 2, #z do if z[i] > bv then best, bv = i - 1, z[i] end end
+    out[#out + 1], seq[#seq + 1] = best, best
+    local halt = false
+    for _, s in ipairs(stop) do halt = halt or s == best end
+    if halt then break end
+  end
+  return out
+end
+
+local function chat_data(path, n)
+  local f = io.open(path, "w")
+  for i = 1, n do
+    f:write(json.encode({ messages = { { role = "user", content = "count to " .. i },
+                                       { role = "assistant", content = string.rep(" and", i % 4 + 1) .. " done" } } }), "\n")
+  end
+  f:close()
+end
+
+local function rows_of(path)
+  local t = {}
+  for line in io.lines(path) do t[#t + 1] = json.decode(line) end
+  return t
+end
+
+T.test("greedy with a fresh adapter (B = 0) equals model:generate's greedy (KV cache, C)", function()
+  local m, tok = fixture_lm()
+  local lo = qlora.lora.new(m, { r = 4, seed = 2 })
+  for _, prompt in ipairs({ "the quick brown fox", "a" }) do
+    local ids = tok:encode(prompt)
+    T.eq(train.greedy(lo, ids, 12, {}), m:generate(ids, { max_new_tokens = 12, stop = {} }), prompt)
+    local first = m:generate(ids, { max_new_tokens = 1, stop = {} })[1]
+    T.eq(train.greedy(lo, ids, 12, { first }), { first }, "stops at a stop id")
+  end
+end)
+
+T.test("samples at each evaluation equal a direct generation with that step's adapter", function()
+  local dir = T.tmpdir()
+  local m, tok = fixture_lm()
+  write_data(dir .. "/d.jsonl", 24)
+  local prompts = { "the quick brown", "a lazy dog and" }
+  local t0 = os.time()
+  local tr = train.new { model = m, tokenizer = tok, data = dir .. "/d.jsonl", out = dir .. "/run", lora = { r = 8, alpha = 16 },
+                         seq_len = 32, batch_size = 2, lr = 3e-2, warmup = 0, max_steps = 4, eval_every = 2, save_every = 2,
+                         eval_fraction = 0.1, seed = 4, samples = prompts, sample_tokens = 10 }
+  T.eq(tr.sample_chat, false, "text data: raw prompts")
+  T.eq(tr:sample_ids("the quick brown"), tok:encode("the quick brown"))
+  tr:fit()
+  local rows = rows_of(dir .. "/run/samples.jsonl")
+  T.eq(#rows, 4, "two prompts at steps 2 and 4")
+  local stop = { 2, tok.eos_id }   -- the model's eos (config.json) and the tokenizer's
+  local base = {}
+  for _, p in ipairs(prompts) do base[p] = tok:decode(m:generate(tok:encode(p), { max_new_tokens = 10, stop = stop }), { skip_special = true }) end
+  for i, r in ipairs(rows) do
+    T.eq(r.step, i <= 2 and 2 or 4)
+    T.eq(r.prompt, prompts[(i - 1) % 2 + 1])
+    T.truthy(math.type(r.time) == "integer" and r.time >= t0 and r.time <= os.time(), "time: " .. tostring(r.time))
+    -- the adapter of that step, loaded from its checkpoint into a fresh model
+    local m2 = assert(qlora.model.load(T.fixture("models/tiny-qwen2"), { quant = "none" }))
+    local lo = assert(qlora.lora.load(m2, dir .. "/run/checkpoint-" .. r.step))
+    local want = tok:decode(reference_greedy(lo, tok:encode(r.prompt), 10, stop), { skip_special = true })
+    T.eq(r.text, want, "step " .. r.step .. " prompt " .. r.prompt)
+    T.truthy(r.step ~= 4 or r.text ~= base[r.prompt], "the trained adapter changed the sample: " .. r.text)
+  end
+  os.execute("rm -rf '" .. dir .. "'")
+end)
+
+T.test("chat data: samples go through the chat template", function()
+  local dir = T.tmpdir()
+  local m, tok = fixture_lm()
+  chat_data(dir .. "/c.jsonl", 16)
+  local tr = train.new { model = m, tokenizer = tok, data = dir .. "/c.jsonl", out = dir .. "/run", lora = { r = 4 },
+                         seq_len = 128, batch_size = 2, lr = 2e-2, max_steps = 2, eval_every = 2, save_every = 0,
+                         seed = 1, samples = { "count to 3" }, sample_tokens = 6 }
+  T.eq(tr.sample_chat, true)
+  local ids = tok:apply_chat_template({ { role = "user", content = "count to 3" } }, { add_generation_prompt = true, tokenize = true })
+  T.eq(tr:sample_ids("count to 3"), ids)
+  T.truthy(tok:decode(ids):find("<|im_start|>assistant\n", 1, true))
+  tr:fit()
+  local rows = rows_of(dir .. "/run/samples.jsonl")
+  T.eq(#rows, 1)
+  T.eq(rows[1].text, tok:decode(reference_greedy(tr.lora, ids, 6, { 2, tok.eos_id }), { skip_special = true }))
+  -- sample_chat = false overrides
+  local tr2 = train.new { model = m, tokenizer = tok, data = dir .. "/c.jsonl", samples = { "x" }, sample_chat = false }
+  T.eq(tr2:sample_ids("count to 3"), tok:encode("count to 3"))
+  os.execute("rm -rf '" .. dir .. "'")
+end)
+
+T.test("samples do not change training: the same losses step for step", function()
+  local dir = T.tmpdir()
+  local m, tok = fixture_lm()
+  write_data(dir .. "/d.jsonl", 24)
+  local function run(out, samples)
+    train.new { model = m, tokenizer = tok, data = dir .. "/d.jsonl", out = out, lora = { r = 4, dropout = 0.1 },
+                seq_len = 32, batch_size = 2, lr = 1e-2, max_steps = 5, eval_every = 2, save_every = 0, seed = 9,
+                samples = samples, sample_tokens = 5 }:fit()
+    return rows_of(out .. "/metrics.jsonl")
+  end
+  local a, b = run(dir .. "/a", nil), run(dir .. "/b", { "the fox", "dog" })
+  T.eq(#a, 5)
+  for i = 1, 5 do
+    T.eq(b[i].loss, a[i].loss, "step " .. i)
+    T.eq(b[i].eval_loss, a[i].eval_loss, "eval at step " .. i)
+  end
+  T.eq(#rows_of(dir .. "/b/samples.jsonl"), 6, "3 evaluations x 2 prompts")
+  T.eq(io.open(dir .. "/a/samples.jsonl"), nil)
+  os.execute("rm -rf '" .. dir .. "'")
+end)
+
+T.test("bad samples input is refused before training, naming the file", function()
+  local dir = T.tmpdir()
+  local m, tok = fixture_lm()
+  write_data(dir .. "/d.jsonl", 8)
+  local function new(samples, n)
+    return train.new { model = m, tokenizer = tok, data = dir .. "/d.jsonl", samples = samples, sample_tokens = n }
+  end
+  T.raises(function() new(dir .. "/missing.txt") end, "samples=" .. dir:gsub("%p", "%%%0") .. "/missing%.txt: cannot read")
+  local f = io.open(dir .. "/empty.txt", "w"); f:write("\n   \n\r\n"); f:close()
+  T.raises(function() new(dir .. "/empty.txt") end, "empty%.txt: no prompts in the file")
+  T.raises(function() new({}) end, "non%-empty list of prompts")
+  T.raises(function() new({ "fine", "  " }) end, "prompt 2 must be a non%-empty string")
+  T.raises(function() new({ "fine" }, 0) end, "sample_tokens must be an integer >= 1")
+  f = io.open(dir .. "/p.txt", "w"); f:write("first prompt\r\n\nsecond one\n"); f:close()
+  T.eq(train.read_prompts(dir .. "/p.txt"), { "first prompt", "second one" })
+  -- the recipe says it before loading the model
+  tiny(dir .. "/m")
+  local cmd = T.qlora .. " recipes/train.lua model=" .. dir .. "/m data=" .. dir .. "/d.jsonl out=" .. dir .. "/run samples="
+  local out, rc = T.sh(cmd .. dir .. "/empty.txt")
+  T.eq(rc, 2, out)
+  T.truthy(out:find("samples=" .. dir .. "/empty.txt: no prompts in the file", 1, true), out)
+  T.truthy(not out:find("loaded in"), "before the model loads: " .. out)
+  out, rc = T.sh(cmd .. dir)
+  T.truthy(rc == 2 and out:find("samples=" .. dir .. ": is a folder", 1, true), out)
+  T.eq(io.open(dir .. "/run/metrics.jsonl"), nil, "nothing was trained")
+  os.execute("rm -rf '" .. dir .. "'")
+end)
