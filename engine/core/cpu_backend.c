@@ -122,14 +122,23 @@ static void *cpu_alloc(int dev, size_t n)
 {
     (void)dev;
     void *p = NULL;
+#ifdef _WIN32
+    /* Windows has no posix_memalign; what _aligned_malloc returns goes back through _aligned_free */
+    if (!(p = _aligned_malloc(n ? (n + 63) / 64 * 64 : 64, 64))) {
+#else
     if (posix_memalign(&p, 64, n ? (n + 63) / 64 * 64 : 64) != 0) {
+#endif
         ql_fail(QL_ENOMEM, "out of host memory allocating %.1f MiB", n / 1048576.0);
         return NULL;
     }
     return p;
 }
 
+#ifdef _WIN32
+static void cpu_free(int dev, void *p) { (void)dev; _aligned_free(p); }
+#else
 static void cpu_free(int dev, void *p) { (void)dev; free(p); }
+#endif
 static ql_status cpu_memcpy(int dev, void *d, const void *s, size_t n) { (void)dev; memcpy(d, s, n); return QL_OK; }
 static ql_status cpu_sync(int dev) { (void)dev; return QL_OK; }
 static ql_status cpu_mem_info(int dev, size_t *f, size_t *t)

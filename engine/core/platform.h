@@ -1,8 +1,8 @@
 /*
  * platform.h — the one place that touches the operating system: threads,
  * memory-mapped files, atomic file writes, paths, dynamic loading, terminal
- * and clocks. POSIX is implemented in platform.c; a Windows port replaces
- * only that file.
+ * and clocks. platform.c implements it for POSIX and, behind _WIN32, on the
+ * Win32 API (tested under Wine: tests/win/run.sh).
  */
 #ifndef QL_PLATFORM_H
 #define QL_PLATFORM_H

@@ -33,14 +33,18 @@ typedef enum ql_status {
 
 /* Records a printf-style message for this thread and returns code. */
 ql_status ql_fail(ql_status code, const char *fmt, ...)
-#if defined(__GNUC__)
+#if defined(__GNUC__) && defined(_WIN32)
+    __attribute__((format(gnu_printf, 2, 3)))   /* MinGW: its C99 printf (__USE_MINGW_ANSI_STDIO=1) */
+#elif defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
 
 /* Prepends context ("reading model.safetensors: ") to the current message. */
 ql_status ql_fail_context(ql_status code, const char *fmt, ...)
-#if defined(__GNUC__)
+#if defined(__GNUC__) && defined(_WIN32)
+    __attribute__((format(gnu_printf, 2, 3)))   /* MinGW: its C99 printf (__USE_MINGW_ANSI_STDIO=1) */
+#elif defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
