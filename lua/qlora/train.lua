@@ -350,10 +350,27 @@ end
 function Trainer:step()
   local st, lo = self.state, self.lora
   local t0 = sys.now()
-  local micro, denom = {}, 0
-  for k = 1, self.grad_accum do
-    micro[k] = self:_next_rows()
-    for _, r in ipairs(micro[k]) do denom = denom + row_targets(r) end
+  -- rows whose every label is masked (chat or instruction records whose answers fall past
+  -- seq_len) have nothing to learn from: such a batch is skipped, not turned into a 0/0 loss
+  local micro, denom, skipped = {}, 0, 0
+  while true do
+    micro, denom = {}, 0
+    for k = 1, self.grad_accum do
+      micro[k] = self:_next_rows()
+      for _, r in ipairs(micro[k]) do denom = denom + row_targets(r) end
+    end
+    if denom > 0 then break end
+    skipped = skipped + 1
+    local per_epoch = #self:_rows_for_epoch(st.epoch) // (self.batch_size * self.grad_accum)
+    if skipped > math.max(1, per_epoch) then
+      error(string.format("train: no batch has a token to learn: every label is masked (are the answers of the "
+        .. "chat or instruction records past seq_len=%d?); raise seq_len or check the data", self.seq_len), 0)
+    end
+  end
+  if skipped > 0 then
+    self.skipped_batches = (self.skipped_batches or 0) + skipped
+    io.stderr:write(string.format("train: step %d: %d batch%s with no token to learn skipped (every label masked: "
+      .. "answers past seq_len=%d?)\n", st.step + 1, skipped, skipped == 1 and "" or "es", self.seq_len))
   end
   lo:zero_grad()
   local sum, count, tokens = 0, 0, 0

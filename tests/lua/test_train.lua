@@ -217,6 +217,41 @@ T.test("samples at each evaluation equal a direct generation with that step's ad
   os.execute("rm -rf '" .. dir .. "'")
 end)
 
+-- a batch whose every label is masked (here: chat records whose answer falls past seq_len, cut
+-- away) has no token to learn; it used to give a 0/0 loss that metrics.jsonl could not hold
+T.test("batches with no token to learn are skipped; data with none at all is refused", function()
+  local dir = T.tmpdir()
+  local m, tok = fixture_lm()
+  local function data(path, n, long_every)
+    local f = io.open(path, "w")
+    for i = 1, n do
+      local q = (long_every and i % long_every == 0 or not long_every) and string.rep("count the words ", 40) or "count to 3"
+      f:write(json.encode({ messages = { { role = "user", content = q }, { role = "assistant", content = "done" } } }), "\n")
+    end
+    f:close()
+  end
+  data(dir .. "/mixed.jsonl", 24, 2)
+  local tr = train.new { model = m, tokenizer = tok, data = dir .. "/mixed.jsonl", out = dir .. "/run", lora = { r = 4 },
+                         seq_len = 128, batch_size = 1, lr = 1e-2, max_steps = 8, save_every = 0, eval_fraction = 0,
+                         seed = 3 }
+  tr:fit()
+  T.truthy((tr.skipped_batches or 0) > 0, "some batches had nothing to learn")
+  local n = 0
+  for line in io.lines(dir .. "/run/metrics.jsonl") do
+    local r = json.decode(line)
+    T.truthy(type(r.loss) == "number" and r.loss == r.loss and r.loss < math.huge, line)
+    n = n + 1
+  end
+  T.eq(n, 8)
+  data(dir .. "/long.jsonl", 12)
+  local tr2 = train.new { model = m, tokenizer = tok, data = dir .. "/long.jsonl", out = dir .. "/run2", lora = { r = 4 },
+                          seq_len = 128, batch_size = 1, lr = 1e-2, max_steps = 4, save_every = 0, eval_fraction = 0 }
+  local ok, err = pcall(tr2.fit, tr2)
+  T.eq(ok, false)
+  T.truthy(tostring(err):find("no batch has a token to learn") and tostring(err):find("seq_len=128"), tostring(err))
+  os.execute("rm -rf '" .. dir .. "'")
+end)
+
 T.test("chat data: samples go through the chat template", function()
   local dir = T.tmpdir()
   local m, tok = fixture_lm()
