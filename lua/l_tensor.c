@@ -680,7 +680,7 @@ static const ql_lua_doc method_docs[] = {
     { "mean", "mean([dim [, keepdim]]) -> tensor   the mean of all elements, or along dim" },
     { "max", "max([dim [, keepdim]]) -> tensor   the largest element, or along dim" },
     { "min", "min([dim [, keepdim]]) -> tensor   the smallest element, or along dim" },
-    { "argmax", "argmax([dim [, keepdim]]) -> tensor   1-based index of the largest element, or along dim" },
+    { "argmax", "argmax([dim [, keepdim]]) -> tensor   index of the largest element (0-based, as torch.argmax), or along dim" },
     { "softmax", "softmax([dim]) -> tensor   softmax along dim (default: the last)" },
     { "matmul", "matmul(other) -> tensor   matrix product (batched over leading dimensions)" },
     { "release", "release()   frees the storage now (also on __gc / __close); using t afterwards raises" },
