@@ -7,16 +7,21 @@
  *      offset from the page index recurs, or whose text recurs at one place
  *      (running heads, "Chapter 3: Title 7", "12 / 92", roman numerals), and
  *      lone page numbers, are dropped (see find_furniture; no fixed margins);
+ *      slide numbers with their total ("2 / 5") leave the frame title beside them;
  *   3. reading order: a page whose lines leave a vertical gutter free is read
- *      as two columns, band by band (full-width lines separate bands);
+ *      as two columns, band by band (full-width lines separate bands); a title
+ *      block of authors side by side is read stack by stack (title_stacks);
  *   4. rows: lines on one baseline within a column join into a row of spans;
  *      wide gaps split a row into cells;
  *   5. classes: code (all monospace), contents lines (title, leader, page
  *      number: a nested list), list items (bullet glyph, drawn dot, or
- *      number marker), table runs (>=2 aligned cells on consecutive rows),
+ *      number marker, slide triangles), table runs (>=2 aligned cells on consecutive rows),
  *      footnotes (small rows led by a raised mark), heading candidates (larger
  *      than body text, or bold and short); heading levels come from the
  *      outline when it matches, else from the rank of the heading styles;
+ *      slide decks (landscape pages) take frame titles as headings under the
+ *      outline's sections, inserted where only the navigation bar names them
+ *      (deck_outline);
  *   6. blocks: paragraphs reflowed across lines, columns and pages with
  *      de-hyphenation; code blocks with indentation; lists with nesting; GFM
  *      tables; footnotes at the end.
@@ -139,6 +144,8 @@ typedef struct row {
     int ordered;
     int dot;                   /* a drawn bullet precedes the row */
     int newcol;                /* first row of a column or page */
+    int stack;                 /* > 0: a stack of a title block (one author's name,
+                                  affiliation, address): one paragraph */
     char *text;                /* plain text, spans joined */
 } row;
 
@@ -232,6 +239,7 @@ typedef struct {
     int rank;                  /* 0: the outermost row of its band on its page */
     int pnum;                  /* the row is only a page number ("12", "- 12 -", "12 / 92") */
     int mark;
+    long fnum[2], ftot[2];     /* a leading / trailing "N / M" (slide numbers): N, M; 0 if none */
 } frow;
 
 static int roman_value(const char *t, size_t n)
@@ -312,6 +320,104 @@ static int cmp_frow_place(const void *a, const void *b)
     long sx = lroundf(x->size * 2), sy = lroundf(y->size * 2);
     if (sx != sy) return sx < sy ? -1 : 1;
     return (x->y > y->y) - (x->y < y->y);
+}
+
+/* digits (1-4) at t[*i..n) -> value, advancing *i; -1 when none */
+static long frac_digits(const char *t, size_t n, size_t *i)
+{
+    size_t a = *i;
+    long v = 0;
+    while (*i < n && isdigit((unsigned char)t[*i]) && *i - a < 4) v = v * 10 + (t[(*i)++] - '0');
+    if (*i == a || (*i < n && isdigit((unsigned char)t[*i]))) return -1;
+    return v;
+}
+
+/* "N / M" or "N of M" (a slide or page number with the total) standing at the
+   start (end 0) or the end (end 1) of t[0..n): N and M, and the bytes it
+   covers from that end; 0 when none. */
+static size_t frac_at(const char *t, size_t n, int end, long *num, long *tot)
+{
+    while (n && t[n - 1] == ' ') n--;
+    size_t s = 0;
+    while (s < n && t[s] == ' ') s++;
+    size_t i;
+    if (end) {   /* back over "M", the slash, "N" */
+        i = n;
+        while (i > s && isdigit((unsigned char)t[i - 1]) && n - i < 4) i--;
+        if (i == n || (i > s && isdigit((unsigned char)t[i - 1]))) return 0;
+        while (i > s && t[i - 1] == ' ') i--;
+        if (i > s && t[i - 1] == '/') i--;
+        else if (i >= s + 2 && !memcmp(t + i - 2, "of", 2)) i -= 2;
+        else return 0;
+        while (i > s && t[i - 1] == ' ') i--;
+        size_t b = i;
+        while (i > s && isdigit((unsigned char)t[i - 1]) && b - i < 4) i--;
+        if (i == b || (i > s && t[i - 1] != ' ')) return 0;
+    } else i = s;
+    size_t at = i;
+    long a = frac_digits(t, n, &i);
+    if (a < 0) return 0;
+    while (i < n && t[i] == ' ') i++;
+    if (i < n && t[i] == '/') i++;
+    else if (i + 2 <= n && !memcmp(t + i, "of", 2)) i += 2;
+    else return 0;
+    while (i < n && t[i] == ' ') i++;
+    long b = frac_digits(t, n, &i);
+    if (b < 0 || (i < n && t[i] != ' ') || a < 1 || b < 2 || a > b) return 0;
+    *num = a; *tot = b;
+    return end ? n - at : i;
+}
+
+typedef struct { long band, end, tot, page, num; int row; } fracrow;
+static int cmp_fracrow(const void *a, const void *b)
+{
+    const fracrow *x = a, *y = b;
+    if (x->band != y->band) return x->band < y->band ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
+    if (x->tot != y->tot) return x->tot < y->tot ? -1 : 1;
+    if (x->page != y->page) return x->page < y->page ? -1 : 1;
+    return x->row - y->row;
+}
+
+/* Takes a slide number "N / M" off line li of pg: the whole line when that is
+   all it holds, else the spans that make it up at the line's start (end 0) or
+   end (end 1), so a frame title on the same line stays. 1 when done. */
+static int strip_fraction(ql_pdf_page *pg, int li, int end, unsigned char *furn)
+{
+    ql_pdf_line *l = &pg->lines[li];
+    char *t = line_text(l);
+    if (!t) return 0;
+    long a, b;
+    size_t n = strlen(t), k = frac_at(t, n, end, &a, &b);
+    size_t all = n;
+    while (all && t[all - 1] == ' ') all--;
+    size_t lead = 0;
+    while (lead < all && t[lead] == ' ') lead++;
+    free(t);
+    if (!k) return 0;
+    if (k >= all - lead) { if (furn[li]) return 0; furn[li] = 1; return 1; }
+    /* whole spans only: those at that end whose text is the fraction, exactly */
+    for (int ns = 1; ns < l->nspans; ns++) {
+        str u = {0};
+        for (int s = 0; s < ns; s++) {
+            if (s) s_addc(&u, ' ');
+            s_add(&u, l->spans[end ? l->nspans - ns + s : s].text);
+        }
+        if (u.oom || !u.p) { free(u.p); return 0; }
+        size_t un = u.n;
+        while (un && u.p[un - 1] == ' ') un--;
+        size_t ul = 0;
+        while (ul < un && u.p[ul] == ' ') ul++;
+        long a2, b2;
+        size_t k2 = frac_at(u.p, u.n, end, &a2, &b2);
+        free(u.p);
+        if (un - ul > k + 1) return 0;
+        if (!k2 || k2 < un - ul || a2 != a || b2 != b) continue;
+        if (end) { l->nspans -= ns; l->x1 = l->spans[l->nspans - 1].x1; }
+        else { l->spans += ns; l->nspans -= ns; l->x0 = l->spans[0].x0; }
+        return 1;
+    }
+    return 0;
 }
 
 /* Marks furniture lines: furn[p][i] = 1. Returns lines marked. */
@@ -395,6 +501,8 @@ static int find_furniture(ql_pdf *pdf, ql_pdf_page **pages, int np, unsigned cha
                 if (t.n > 160) { r->numk[0] = r->numk[1] = 0; }
                 /* lone page number at the very edge of the page */
                 r->pnum = is_pagenum_text(t.p);
+                for (int e = 0; e < 2; e++)
+                    if (!frac_at(t.p, t.n, e, &r->fnum[e], &r->ftot[e])) r->fnum[e] = r->ftot[e] = 0;
                 if (b == 0 && r->nl == 1 && r->pnum && line_alone(pg, r->lines[0])) r->mark = 2;
                 /* the key: page numbers at either end as '#', roman ones too
                    ("ii The Handbook" and "6 The Handbook" are one head) */
@@ -529,12 +637,46 @@ static int find_furniture(ql_pdf *pdf, ql_pdf_page **pages, int np, unsigned cha
         free(tmp);
         free(ix);
     }
+    /* 4. slide numbers with the total, "N / M": M the same, N never going
+       down from page to page, on many pages of one band. Overlays repeat a
+       frame's number over several pages, so its offset from the page index
+       does not recur; the frame title on the same row stays (rows marked
+       above, footers with a constant text, go whole) */
+    {
+        fracrow *fr = malloc((size_t)(2 * nr + 1) * sizeof *fr);
+        int nf = 0;
+        for (int i = 0; fr && i < nr; i++)
+            for (int e = 0; e < 2; e++)
+                if (rs[i].ftot[e]) fr[nf++] = (fracrow){rs[i].band, e, rs[i].ftot[e], rs[i].page, rs[i].fnum[e], i};
+        if (fr) qsort(fr, (size_t)nf, sizeof *fr, cmp_fracrow);
+        int need = np / 4 > 3 ? np / 4 : 3;
+        for (int a = 0; a < nf;) {
+            int b = a, pagesn = 0, mono = 1, vary = 0;
+            while (b < nf && fr[b].band == fr[a].band && fr[b].end == fr[a].end && fr[b].tot == fr[a].tot) {
+                if (b == a || fr[b].page != fr[b - 1].page) pagesn++;
+                if (b > a && fr[b].num < fr[b - 1].num) mono = 0;
+                if (b > a && fr[b].num != fr[b - 1].num) vary = 1;
+                b++;
+            }
+            if (mono && vary && pagesn >= need)
+                for (int k = a; k < b; k++) {
+                    frow *r = &rs[fr[k].row];
+                    if (!r->mark) r->mark = 5 + (int)fr[k].end;
+                }
+            a = b;
+        }
+        free(fr);
+    }
 apply:
     for (int i = 0; i < nr; i++) {
         frow *r = &rs[i];
         if (!r->mark) continue;
         ql_pdf_page *pg = pages[r->page];
         float nsize = 0;
+        if (r->mark >= 5) {   /* a slide number: only the number goes */
+            marked += strip_fraction(pg, r->numline[r->mark - 5], r->mark - 5, furn[r->page]);
+            continue;
+        }
         if (r->mark >= 3) {
             /* by a page number: the number's line, and the row's lines set in
                its type (a frame title beside a slide number stays) */
@@ -620,7 +762,12 @@ static float find_gutter(const ql_pdf_page *pg, const int *idx, int n)
 static const char *bullets[] = {"\xE2\x80\xA2", "\xE2\x97\xA6", "\xE2\x96\xAA", "\xE2\x96\xAB", "\xE2\x80\xA3",
                                 "\xE2\x81\x83", "\xE2\x97\x8F", "\xE2\x97\x8B", "\xE2\x96\xA0", "\xE2\x96\xA1",
                                 "\xE2\x96\xBA", "\xE2\x80\x93", "\xE2\x80\x94", "\xC2\xB7", "\xEF\x82\xB7",
-                                "\xE2\x9E\xA2", "\xE2\x9C\x93", "-", "*", "+", "o", NULL};
+                                "\xE2\x9E\xA2", "\xE2\x9C\x93",
+                                /* Beamer's and other slide bullets: black and white triangles
+                                   (amssymb's \blacktriangleright is U+25B6), diamonds, arrows */
+                                "\xE2\x96\xB6", "\xE2\x96\xB7", "\xE2\x96\xB8", "\xE2\x96\xB9", "\xE2\x97\x86",
+                                "\xE2\x97\x87", "\xE2\x9D\x96", "\xE2\x9E\xA4", "\xE2\x97\xBE", "\xE2\x97\xBC",
+                                "-", "*", "+", "o", NULL};
 
 /* Length in bytes of a list marker (with its space) at the start of t, 0 if none. */
 static int list_marker(const char *t, int separate_span, int *ordered)
@@ -661,24 +808,178 @@ static int list_marker(const char *t, int separate_span, int *ordered)
     return (int)(q - t) + 1;
 }
 
-/* Builds rows for one page in reading order; appends to rv. */
-static int page_rows(ql_pdf_page *pg, const unsigned char *furn, rowvec *rv, int *ncols_seen)
+/* A title block of authors side by side (acmart, article's \and): under a
+   title, on the first page, bands of lines (cut where no line covers a
+   vertical gap of a quarter line, or under a line set much larger) that split
+   at x gutters into two or more
+   stacks of centred lines, one line per baseline, each stack an author's
+   name, affiliation and address. Read across, the rows would interleave the
+   authors line by line. Fills ord/colof/stk with the lines of the bands up
+   to the last such band, stack by stack (each stack a column of its own,
+   stk its number from 1; other bands a column each), colb/ncol with the
+   columns; returns how many of idx[0..n) (sorted by baseline) it took. */
+static int title_stacks(const ql_pdf_page *pg, const int *idx, int n, int *ord, int *colof, int *stk,
+                        float (*colb)[2], int *ncol)
+{
+    enum { MAXB = 16 };
+    int bstart[MAXB + 1], nb = 0, last_stack = -1, first_stack = -1;
+    int isstack[MAXB] = {0}, single[MAXB] = {0};
+    float wide = 0.3f * pg->width;
+    int stop = n;   /* the first line of body text (wide, and a wide line under it
+                       starts at its x), or past the top 60% of the page */
+    for (int i = 0; i < n && stop == n; i++) {
+        const ql_pdf_line *l = &pg->lines[idx[i]];
+        if (l->y0 > 0.6f * pg->height) stop = i;
+        for (int k = i + 1; k < n && k <= i + 3 && l->x1 - l->x0 >= wide; k++) {
+            const ql_pdf_line *m = &pg->lines[idx[k]];
+            if (m->x1 - m->x0 >= wide && fabsf(m->x0 - l->x0) < 1.5f) { stop = i; break; }
+        }
+    }
+    if (stop < 4) return 0;
+    /* bands */
+    float maxy1 = -1e9f, lastsz = 0;
+    for (int i = 0; i < stop; i++) {
+        const ql_pdf_line *l = &pg->lines[idx[i]];
+        float h = l->y1 - l->y0, sz = l->nspans ? l->spans[0].size : 0;
+        /* a cut: a gap, or a much larger line just above (a title close over the authors) */
+        int cut = l->y0 > maxy1 + fmaxf(0.25f * h, 3.0f) || (lastsz > sz + 3 && l->y0 > maxy1 - 1);
+        lastsz = sz;
+        if (i == 0 || cut) {
+            if (nb == MAXB) { stop = i; break; }
+            bstart[nb++] = i;
+        }
+        maxy1 = fmaxf(maxy1, l->y1);
+    }
+    bstart[nb] = stop;
+    /* stacks within each band: x intervals merged */
+    int *grp = malloc((size_t)(stop + 1) * sizeof *grp);
+    if (!grp) return 0;
+    int ng_of[MAXB] = {0};
+    for (int b = 0; b < nb; b++) {
+        int a = bstart[b], e = bstart[b + 1], ng = 0;
+        /* groups: intervals that overlap (x order by insertion) */
+        float iv[64][2]; int cnt[64] = {0};
+        for (int i = a; i < e && ng >= 0; i++) {
+            const ql_pdf_line *l = &pg->lines[idx[i]];
+            float x0 = l->x0, x1 = l->x1;
+            int hit = -1;
+            for (int g = 0; g < ng; g++)
+                if (x0 < iv[g][1] + 2 && x1 > iv[g][0] - 2) {
+                    if (hit < 0) { hit = g; iv[g][0] = fminf(iv[g][0], x0); iv[g][1] = fmaxf(iv[g][1], x1); cnt[g]++; }
+                    else { ng = -1; break; }   /* a line across two stacks */
+                }
+            if (ng < 0) break;
+            if (hit < 0) { if (ng == 64) { ng = -1; break; } iv[ng][0] = x0; iv[ng][1] = x1; cnt[ng++] = 1; }
+        }
+        if (ng < 1) continue;
+        /* groups whose intervals grew into each other: not stacks */
+        int ok = 1;
+        for (int g = 0; g < ng && ok; g++)
+            for (int h = g + 1; h < ng && ok; h++)
+                if (iv[g][0] < iv[h][1] + 2 && iv[g][1] > iv[h][0] - 2) ok = 0;
+        for (int g = 0; g < ng && ok; g++) if (cnt[g] < 2) ok = 0;
+        /* each stack: centred lines, one per baseline */
+        for (int g = 0; g < ng && ok; g++) {
+            float c = 0.5f * (iv[g][0] + iv[g][1]);
+            float tol = fmaxf(3.0f, 0.05f * (iv[g][1] - iv[g][0]));
+            float lastb = -1e9f;
+            for (int i = a; i < e && ok; i++) {
+                const ql_pdf_line *l = &pg->lines[idx[i]];
+                if (!(l->x0 < iv[g][1] + 2 && l->x1 > iv[g][0] - 2)) continue;
+                if (fabsf(0.5f * (l->x0 + l->x1) - c) > tol) ok = 0;
+                if (fabsf(l->baseline - lastb) < 0.3f * (l->y1 - l->y0)) ok = 0;
+                lastb = l->baseline;
+            }
+        }
+        if (!ok) continue;
+        ng_of[b] = ng;
+        if (ng == 1) { single[b] = 1; continue; }   /* one author alone: a stack when under others */
+        isstack[b] = 1;
+        if (first_stack < 0) first_stack = b;
+        last_stack = b;
+    }
+    int took = 0;
+    while (last_stack >= 0 && last_stack + 1 < nb && single[last_stack + 1]) isstack[++last_stack] = 1;
+    if (first_stack >= 0) {
+        /* a title above the first stacks, set larger than any of their lines */
+        float smax = 0, tmax = 0;
+        for (int b = first_stack; b <= last_stack; b++)
+            if (isstack[b])
+                for (int i = bstart[b]; i < bstart[b + 1]; i++) {
+                    const ql_pdf_line *l = &pg->lines[idx[i]];
+                    for (int k = 0; k < l->nspans; k++) smax = fmaxf(smax, l->spans[k].size);
+                }
+        for (int i = 0; i < bstart[first_stack]; i++) {
+            const ql_pdf_line *l = &pg->lines[idx[i]];
+            for (int k = 0; k < l->nspans; k++) tmax = fmaxf(tmax, l->spans[k].size);
+        }
+        if (tmax > smax + 1) took = bstart[last_stack + 1];
+    }
+    int no = 0, nst = 0;
+    for (int b = 0; took && b <= last_stack; b++) {
+        int a = bstart[b], e = bstart[b + 1];
+        if (!isstack[b] || *ncol + ng_of[b] > 60) {
+            if (*ncol < 63) { colb[*ncol][0] = 0; colb[*ncol][1] = pg->width; (*ncol)++; }
+            for (int i = a; i < e; i++) { ord[no] = idx[i]; colof[no] = *ncol - 1; stk[no] = 0; no++; }
+            continue;
+        }
+        /* stacks left to right: repeatedly the leftmost line not yet taken
+           opens a stack, which takes the lines it overlaps, top to bottom */
+        for (int i = a; i < e; i++) grp[i] = 0;
+        for (;;) {
+            int lead = -1;
+            for (int i = a; i < e; i++)
+                if (!grp[i] && (lead < 0 || pg->lines[idx[i]].x0 < pg->lines[idx[lead]].x0)) lead = i;
+            if (lead < 0) break;
+            float x0 = pg->lines[idx[lead]].x0, x1 = pg->lines[idx[lead]].x1;
+            for (int again = 1; again;) {   /* the stack's extent, grown to a fixpoint */
+                again = 0;
+                for (int i = a; i < e; i++) {
+                    const ql_pdf_line *l = &pg->lines[idx[i]];
+                    if (!grp[i] && l->x0 < x1 + 2 && l->x1 > x0 - 2 && (l->x0 < x0 || l->x1 > x1)) {
+                        x0 = fminf(x0, l->x0); x1 = fmaxf(x1, l->x1); again = 1;
+                    }
+                }
+            }
+            nst++;
+            colb[*ncol][0] = x0; colb[*ncol][1] = x1;
+            for (int i = a; i < e; i++) {
+                const ql_pdf_line *l = &pg->lines[idx[i]];
+                if (!grp[i] && l->x0 < x1 + 2 && l->x1 > x0 - 2) {
+                    grp[i] = 1; ord[no] = idx[i]; colof[no] = *ncol; stk[no] = nst; no++;
+                }
+            }
+            (*ncol)++;
+        }
+    }
+    free(grp);
+    return took ? no : 0;
+}
+
+/* Builds rows for one page in reading order; appends to rv. first: the
+   document's first page with text (where a title block stands). */
+static int page_rows(ql_pdf_page *pg, const unsigned char *furn, rowvec *rv, int *ncols_seen, int first)
 {
     int n = 0;
     int *idx = malloc((size_t)(pg->nlines ? pg->nlines : 1) * sizeof *idx);
     int *ord = malloc((size_t)(pg->nlines ? pg->nlines : 1) * sizeof *ord);
     int *colof = malloc((size_t)(pg->nlines ? pg->nlines : 1) * sizeof *colof);
-    if (!idx || !ord || !colof) { free(idx); free(ord); free(colof); return -1; }
+    int *stk = calloc((size_t)(pg->nlines ? pg->nlines : 1), sizeof *stk);
+    if (!idx || !ord || !colof || !stk) { free(idx); free(ord); free(colof); free(stk); return -1; }
     for (int i = 0; i < pg->nlines; i++) if (!furn[i]) idx[n++] = i;
     sort_lines(pg, idx, n);
+    float colb[64][2]; int ncol = 0;
+    /* a title block's stacks first; the rest of the page after them */
+    int nz = first ? title_stacks(pg, idx, n, ord, colof, stk, colb, &ncol) : 0;
+    int no = nz;
+    int *all = idx;
+    idx += nz; n -= nz;
     float gut = find_gutter(pg, idx, n);
-    int no = 0;
     float fminx = 1e9f, fmaxx = -1e9f;
     for (int i = 0; i < n; i++) { fminx = fminf(fminx, pg->lines[idx[i]].x0); fmaxx = fmaxf(fmaxx, pg->lines[idx[i]].x1); }
-    float colb[64][2]; int ncol = 0;
     if (gut < 0) {
-        for (int i = 0; i < n; i++) { ord[no] = idx[i]; colof[no++] = 0; }
-        colb[0][0] = fminx; colb[0][1] = fmaxx; ncol = 1;
+        if (n > 0 && ncol < 63) { colb[ncol][0] = fminx; colb[ncol][1] = fmaxx; ncol++; }
+        for (int i = 0; i < n; i++) { ord[no] = idx[i]; colof[no++] = ncol - 1; }
     } else {
         /* bands separated by lines that cross the gutter */
         int i = 0;
@@ -727,12 +1028,12 @@ static int page_rows(ql_pdf_page *pg, const unsigned char *furn, rowvec *rv, int
             j++;
         }
         row r; memset(&r, 0, sizeof r);
-        r.page = pg->number; r.col = colof[i];
+        r.page = pg->number; r.col = colof[i]; r.stack = stk[i];
         r.colx0 = colb[colof[i]][0]; r.colx1 = colb[colof[i]][1];
         int ns = 0;
         for (int k = i; k < j; k++) ns += pg->lines[ord[k]].nspans;
         r.spans = malloc((size_t)ns * sizeof *r.spans);
-        if (!r.spans) { free(idx); free(ord); free(colof); return -1; }
+        if (!r.spans) { free(all); free(ord); free(colof); free(stk); return -1; }
         /* lines in x order */
         for (int k = i + 1; k < j; k++) {
             int t = ord[k], m = k;
@@ -771,10 +1072,10 @@ static int page_rows(ql_pdf_page *pg, const unsigned char *furn, rowvec *rv, int
         r.text = text.p ? text.p : strdup("");
         r.newcol = colof[i] != prevcol;
         prevcol = colof[i];
-        if (text.oom || !r.text || row_push(rv, &r)) { free(r.spans); free(r.text); free(idx); free(ord); free(colof); return -1; }
+        if (text.oom || !r.text || row_push(rv, &r)) { free(r.spans); free(r.text); free(all); free(ord); free(colof); free(stk); return -1; }
         i = j;
     }
-    free(idx); free(ord); free(colof);
+    free(all); free(ord); free(colof); free(stk);
     return 0;
 }
 
@@ -928,14 +1229,24 @@ static void row_rich_text(str *s, const row *r, int styles, int skip)
     }
 }
 
-/* Appends row text to a paragraph, joining hyphenated words. */
+/* Appends row text to a paragraph, joining hyphenated words, also where the
+   style changes at the break: "*exam-*" + "*ple*" gives "*example*",
+   "exam-" + "*ple*" "exam*ple*", "*exam-*" + "ple" "*exam*ple" (emphasis
+   marks only: code keeps its hyphens). */
 static void para_join(str *para, const char *add)
 {
     if (para->n) {
-        size_t n = para->n;
-        int hyph = n >= 2 && para->p[n - 1] == '-' && isalpha((unsigned char)para->p[n - 2]) && is_lower_start(add);
-        if (hyph) { para->n--; para->p[para->n] = 0; }
-        else if (s_last(para) != ' ') s_addc(para, ' ');
+        size_t n = para->n, close = 0, open = 0;
+        while (close < 3 && close < n && para->p[n - 1 - close] == '*') close++;
+        while (open < 3 && add[open] == '*') open++;
+        size_t h = n - close;   /* the hyphen's place, plus one */
+        int hyph = h >= 2 && para->p[h - 1] == '-' && isalpha((unsigned char)para->p[h - 2]) &&
+                   is_lower_start(add + open) && (!close || !open || close == open);
+        if (hyph) {
+            if (close && open) { para->n = h - 1; add += open; }        /* one style: one span */
+            else { memmove(para->p + h - 1, para->p + h, close); para->n--; }
+            para->p[para->n] = 0;
+        } else if (s_last(para) != ' ') s_addc(para, ' ');
     }
     s_add(para, add);
 }
@@ -1201,6 +1512,71 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch, const q
     if (brk != brkbuf) free(brk);
 }
 
+/* ---------------------------------------------------------------- slide decks */
+/* A deck's outline entries not matched on their page (olrow[k] < 0) become
+   heading rows (no spans) before the first row of their target page, after
+   the row of the entry before when that stands on the same page; heading rows
+   not from the outline get levels below the outline entry in effect: the
+   page's first (the frame title, with the rows it wraps onto) one deeper,
+   others (block titles) two. Matched rows keep the outline's level. */
+static int deck_outline(rowvec *rv, const ql_pdf_outline_item *ol, int nol, const int *olrow)
+{
+    int nr = rv->n, nins = 0;
+    int *pos = malloc((size_t)nol * sizeof *pos);
+    if (!pos) return -1;
+    int lastat = 0, lastpage = -1;   /* where the entry before stands */
+    for (int k = 0; k < nol; k++) {
+        pos[k] = -1;
+        if (olrow[k] >= 0 && olrow[k] < nr) { lastat = olrow[k] + 1; lastpage = rv->v[olrow[k]].page; continue; }
+        if (ol[k].page < 0 || !ol[k].title || !ol[k].title[0]) continue;
+        int at = 0;
+        while (at < nr && rv->v[at].page < ol[k].page) at++;
+        if (lastpage == ol[k].page && lastat > at) at = lastat;
+        pos[k] = at; lastat = at; lastpage = ol[k].page;
+        nins++;
+    }
+    row *v = malloc((size_t)(nr + nins + 1) * sizeof *v);
+    if (!v) { free(pos); return -1; }
+    int n = 0, cur = 0, fail = 0, titlepage = -1, titlerow = -1;
+    for (int i = 0; i <= nr; i++) {
+        for (int k = 0; k < nol; k++) {
+            if (pos[k] != i) continue;
+            row h; memset(&h, 0, sizeof h);
+            h.page = i < nr ? rv->v[i].page : ol[k].page;
+            h.col = -1;
+            h.kind = R_HEAD;
+            h.level = ol[k].level < 1 ? 1 : ol[k].level > 6 ? 6 : ol[k].level;
+            h.text = strdup(ol[k].title);
+            /* one line: titles may hold newlines */
+            for (char *c = h.text; c && *c; c++) if (*c == '\n' || *c == '\r' || *c == '\t') *c = ' ';
+            if (!h.text) { fail = 1; continue; }
+            cur = h.level;
+            v[n++] = h;
+        }
+        if (i == nr) break;
+        row *r = &rv->v[i];
+        int from_ol = 0;
+        for (int k = 0; k < nol && !from_ol; k++) from_ol = olrow[k] == i;
+        if (from_ol) cur = r->level;
+        else if (r->kind == R_HEAD) {
+            const row *pr = n ? &v[n - 1] : NULL;
+            if (pr && titlerow == n - 1 && pr->page == r->page && pr->col == r->col &&
+                fabsf(pr->size - r->size) < 0.6f && r->base - pr->base < 1.6f * r->size) {
+                r->level = pr->level;        /* the title wraps */
+                titlerow = n;
+            } else if (titlepage != r->page) {
+                r->level = cur + 1 < 6 ? cur + 1 : 6;
+                titlepage = r->page; titlerow = n;
+            } else r->level = cur + 2 < 6 ? cur + 2 : 6;
+        }
+        v[n++] = *r;
+    }
+    free(pos);
+    free(rv->v);
+    rv->v = v; rv->n = n; rv->cap = nr + nins + 1;
+    return fail ? -1 : 0;
+}
+
 /* ---------------------------------------------------------------- main */
 /* A page counts as unmapped when most of its text has no Unicode meaning. */
 static int page_unmapped(const ql_pdf_page *pg)
@@ -1258,9 +1634,10 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
         if (!live || !lfurn) { free(live); free(lfurn); st = ql_fail(QL_ENOMEM, "%s: out of memory", path); goto done; }
         for (int p = 0; p < np; p++) if (pages[p]) { live[nl] = pages[p]; lfurn[nl] = furn[p]; nl++; }
         if (!opts.keep_furniture) nfurn = find_furniture(pdf, live, nl, lfurn);
-        int ncols = 0;
+        int ncols = 0, first_text = 0;
+        while (first_text < nl && live[first_text]->nlines == 0) first_text++;
         for (int i = 0; i < nl && st == QL_OK && !TIME_UP(); i++)
-            if (page_rows(live[i], lfurn[i], &rv, &ncols)) st = ql_fail(QL_ENOMEM, "%s: out of memory", path);
+            if (page_rows(live[i], lfurn[i], &rv, &ncols, i == first_text)) st = ql_fail(QL_ENOMEM, "%s: out of memory", path);
         free(live); free(lfurn);
         if (st) goto done;
     }
@@ -1291,12 +1668,26 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
         free(v); free(w);
     }
 
+    /* a slide deck: landscape pages. A frame's title is its first row, at
+       the top, bold or larger than the text even when it ends a sentence.
+       The outline names sections that stand only in the navigation bar
+       (furniture): entries not found on their own page become headings
+       there, frame titles go one level below (deck_outline), and rows that
+       repeat outline titles elsewhere (an "Outline" frame) become a list */
+    int deck = 0;
+    {
+        int land = 0, live = 0;
+        for (int p = 0; p < np; p++)
+            if (pages[p]) { live++; land += pages[p]->width > 1.15f * pages[p]->height; }
+        deck = live >= 3 && land * 10 >= live * 8;
+    }
     /* classify rows */
     hstyle hs[64]; int nhs = 0;
     unsigned char *tocc = calloc((size_t)nr + 1, 1);   /* rows that may be contents lines without a leader */
     for (int i = 0; i < nr; i++) {
         row *r = &R[i];
         r->kind = R_TEXT;
+        if (r->stack) continue;   /* a title block's stack: text, one paragraph */
         size_t tl = strlen(r->text);
         int sep = r->nspans > 1 && (r->spans[1]->x0 - r->spans[0]->x1 > 0.25f * r->size ||
                                     r->spans[0]->flags != r->spans[1]->flags);
@@ -1323,6 +1714,8 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
         if (r->ncells >= 2) { r->kind = R_TABLE; continue; }
         int big = r->size >= body * 1.12f;
         int boldshort = (r->all & QL_PDF_BOLD) && r->size >= body * 0.95f && tl < 120 && !text_ends_sentence(r->text);
+        if (deck && (i == 0 || R[i - 1].page != r->page) && r->y0 < 0.25f * pages[r->page]->height && tl < 200 &&
+            (((r->all & QL_PDF_BOLD) && r->size >= body * 0.95f) || r->size >= body * 1.08f)) big = 1;
         if ((big && tl < 200) || boldshort) {
             r->kind = R_HEAD;
             float sz = roundf(r->size * 2) / 2;
@@ -1366,7 +1759,7 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
     if (TIME_UP()) goto done;
     for (int i = 0; i < nr && !ql_pdf_timed_out(pdf); i++) {
         row *r = &R[i];
-        if (r->kind != R_TEXT && r->kind != R_TABLE) continue;
+        if ((r->kind != R_TEXT && r->kind != R_TABLE) || r->stack) continue;
         ql_pdf_page *pg = pages[r->page];
         if (!pg) continue;
         for (int k = 0; k < pg->nrules; k++) {
@@ -1415,33 +1808,70 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
     }
     /* heading levels: outline first */
     int use_ol = 0;
+    int *olrow = NULL;   /* deck: the row each outline entry matched, -1 none */
     if (nol > 0) {
         int matched = 0;
         char a[256], b[256];
         int *olhit = calloc((size_t)nol, sizeof *olhit);
+        if (deck) {
+            olrow = malloc((size_t)nol * sizeof *olrow);
+            if (!olrow) { free(olhit); st = ql_fail(QL_ENOMEM, "%s: out of memory", path); goto done; }
+            for (int k = 0; k < nol; k++) olrow[k] = -1;
+        }
+        /* pass 1: rows that look like headings; pass 2, for the entries
+           left: a row that is the whole title in italics (groff mom's third
+           level), not the italic mention of a title before its heading */
+        for (int pass = 0; pass < 2; pass++)
         for (int i = 0; i < nr && !ql_pdf_timed_out(pdf); i++) {
             row *r = &R[i];
             if (r->kind == R_CODE || r->kind == R_TABLE || r->kind == R_TOC) continue;
+            if (pass && (r->kind != R_TEXT || !(r->all & QL_PDF_ITALIC))) continue;
             norm_key(r->text, a, sizeof a, 0);
             if (!a[0]) continue;
             for (int k = 0; k < nol; k++) {
                 if (olhit && olhit[k]) continue;
-                if (ol[k].page >= 0 && abs(ol[k].page - r->page) > 1) continue;
+                if (ol[k].page >= 0 && abs(ol[k].page - r->page) > (deck ? 0 : 1)) continue;
+                if (deck && r->kind != R_HEAD && r->kind != R_TEXT) continue;
                 norm_key(ol[k].title, b, sizeof b, 0);
                 size_t la = strlen(a), lb = strlen(b);
                 if (!lb) continue;
                 int eq = la == lb ? strcmp(a, b) == 0 : (la > lb && strcmp(a + la - lb, b) == 0 && la - lb <= 6);
                 if (!eq) continue;
-                /* the row must look like a heading: bigger, or bold, or set apart */
-                if (r->kind != R_HEAD && !(r->all & QL_PDF_BOLD) && r->size < body * 1.05f) continue;
+                /* the row must look like a heading: bigger, or bold (pass 1) */
+                if (pass ? la != lb : r->kind != R_HEAD && !(r->all & QL_PDF_BOLD) && r->size < body * 1.05f) continue;
                 r->kind = R_HEAD; r->level = ol[k].level < 6 ? ol[k].level : 6;
                 if (olhit) olhit[k] = 1;
+                if (olrow) olrow[k] = i;
                 matched++;
                 break;
             }
         }
         free(olhit);
         use_ol = matched * 2 >= nol || matched >= 3;
+        if (deck) use_ol = 0;
+        /* deck: a row that is an outline title (a section number before it
+           allowed) away from that entry's page is a contents line */
+        char (*okey)[256] = deck && olrow ? malloc((size_t)nol * sizeof *okey) : NULL;
+        for (int k = 0; okey && k < nol; k++) norm_key(ol[k].title ? ol[k].title : "", okey[k], sizeof okey[k], 0);
+        for (int i = 0; okey && i < nr; i++) {
+            row *r = &R[i];
+            if (r->kind != R_HEAD && r->kind != R_TEXT) continue;
+            int mine = 0;
+            for (int k = 0; k < nol && !mine; k++) mine = olrow[k] == i;
+            if (mine) continue;
+            norm_key(r->text, a, sizeof a, 0);
+            size_t la = strlen(a);
+            if (!la) continue;
+            for (int k = 0; k < nol; k++) {
+                if (ol[k].page == r->page) continue;
+                size_t lb = strlen(okey[k]);
+                if (lb < 4 || la < lb || la - lb > 3 || strcmp(a + la - lb, okey[k])) continue;
+                if (la > lb && !isdigit((unsigned char)a[0])) continue;
+                r->kind = R_LIST; r->marker_len = 0; r->marker_x = r->x0; r->ordered = 0; r->level = 0;
+                break;
+            }
+        }
+        free(okey);
         if (use_ol) {
             /* styles seen on outline headings map to levels; other candidates with
                those styles (deeper than the outline) keep them, the rest are text */
@@ -1459,11 +1889,16 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
                 if (r->kind != R_HEAD || r->level) continue;
                 r->kind = R_TEXT;
             }
-        } else {
+        } else if (!deck) {
             for (int i = 0; i < nr; i++) R[i].level = 0;
         }
     }
-    if (!use_ol) {
+    if (deck && olrow) {
+        if (deck_outline(&rv, ol, nol, olrow)) { free(olrow); st = ql_fail(QL_ENOMEM, "%s: out of memory", path); goto done; }
+        R = rv.v; nr = rv.n;
+    }
+    free(olrow);
+    if (!use_ol && !(deck && nol > 0)) {
         qsort(hs, (size_t)nhs, sizeof *hs, hstyle_cmp);
         for (int k = 0; k < nhs; k++) hs[k].level = k + 1 < 6 ? k + 1 : 6;
         for (int i = 0; i < nr; i++) {
@@ -1514,7 +1949,7 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
             s_add(&h, r->text);
             int j = i + 1;
             /* a heading wrapped over two rows */
-            while (j < nr && R[j].kind == R_HEAD && R[j].level == r->level && R[j].page == r->page &&
+            while (j < nr && r->nspans && R[j].nspans && R[j].kind == R_HEAD && R[j].level == r->level && R[j].page == r->page &&
                    R[j].col == r->col && R[j].base - R[j - 1].base < 1.6f * r->size && j - i < 3) {
                 s_addc(&h, ' '); s_add(&h, R[j].text); j++;
             }
@@ -1685,7 +2120,8 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
         /* text row */
         int newpara = !para_open;
         if (para_open && prev) {
-            if (prev->kind != R_TEXT) newpara = 1;
+            if (r->stack || prev->stack) newpara = r->stack != prev->stack || prev->kind != R_TEXT;
+            else if (prev->kind != R_TEXT) newpara = 1;
             else if (same_flow) {
                 if (gap > pitch * 1.28f + 0.5f || gap < 0) newpara = 1;
                 else if (fabsf(r->size - prev->size) > 0.8f) newpara = 1;

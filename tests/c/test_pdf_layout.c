@@ -7,7 +7,15 @@
  *                  even ones, roman front matter, "N / M" footers;
  *   layout.ms.pdf  numbered headings (.NH "1. Loops"; "A.1   Installing" with
  *                  its number apart), code whose style changes inside a word,
- *                  a table of contents with dot leaders.
+ *                  a table of contents with dot leaders;
+ *   outline.mom.pdf (groff -mom -Tpdf)  third-level headings in italics a
+ *                  hair larger than the text, known only from the outline;
+ * and by pdflatex from the LaTeX sources there:
+ *   slides.beamer.pdf  a Beamer deck: "N / M" frame numbers in the title bar,
+ *                  glyph bullets (triangles, bullets, circles) nested three
+ *                  deep, overlays, sections named only in the navigation bar;
+ *   paper.latex.pdf  a two-column article: authors side by side under the
+ *                  title, words hyphenated at line ends across style changes.
  */
 #include "qltest.h"
 
@@ -87,5 +95,65 @@ QL_TEST(pdf_layout_of_manuals)
     CHECK(strstr(md, "\n- 1\\. Loops\n  - 1.1. Nested loops\n- 2\\. Conditionals\n  - 2.1. Case statements\n") != NULL);
     CHECK(strstr(md, ". . .") == NULL);
     CHECK(strchr(md, '|') == NULL);
+    free(md);
+}
+
+QL_TEST(pdf_slide_deck)
+{
+    ql_pdf_md_stats st;
+    char *md = md_of("pdf/slides.beamer.pdf", &st);
+    if (!md) return;
+    /* frame numbers leave the titles, which become headings below the
+       sections of the outline (named on the slides only in the navigation bar) */
+    CHECK_EQ_INT(count(md, " / 5"), 0);
+    CHECK(strstr(md, "\n# Basics\n\n## About this tutorial\n") != NULL);
+    CHECK(strstr(md, "\n# Practice\n\n## Oiling the axles\n") != NULL);
+    CHECK_EQ_INT(count(md, "\n## Gears and belts\n"), 3);   /* one frame, three overlays */
+    CHECK_EQ_INT(count(md, "Basics"), 1);
+    /* glyph bullets become list items, nested by their x */
+    CHECK(strstr(md, "\n- Machines that make no noise\n- Why quiet matters\n  - for sleep\n  - for work\n"
+                     "    - even in open offices\n- What comes next\n") != NULL);
+    CHECK(strstr(md, "\n- Use light oil\n  - never grease on fast axles\n- Wipe off what drips\n") != NULL);
+    CHECK(strstr(md, "\xE2\x96\xB6") == NULL);   /* no triangle left */
+    CHECK(strstr(md, "\n1. Quiet machines are kind machines\n2. Oil them\n") != NULL);
+    free(md);
+}
+
+QL_TEST(pdf_title_block_side_by_side)
+{
+    char *md = md_of("pdf/paper.latex.pdf", NULL);
+    if (!md) return;
+    /* each author's stack kept together, in order, not interleaved line by line */
+    CHECK(strstr(md, "# Quiet Gears in Loud Rooms\n\n"
+                     "Ada Example Institute of Gears Hekla, Iceland ada@gears.example\n\n"
+                     "Ben Sample Belt Works Dublin, Ohio, USA ben@belts.example\n\n"
+                     "Cai Trial Oil Laboratories Doimukh, India cai@oil.example\n\n"
+                     "Dee Probe University of Axles Haidian, China dee@axles.example\n\n"
+                     "Eve Test The Quiet Group Rocquencourt, France eve@quiet.example\n\n") != NULL);
+    CHECK(strchr(md, '|') == NULL);
+    CHECK(strstr(md, "# Eve") == NULL);
+    free(md);
+}
+
+QL_TEST(pdf_hyphens_across_styles)
+{
+    char *md = md_of("pdf/paper.latex.pdf", NULL);
+    if (!md) return;
+    /* hyphens at line ends joined across style changes, as in plain text */
+    CHECK(strstr(md, "Take for *example* a mill") != NULL);
+    CHECK(strstr(md, "A heavy counter*weight* kept") != NULL);
+    CHECK(strstr(md, "we call the **toothband** of a machine") != NULL);
+    CHECK(strstr(md, "-*") == NULL && strstr(md, "-**") == NULL);
+    free(md);
+}
+
+QL_TEST(pdf_mom_outline_headings)
+{
+    char *md = md_of("pdf/outline.mom.pdf", NULL);
+    if (!md) return;
+    CHECK(strstr(md, "\n### Gears\n") != NULL);
+    CHECK(strstr(md, "\n#### Spur gears\n\nSpur gears are the loudest") != NULL);
+    CHECK(strstr(md, "\n#### Worm gears\n") != NULL);
+    CHECK(strstr(md, "\n#### Oiling the axles\n") != NULL);
     free(md);
 }

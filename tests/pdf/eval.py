@@ -4,7 +4,9 @@ with our engine (bin/pdf_tool md) and with pymupdf4llm, scores both against
 tests/pdf/src/NAME.md (score.py), measures single-core pages/s for both, and
 writes tests/pdf/RESULTS.md. Needs bin/pdf_tool (built by ./setup.sh) and
 a Python with pymupdf4llm (default /opt/refenv/bin/python runs this file).
-Usage: /opt/refenv/bin/python tests/pdf/eval.py [--no-peer] [--keep DIR]
+Usage: /opt/refenv/bin/python tests/pdf/eval.py [--no-peer] [--keep DIR] [--tool PDF_TOOL]
+Fixtures without a Markdown source (src/NAME.md: the groff and LaTeX layout
+cases of tests/c/test_pdf_layout.c) are left out.
 """
 import datetime
 import glob
@@ -33,9 +35,13 @@ def main():
     if "--keep" in sys.argv:
         keep = sys.argv[sys.argv.index("--keep") + 1]
         os.makedirs(keep, exist_ok=True)
-    tool = os.path.join(root, "bin", "pdf_tool")
+    tool = next((p for p in (os.path.join(root, "bin", "pdf_tool"), os.path.join(root, "bin-cpu", "pdf_tool"))
+                 if os.path.exists(p)), os.path.join(root, "bin", "pdf_tool"))
+    if "--tool" in sys.argv:
+        tool = sys.argv[sys.argv.index("--tool") + 1]
     files = sorted(f for f in glob.glob(os.path.join(root, "tests/fixtures/pdf/*.pdf"))
-                   if not os.path.basename(f).startswith("bad"))
+                   if not os.path.basename(f).startswith("bad") and
+                   os.path.exists(os.path.join(here, "src", os.path.basename(f).split(".")[0] + ".md")))
     if peer:
         os.sched_setaffinity(0, {0})
         import pymupdf

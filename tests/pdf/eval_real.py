@@ -15,7 +15,9 @@ Metrics, per file (MuPDF's own text and outline, through PyMuPDF, are the refere
             the output that is one of them (or holds one with a varying number, e.g.
             "Chapter 3: Basic Shell Features 7" inside a paragraph) counts, less the
             times the same text stands as a body line of the PDF (a title that is also
-            the running head)
+            the running head), and less, for headings, the times the text is an entry
+            of the outline (a slide deck's sections, named only in its navigation
+            bar, come out once each as headings: structure, not furniture)
   lone      lone page numbers: output lines that are only "12", "xii", "- 12 -",
             "12 / 92", "Page 12" (outside code blocks)
   toctab    table rows that hold an outline title (a table of contents or numbered
@@ -170,6 +172,8 @@ def score(doc, md, ref, furn, body):
     ntoc = sum(1 for t in toc if hkey(t[1]))
     # furniture left: whole lines, or keys with a varying number inside a line
     leak = collections.Counter()
+    hleak = collections.Counter()   # of those, headings
+    okeys = collections.Counter(fkey(t[1]) for t in toc)
     varying = [k for k in furn if "#" in k and len(k.split()) >= 3]
     for kind, t in lines:
         if kind == "code":
@@ -178,11 +182,12 @@ def score(doc, md, ref, furn, body):
         k = fkey(plain)
         if k in furn:
             leak[k] += 1
+            hleak[k] += kind.startswith("head")
             continue
         for f in varying:
             if f in k:
                 leak[f] += 1
-    furn_n = sum(max(0, c - body.get(k, 0)) for k, c in leak.items())
+    furn_n = sum(max(0, c - body.get(k, 0) - min(hleak[k], okeys[k])) for k, c in leak.items())
     lone = sum(1 for kind, t in lines if kind in ("text",) and LONE.match(re.sub(r"[*_\\]", "", t)))
     titles = {hkey(t[1]) for t in toc if len(hkey(t[1])) >= 4}
     toctab = 0

@@ -12,9 +12,15 @@
 # drawn with a font that has no Unicode mapping, written by plain python3).
 # Needs: pandoc texlive-latex-base texlive-latex-recommended
 # texlive-fonts-recommended groff (gropdf, not only groff-base) wkhtmltopdf libreoffice-writer(-nogui)
-# poppler-utils; python3 with PyMuPDF (pip install pymupdf). CI does not run
-# this: the PDFs are committed.
+# poppler-utils; python3 with PyMuPDF (pip install pymupdf); for the LaTeX
+# sources (src/*.PRODUCER.tex): texlive-latex-recommended (beamer)
+# texlive-pictures (pgf). CI does not run this: the PDFs are committed.
+# Arguments pick parts (default: all): md (the pandoc producers and their
+# outline-free copies), bad (broken inputs), ms (groff sources), tex (LaTeX
+# sources), unmapped.
 set -euo pipefail
+parts="${*:-md bad ms tex unmapped}"
+want() { [[ " $parts " == *" $1 "* ]]; }
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$here/../fixtures/pdf"
 py="${PYTHON:-/opt/refenv/bin/python}"
@@ -24,6 +30,7 @@ export SOURCE_DATE_EPOCH=1700000000 QT_QPA_PLATFORM=offscreen
 HEADER="Evaluation Corpus Draft"
 
 for src in "$here"/src/*.md; do
+  want md || break
   name="$(basename "$src" .md)"
   echo "== $name"
   # latex, one column, with a constant running header
@@ -60,7 +67,7 @@ TEX
 done
 
 # outline-free copies
-"$py" - "$out" <<'PY'
+want md && "$py" - "$out" <<'PY'
 import sys, glob, os, fitz
 for p in sorted(glob.glob(os.path.join(sys.argv[1], "*.pdf"))):
     if ".noout." in p or os.path.basename(p).startswith("bad"): continue
@@ -70,9 +77,9 @@ for p in sorted(glob.glob(os.path.join(sys.argv[1], "*.pdf"))):
 PY
 
 # broken inputs: truncated, not a PDF, encrypted, text-less (an image only)
-head -c 3000 "$out/guide.latex.pdf" > "$out/bad-truncated.pdf"
-printf 'this is not a pdf\n' > "$out/bad-notpdf.pdf"
-"$py" - "$out" <<'PY'
+want bad && head -c 3000 "$out/guide.latex.pdf" > "$out/bad-truncated.pdf"
+want bad && printf 'this is not a pdf\n' > "$out/bad-notpdf.pdf"
+want bad && "$py" - "$out" <<'PY'
 import sys, os, fitz
 out = sys.argv[1]
 d = fitz.open(os.path.join(out, "guide.latex.pdf"))
@@ -85,7 +92,7 @@ pg.insert_image(pg.rect, pixmap=pix)
 s.save(os.path.join(out, "bad-scanned.pdf"), deflate=True)
 PY
 
-# groff sources (tests/pdf/src/*.ms) rendered once each, with gropdf:
+# groff sources (tests/pdf/src/*.ms, *.mom) rendered once each, with gropdf:
 #   footnote-long.ms.pdf   a footnote of more than 256 bytes over several rows
 #                          (the footnote hang of issue 9)
 #   heads.ms.pdf           a book's running heads and footers: chapter names with
@@ -94,13 +101,38 @@ PY
 #                          written by tests/pdf/gen_heads.py)
 #   layout.ms.pdf          numbered headings, code with style changes inside a
 #                          word, a table of contents with leaders
-python3 "$here/gen_heads.py"
-for src in "$here"/src/*.ms; do
-  groff -ms -Tpdf "$src" > "$out/$(basename "$src" .ms).ms.pdf"
-done
+if want ms; then
+  python3 "$here/gen_heads.py"
+  for src in "$here"/src/*.ms; do
+    groff -ms -Tpdf "$src" > "$out/$(basename "$src" .ms).ms.pdf"
+  done
+  # groff mom: outline.mom.pdf, third-level headings in italics a hair larger
+  # than the text (as groff's own mom-pdf.pdf), told from it by the outline
+  for src in "$here"/src/*.mom; do
+    groff -mom -Tpdf "$src" > "$out/$(basename "$src" .mom).mom.pdf"
+  done
+fi
+
+# LaTeX sources (tests/pdf/src/NAME.PRODUCER.tex -> NAME.PRODUCER.pdf), pdflatex
+# twice (frame totals, outline):
+#   slides.beamer.pdf      a Beamer deck: glyph bullets (triangles, bullets,
+#                          circles) nested three deep, "N / M" frame numbers in
+#                          the title bar, overlays, a section navigation bar
+#   paper.latex.pdf        a two-column article: five authors side by side
+#                          under the title (centred stacks of name, institution,
+#                          city, e-mail), words hyphenated where the style
+#                          changes (plain to italic) or stays (italic, bold)
+if want tex; then
+  for src in "$here"/src/*.tex; do
+    name="$(basename "$src" .tex)"
+    cp "$src" "$tmp/$name.tex"
+    (cd "$tmp" && pdflatex -interaction=batchmode "$name.tex" >/dev/null && pdflatex -interaction=batchmode "$name.tex" >/dev/null)
+    cp "$tmp/$name.pdf" "$out/$name.pdf"
+  done
+fi
 
 # text without a Unicode mapping: no tools needed beyond python3
-python3 - "$out" <<'PY'
+want unmapped && python3 - "$out" <<'PY'
 import sys, os
 # bad-unmapped.pdf: a one-page PDF whose text is drawn with a Type3 font that has no ToUnicode map
 # and glyph names that mean nothing, as some producers write subset fonts.
