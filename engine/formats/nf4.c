@@ -17,8 +17,9 @@
  *                (The fmaf is in bitsandbytes' binary: GCC contracted it.)
  * This file must be compiled without floating-point contraction (-std=c11
  * implies -ffp-contract=off on GCC; clang defaults to on-in-expression only
- * with FP_CONTRACT, so the one place that must fuse calls fmaf explicitly and
- * the other expressions are split into separate statements).
+ * with FP_CONTRACT, so the places that must fuse call ql_fmaf explicitly (a
+ * correctly rounded fma of our own, below: C libraries' fmaf are not all correct)
+ * and the other expressions are split into separate statements).
  */
 #include "nf4.h"
 #include "platform.h"
@@ -82,8 +83,28 @@ static void torch_linspace_f32(float start, float end, int steps, float *out)
     float step = (end - start) / (float)(steps - 1);
     int half = steps / 2;
     for (int idx = 0; idx < steps; idx++)
-        out[idx] = idx < half ? fmaf(step, (float)idx, start)
-                              : fmaf(-step, (float)(steps - idx - 1), end);
+        out[idx] = idx < half ? ql_fmaf(step, (float)idx, start)
+                              : ql_fmaf(-step, (float)(steps - idx - 1), end);
+}
+
+float ql_fmaf(float a, float b, float c)
+{
+    double p = (double)a * (double)b;   /* exact: two 24-bit significands fit in 53 bits */
+    double s = p + (double)c;
+    if (!isfinite(s)) return (float)s;
+    /* the addition's rounding error (Knuth's TwoSum): 0 when s is exact */
+    double bv = s - p, err = (p - (s - bv)) + ((double)c - bv);
+    if (err != 0.0) {
+        /* round to odd: an inexact sum gets an odd last bit, one ulp toward the exact value, so
+           that rounding it to float (24 bits, 53 >= 24 + 2) rounds the exact value correctly */
+        uint64_t u;
+        memcpy(&u, &s, sizeof u);
+        if (!(u & 1)) {
+            u += (err > 0) == (s > 0) ? 1 : (uint64_t)-1;
+            memcpy(&s, &u, sizeof s);
+        }
+    }
+    return (float)s;
 }
 
 static int cmp_float(const void *a, const void *b)
@@ -347,7 +368,7 @@ static void quant8_task(void *arg, int64_t b0, int64_t b1)
             v = v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);
             float t = v + 1.0f;
             t = t * 0.5f;
-            float f = fmaf(t, 65535.0f, 0.5f);
+            float f = ql_fmaf(t, 65535.0f, 0.5f);
             uint16_t k = (uint16_t)(int32_t)f;
             j->absmax_q[i] = j->lut[k];
         }

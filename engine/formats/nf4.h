@@ -86,6 +86,10 @@ ql_status ql_nf4_validate(const ql_nf4 *q);
 /* Tables. ql_nf4_code: bitsandbytes' get_4bit_type("nf4"), index = nibble.
    ql_nf4_dynamic_map: create_dynamic_map(signed=True, max_exponent_bits=7,
    total_bits=8), 256 sorted values, computed the way torch does. */
+/* a * b + c rounded once (as C's fmaf), computed in double with round-to-odd so that it does
+   not depend on the C library: MinGW-w64's fmaf rounds some ties the wrong way, which moved
+   the NF4 tables off bitsandbytes' */
+float ql_fmaf(float a, float b, float c);
 void ql_nf4_code(float out[16]);
 void ql_nf4_dynamic_map(float out[256]);
 

@@ -8,6 +8,8 @@
 #include "nf4.h"
 #include "ql.h"
 
+#include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -344,4 +346,46 @@ QL_TEST(nf4_bad_input)
     CHECK_EQ_INT(p.nested_nblocks, (3584LL * 18944 / 128 + 255) / 256);
     CHECK(p.double_quant == 1 && p.nested_offset == 0.021445f && !strcmp(p.dtype, "float16"));
     CHECK_EQ_INT(ql_nf4_validate(&p), QL_EINVAL); /* arrays not attached yet */
+}
+
+/* ql_fmaf (the fma the NF4 tables are built with) is correctly rounded: the C library's fmaf
+   where it is right (glibc), on random triples and on short significands that make the
+   exact sum land on ties between floats; and the tie MinGW-w64's fmaf gets wrong. */
+#ifndef _WIN32
+static uint32_t xs32(uint32_t *s) { *s ^= *s << 13; *s ^= *s >> 17; *s ^= *s << 5; return *s; }
+static float short_float(uint32_t *s, int bits, int exp_range)
+{
+    int32_t m = (int32_t)(xs32(s) & ((1u << bits) - 1)) | (1 << bits);
+    int e = (int)(xs32(s) % (uint32_t)(2 * exp_range + 1)) - exp_range - bits;
+    return (xs32(s) & 1 ? -1.0f : 1.0f) * ldexpf((float)m, e);
+}
+#endif
+QL_TEST(nf4_fmaf_correctly_rounded)
+{
+    float got = ql_fmaf(0.1125f, 1.0f, 0.1f), want = 0x1.b33334p-3f;
+    CHECK_MSG(got == want, "ql_fmaf(0.1125, 1, 0.1) = %a, want %a", got, want);
+#ifndef _WIN32
+    uint32_t s = 12345;
+    int64_t bad = 0;
+    for (int i = 0; i < 2000000; i++) {
+        float a, b, c;
+        if (i % 3 == 1) {   /* short significands: exact products, sums on and near ties */
+            a = short_float(&s, 12, 8); b = short_float(&s, 12, 8); c = short_float(&s, 23, 16);
+        } else if (i % 3 == 2) {
+            /* a product that is a tie between floats, nudged by a c far below a double's ulp of
+               it: rounding the sum to double first lands on the tie and goes the wrong way */
+            a = short_float(&s, 12, 4); b = short_float(&s, 12, 4);
+            c = ldexpf(xs32(&s) & 1 ? 1.0f : -1.0f, -60 - (int)(xs32(&s) % 40)) * fabsf(a * b);
+        } else {
+            uint32_t u[3] = { xs32(&s), xs32(&s), xs32(&s) };
+            memcpy(&a, &u[0], 4); memcpy(&b, &u[1], 4); memcpy(&c, &u[2], 4);
+            if (!isfinite(a) || !isfinite(b) || !isfinite(c)) continue;
+        }
+        float r = ql_fmaf(a, b, c), e = fmaf(a, b, c);
+        if (memcmp(&r, &e, 4) != 0 && !(isnan(r) && isnan(e))) {
+            if (bad++ < 5) qltest_failf(__FILE__, __LINE__, "ql_fmaf(%a, %a, %a) = %a, fmaf = %a", a, b, c, r, e);
+        }
+    }
+    CHECK_MSG(bad == 0, "%lld of 2000000 differ from the C library's fmaf", (long long)bad);
+#endif
 }

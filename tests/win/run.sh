@@ -51,15 +51,9 @@ else
   if [ -z "$wine" ]; then echo "skip: Wine not found (Debian: apt-get install wine64)"; exit 77; fi
   # tests/win first: its cblas.h stands in for OpenBLAS. -static: no MinGW DLLs to find at run time.
   # __USE_MINGW_ANSI_STDIO: MinGW's C99 printf (%zu, %lld), which ql.h's format checks assume.
-  # -mfma: MinGW-w64's fmaf (10.0) is not correctly rounded (a tie goes the wrong way), and
-  # nf4.c needs an exact fmaf to build bitsandbytes' NF4 tables; the FMA instruction is.
+  # (MinGW-w64's fmaf rounds some ties the wrong way; nf4.c uses its own ql_fmaf, so the NF4
+  # tables equal bitsandbytes' here too: test_nf4.c checks the tie that fmaf gets wrong.)
   flags=("${warn[@]}" -O2 -Itests/win -D__USE_MINGW_ANSI_STDIO=1)
-  if grep -qw fma /proc/cpuinfo 2>/dev/null; then
-    flags+=(-mfma)
-  else
-    echo "tests/win: this CPU has no FMA: the NF4 tests are left out (MinGW's fmaf is inexact)"
-    keep=(); for s in "${srcs[@]}"; do [ "$s" = tests/c/test_nf4.c ] || keep+=("$s"); done; srcs=("${keep[@]}")
-  fi
   libs=(-static -lm)
   exe="$out/qltest_win.exe"
   export WINEPREFIX=${WINEPREFIX:-$PWD/$out/wineprefix} WINEDEBUG=${WINEDEBUG:--all}
