@@ -9,7 +9,8 @@
  *      lone page numbers, are dropped (see find_furniture; no fixed margins);
  *      slide numbers with their total ("2 / 5") leave the frame title beside them;
  *   3. reading order: a page whose lines leave a vertical gutter free is read
- *      as two columns, band by band (full-width lines separate bands); a title
+ *      as two columns, band by band (full-width lines, and tables across both
+ *      columns, told by their rules, separate bands; spanning_zones); a title
  *      block of authors side by side is read stack by stack (title_stacks);
  *   4. rows: lines on one baseline within a column join into a row of spans;
  *      wide gaps split a row into cells;
@@ -24,7 +25,7 @@
  *      (deck_outline);
  *   6. blocks: paragraphs reflowed across lines, columns and pages with
  *      de-hyphenation; code blocks with indentation; lists with nesting; GFM
- *      tables; footnotes at the end.
+ *      tables (a table's own notes right after it); footnotes at the end.
  * Units are PDF points. Nothing here touches MuPDF directly.
  * opts->timeout bounds a file: the loops poll ql_pdf_timed_out() (MuPDF's own
  * stop through its cookie) and the file fails with QL_ETIMEOUT. Damage seen on
@@ -759,6 +760,60 @@ static float find_gutter(const ql_pdf_page *pg, const int *idx, int n)
     return best;
 }
 
+/* Tables across both columns (acmart's table*, LaTeX's table* with \hline,
+   booktabs): two or more horizontal rules of one extent that cross the gutter
+   well on both sides, close together, with only short lines (cells, not column
+   text) between them and lines on both sides of the gutter. The lines within
+   such a zone (plus a caption or note just above or below) read as one
+   full-width band, so that a table whose middle column stands where the
+   gutter runs below it is not split into two tables in two columns. Returns
+   the number of zones, as {x0, y0, x1, y1}. */
+static int spanning_zones(const ql_pdf_page *pg, const int *idx, int n, float gut, float colw, float (*zone)[4], int maxz)
+{
+    int nz = 0;
+    char used[256] = {0};
+    int nr = pg->nrules < 256 ? pg->nrules : 256;
+    for (int a = 0; a < nr && nz < maxz; a++) {
+        const ql_pdf_rule *ra = &pg->rules[a];
+        if (used[a] || ra->kind != QL_PDF_RULE_H || ra->x0 > gut - 20 || ra->x1 < gut + 20) continue;
+        float z[4] = {ra->x0, ra->y0, ra->x1, ra->y1};
+        int cnt = 1;
+        used[a] = 1;
+        /* gather the rules of the same extent below, each within a third of a page */
+        for (int grow = 1; grow;) {
+            grow = 0;
+            for (int b = 0; b < nr; b++) {
+                const ql_pdf_rule *rb = &pg->rules[b];
+                if (used[b] || rb->kind != QL_PDF_RULE_H || fabsf(rb->x0 - ra->x0) > 3 || fabsf(rb->x1 - ra->x1) > 3) continue;
+                if (rb->y0 > z[3] + pg->height / 3 || rb->y1 < z[1] - pg->height / 3) continue;
+                used[b] = 1; cnt++; grow = 1;
+                z[1] = fminf(z[1], rb->y0); z[3] = fmaxf(z[3], rb->y1);
+            }
+        }
+        if (cnt < 2) continue;
+        int left = 0, right = 0, wide = 0;
+        for (int i = 0; i < n; i++) {
+            const ql_pdf_line *l = &pg->lines[idx[i]];
+            float cy = 0.5f * (l->y0 + l->y1);
+            if (cy < z[1] || cy > z[3] || l->x1 < z[0] - 2 || l->x0 > z[2] + 2) continue;
+            if (l->x1 - l->x0 > 0.6f * colw && !(l->x0 < gut - 2 && l->x1 > gut + 2)) wide++;
+            if (l->x1 <= gut + 2) left++;
+            else if (l->x0 >= gut - 2) right++;
+        }
+        if (wide || !left || !right) continue;
+        memcpy(zone[nz++], z, sizeof z);
+    }
+    return nz;
+}
+
+static int in_zone(const ql_pdf_line *l, float (*zone)[4], int nz)
+{
+    float cy = 0.5f * (l->y0 + l->y1);
+    for (int z = 0; z < nz; z++)
+        if (cy >= zone[z][1] && cy <= zone[z][3] && l->x1 >= zone[z][0] - 2 && l->x0 <= zone[z][2] + 2) return 1;
+    return 0;
+}
+
 static const char *bullets[] = {"\xE2\x80\xA2", "\xE2\x97\xA6", "\xE2\x96\xAA", "\xE2\x96\xAB", "\xE2\x80\xA3",
                                 "\xE2\x81\x83", "\xE2\x97\x8F", "\xE2\x97\x8B", "\xE2\x96\xA0", "\xE2\x96\xA1",
                                 "\xE2\x96\xBA", "\xE2\x80\x93", "\xE2\x80\x94", "\xC2\xB7", "\xEF\x82\xB7",
@@ -981,21 +1036,26 @@ static int page_rows(ql_pdf_page *pg, const unsigned char *furn, rowvec *rv, int
         if (n > 0 && ncol < 63) { colb[ncol][0] = fminx; colb[ncol][1] = fmaxx; ncol++; }
         for (int i = 0; i < n; i++) { ord[no] = idx[i]; colof[no++] = ncol - 1; }
     } else {
-        /* bands separated by lines that cross the gutter */
+        /* bands separated by lines that cross the gutter, and by tables across
+           both columns (spanning_zones) */
+        float zone[8][4];
+        int nzone = spanning_zones(pg, idx, n, gut, gut - fminx, zone, 8);
+        #define SPANS(l) (((l)->x0 < gut - 2 && (l)->x1 > gut + 2) || in_zone(l, zone, nzone))
         int i = 0;
         while (i < n) {
             const ql_pdf_line *l = &pg->lines[idx[i]];
-            if (l->x0 < gut - 2 && l->x1 > gut + 2) {
+            if (SPANS(l)) {
                 if (ncol < 63) { colb[ncol][0] = fminx; colb[ncol][1] = fmaxx; ncol++; }
                 ord[no] = idx[i]; colof[no++] = ncol - 1; i++;
                 /* further spanning lines join the same band */
-                while (i < n && pg->lines[idx[i]].x0 < gut - 2 && pg->lines[idx[i]].x1 > gut + 2) {
+                while (i < n && SPANS(&pg->lines[idx[i]])) {
                     ord[no] = idx[i]; colof[no++] = ncol - 1; i++;
                 }
                 continue;
             }
             int j = i;
-            while (j < n && !(pg->lines[idx[j]].x0 < gut - 2 && pg->lines[idx[j]].x1 > gut + 2)) j++;
+            while (j < n && !SPANS(&pg->lines[idx[j]])) j++;
+            #undef SPANS
             for (int side = 0; side < 2; side++) {
                 if (ncol < 63) { colb[ncol][0] = side ? gut : fminx; colb[ncol][1] = side ? fmaxx : gut; ncol++; }
                 for (int k = i; k < j; k++) {
@@ -1383,7 +1443,38 @@ static int table_inner_rules(const ql_pdf_page *pg, const row *rows, int a, int 
     return n;
 }
 
-static void emit_table(emitter *e, row *rows, int a, int b, float pitch, const ql_pdf_page *pg)
+/* A footnote from row i and its continuation rows into dst as "[^1]: text\n";
+   returns the row after it. */
+static int emit_footnote(str *dst, const row *R, int i, int nr)
+{
+    const row *r = &R[i];
+    str f = {0};
+    row_rich_text(&f, r, 0, 0);
+    /* "[^1]text" -> "[^1]: text"; the mark's end is kept as an offset,
+       since joining the continuation rows below may move f.p */
+    const char *cl = f.p ? strchr(f.p, ']') : NULL;
+    size_t close = cl ? (size_t)(cl - f.p) : SIZE_MAX;
+    int j = i + 1;
+    while (j < nr && R[j].kind == R_TEXT && R[j].page == r->page && R[j].col == r->col &&
+           fabsf(R[j].size - r->size) < 0.5f && R[j].base - R[j - 1].base < 1.6f * r->size) {
+        para_join(&f, R[j].text); j++;
+    }
+    if (f.oom) dst->oom = 1;
+    else if (close < f.n && f.p[0] == '[') {
+        s_addn(dst, f.p, close + 1);
+        s_add(dst, ": ");
+        const char *rest = f.p + close + 1;
+        while (*rest == ' ') rest++;
+        s_add(dst, rest);
+        s_addc(dst, '\n');
+    } else if (f.p) { s_add(dst, f.p); s_addc(dst, '\n'); }
+    free(f.p);
+    return j;
+}
+
+/* notes: footnotes follow the table; raised marks in its cells are their
+   references ("Gear[^a]") */
+static void emit_table(emitter *e, row *rows, int a, int b, float pitch, const ql_pdf_page *pg, int notes)
 {
     /* columns: merge overlapping cell intervals over all rows */
     float cx[32][2]; int nc = 0;
@@ -1474,6 +1565,15 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch, const q
                 cells[k].n--; cells[k].p[cells[k].n] = 0;
             } else if (cells[k].n) s_addc(&cells[k], ' ');
             seen[k] = 1;
+            if (notes && (sp->flags & QL_PDF_SUPER) && cells[k].n && strlen(sp->text) <= 3) {
+                int mark = 1;
+                for (const char *p = sp->text; *p; p++) if (!isalnum((unsigned char)*p) && *p != '*') mark = 0;
+                if (mark) {
+                    if (s_last(&cells[k]) == ' ') cells[k].p[--cells[k].n] = 0;
+                    s_add(&cells[k], "[^"); s_add(&cells[k], sp->text); s_addc(&cells[k], ']');
+                    continue;
+                }
+            }
             for (const char *p = sp->text; *p; p++) {
                 if (*p == '|') s_addc(&cells[k], '\\');
                 s_addc(&cells[k], *p);
@@ -1486,6 +1586,9 @@ static void emit_table(emitter *e, row *rows, int a, int b, float pitch, const q
         } else if (i + 1 < b && nc > 1) {
             const row *nx = &rows[i + 1];
             float g = nx->base - r->base;
+            /* a subscript or a lower limit set as a line of its own, within
+               the descent of the line above ("Ψ" over a small "1"): same row */
+            if (g > 0 && g < 0.45f * r->size && nx->size < 0.85f * r->size) continue;
             if (grouped ? g <= gmin * 1.1f
                         : g < 1.6f * r->size && (0.5f * (nx->spans[0]->x0 + nx->spans[0]->x1) > cx[0][1] + 1 ||
                                                  table_line_wraps(r, nx, cx, cw, nc)))
@@ -1928,6 +2031,37 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
                 if (d) R[i].level = base + d - dmin < 6 ? base + d - dmin : 6;
             }
     }
+    /* a table floated to the top of a page (a full-width band before the
+       page's columns) that interrupts a paragraph running on from the page
+       before: the paragraph's continuation goes first, then the table with its
+       caption and notes, as LaTeX's source has it */
+    for (int i = 1; i < nr; i++) {
+        if (R[i].page == R[i - 1].page || R[i - 1].kind != R_TEXT) continue;
+        int b = i, table = 0, other = 0;
+        while (b < nr && R[b].page == R[i].page && R[b].col == R[i].col) {
+            table |= R[b].kind == R_TABLE;
+            other |= R[b].kind != R_TABLE && R[b].kind != R_TEXT && R[b].kind != R_FOOT;
+            b++;
+        }
+        if (!table || other || b >= nr || R[b].page != R[i].page || R[b].kind != R_TEXT || R[b].stack) continue;
+        const row *pv = &R[i - 1];
+        int full = pv->x1 > pv->colx1 - 0.12f * (pv->colx1 - pv->colx0);
+        if (!((full && !text_ends_sentence(pv->text)) || is_lower_start(R[b].text))) continue;
+        /* the paragraph's rows after the band: same column, close, not indented */
+        int k = b + 1;
+        while (k < nr && R[k].kind == R_TEXT && R[k].page == R[b].page && R[k].col == R[b].col && !R[k].stack &&
+               R[k].base - R[k - 1].base <= pitch * 1.28f + 0.5f && fabsf(R[k].size - R[k - 1].size) <= 0.8f &&
+               !(R[k].x0 > R[k - 1].x0 + 0.8f * R[k].size) &&
+               !(text_ends_sentence(R[k - 1].text) && R[k - 1].x1 < R[k - 1].colx0 + 0.7f * (R[k - 1].colx1 - R[k - 1].colx0)))
+            k++;
+        row *tmp = malloc((size_t)(b - i) * sizeof *tmp);
+        if (!tmp) { st = ql_fail(QL_ENOMEM, "%s: out of memory", path); goto done; }
+        memcpy(tmp, &R[i], (size_t)(b - i) * sizeof *tmp);
+        memmove(&R[i], &R[b], (size_t)(k - b) * sizeof *R);
+        memcpy(&R[i + (k - b)], tmp, (size_t)(b - i) * sizeof *tmp);
+        free(tmp);
+        i = k - 1;
+    }
     /* ---- blocks ---- */
     if (TIME_UP()) goto done;
     int headings = 0;
@@ -2035,35 +2169,25 @@ ql_status ql_pdf_to_markdown(const char *path, const ql_pdf_md_opts *opts_in,
             FLUSH_PARA(); in_list = 0;
             int j = i + 1;
             while (j < nr && R[j].kind == R_TABLE && R[j].page == r->page && R[j].col == r->col) j++;
-            emit_table(&e, R, i, j, pitch, pages[r->page]);
-            i = j;
-            continue;
-        }
-        case R_FOOT: {
-            str f = {0};
-            row_rich_text(&f, r, 0, 0);
-            /* "[^1]text" -> "[^1]: text"; the mark's end is kept as an offset,
-               since joining the continuation rows below may move f.p */
-            const char *cl = f.p ? strchr(f.p, ']') : NULL;
-            size_t close = cl ? (size_t)(cl - f.p) : SIZE_MAX;
-            int j = i + 1;
-            while (j < nr && R[j].kind == R_TEXT && R[j].page == r->page && R[j].col == r->col &&
-                   fabsf(R[j].size - r->size) < 0.5f && R[j].base - R[j - 1].base < 1.6f * r->size) {
-                para_join(&f, R[j].text); j++;
+            /* the table's own notes, set just under it (a minipage's or
+               threeparttable's footnotes): kept right after it, not at the end */
+            int notes = j < nr && R[j].kind == R_FOOT && R[j].page == r->page && R[j].col == r->col &&
+                        R[j].y0 - R[j - 1].y1 < 2.5f * pitch;
+            emit_table(&e, R, i, j, pitch, pages[r->page], notes);
+            if (notes) {
+                str f = {0};
+                while (j < nr && R[j].kind == R_FOOT && R[j].page == r->page && R[j].col == r->col)
+                    j = emit_footnote(&f, R, j, nr);
+                if (f.oom) e.out.oom = 1;
+                else if (f.p) { emit_block_sep(&e); s_add(&e.out, f.p); }
+                free(f.p);
             }
-            if (f.oom) e.foot.oom = 1;
-            else if (close < f.n && f.p[0] == '[') {
-                s_addn(&e.foot, f.p, close + 1);
-                s_add(&e.foot, ": ");
-                const char *rest = f.p + close + 1;
-                while (*rest == ' ') rest++;
-                s_add(&e.foot, rest);
-                s_addc(&e.foot, '\n');
-            } else if (f.p) { s_add(&e.foot, f.p); s_addc(&e.foot, '\n'); }
-            free(f.p);
             i = j;
             continue;
         }
+        case R_FOOT:
+            i = emit_footnote(&e.foot, R, i, nr);
+            continue;
         case R_LIST: {
             FLUSH_PARA();
             /* nesting by marker x */

@@ -121,7 +121,10 @@ fi
 #   paper.latex.pdf        a two-column article: five authors side by side
 #                          under the title (centred stacks of name, institution,
 #                          city, e-mail), words hyphenated where the style
-#                          changes (plain to italic) or stays (italic, bold)
+#                          changes (plain to italic) or stays (italic, bold);
+#                          on page 2 a ruled table across both columns (table*,
+#                          a column where the gutter runs below) and a ruled
+#                          table in a column with a footnote under it
 if want tex; then
   for src in "$here"/src/*.tex; do
     name="$(basename "$src" .tex)"
