@@ -613,9 +613,13 @@ __global__ void __launch_bounds__(128) k_flash_dq(const uint16_t *__restrict__ q
 int qlk_flash_supported(int hd)
 {
     if (hd % 16 != 0 || hd < 16 || hd > 128) return 0;
+    /* asked on every attention call: the device's answer is kept (0 unknown, 1 yes, 2 no) */
+    static int known[64];
     int dev = 0, major = 0;
     if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    if (dev >= 0 && dev < 64 && known[dev]) return known[dev] == 1;
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
+    if (dev >= 0 && dev < 64) known[dev] = major >= 8 ? 1 : 2;
     return major >= 8;
 }
 
@@ -678,19 +682,12 @@ static ql_status bwd_hd(const uint16_t *q, const uint16_t *k, const uint16_t *v,
     return QL_OK;
 }
 
-template <int HD>
-static ql_status fwd_call(const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *lo, const int32_t *hi,
-                          int64_t n, int heads, int kvh, int window, uint16_t *out, float *lse)
-{
-    return fwd_hd<HD>(q, k, v, lo, hi, n, heads, kvh, window, out, lse);
-}
-
 ql_status qlk_flash_fwd(const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *lo, const int32_t *hi,
                         int64_t n, int heads, int kvh, int hd, int window, uint16_t *out, float *lse)
 {
     if (n == 0) return QL_OK;
     if (n > INT32_MAX - 64) return ql_fail(QL_EINVAL, "flash attention: %lld tokens", (long long)n);
-#define FWD(H) fwd_call<H>(q, k, v, lo, hi, n, heads, kvh, window, out, lse)
+#define FWD(H) fwd_hd<H>(q, k, v, lo, hi, n, heads, kvh, window, out, lse)
     switch (hd) {
     case 16: return FWD(16);
     case 32: return FWD(32);
