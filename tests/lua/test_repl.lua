@@ -29,9 +29,11 @@ local function pty(cmd, env)
   local dir = T.tmpdir()
   local self = setmetatable({ dir = dir, mark = 1, log = dir .. "/out" }, Pty)
   assert(os.execute("mkfifo " .. shq(dir .. "/in")))
-  -- TERM=dumb: plain echo; timeout: a hung session cannot hang the suite
+  -- TERM=dumb: plain echo; timeout: a hung session cannot hang the suite. script runs cmd
+  -- through $SHELL -c; "exec" makes qlora that process, else a dash in between (SHELL unset,
+  -- as on CI) takes the Ctrl-C's SIGINT too, dies, and script ends the session with 130.
   os.execute(string.format("(env TERM=dumb %s timeout 120 script -qfec %s /dev/null < %s > %s 2>&1; echo $? > %s) &",
-                           env or "", shq(cmd), shq(dir .. "/in"), shq(self.log), shq(dir .. "/rc")))
+                           env or "", shq("exec " .. cmd), shq(dir .. "/in"), shq(self.log), shq(dir .. "/rc")))
   self.fin = assert(io.open(dir .. "/in", "r+"))   -- read-write: never blocks on the FIFO
   return self
 end
