@@ -58,6 +58,9 @@ else
   exe="$out/qltest_win.exe"
   export WINEPREFIX=${WINEPREFIX:-$PWD/$out/wineprefix} WINEDEBUG=${WINEDEBUG:--all}
   export WINEDLLOVERRIDES="mscoree,mshtml="     # no Mono/Gecko installer prompts
+  # Wine maps file names through the Unix locale's charset: without a UTF-8 locale (LANG unset,
+  # as in a bare `env -i`) the tests' UTF-8 folder names cannot be made
+  export LC_ALL=C.UTF-8
   run=("$wine" "$exe")
 fi
 
