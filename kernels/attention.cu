@@ -342,7 +342,8 @@ k_attn_bwd_dkdv(const uint16_t *__restrict__ q, const uint16_t *__restrict__ k, 
     float ak[2 * NP], av[2 * NP];
 #pragma unroll
     for (int c = 0; c < 2 * NP; c++) ak[c] = av[c] = 0.0f;
-    /* query indices fit int32 (lo, hi are int32); offsets are 64-bit */
+    /* query indices fit int32 (lo, hi are int32; n <= INT32_MAX - 64, so t0 += 32 cannot wrap);
+       offsets are 64-bit */
     const int i0 = qlo[j] > 0 ? qlo[j] : 0, i1 = qhi[j] < n ? qhi[j] : (int)n;
     for (int h = kh * g; h < kh * g + g; h++) {
         const uint16_t *qb = q + (int64_t)h * hd;
@@ -406,7 +407,9 @@ static ql_status check_shape(const char *who, int64_t n, int heads, int kvh, int
                        "at most 65535)", who, heads, kvh);
     if (hd < 16 || hd > MAXHD || hd % 2 != 0)
         return ql_fail(QL_EUNSUPPORTED, "%s: head_dim %d is not supported (even, 16..%d)", who, hd, MAXHD);
-    if (ql_attn_blocks(n, 0) > 2147483647LL)
+    /* token indices are int32 (lo, hi; dk/dv's query loop steps an int by 32), which also keeps
+       ql_attn_blocks(n, 0), the grid's x, far below 2^31 - 1 */
+    if (n > INT32_MAX - 64)
         return ql_fail(QL_EINVAL, "%s: %lld tokens are too many for one launch", who, (long long)n);
     return QL_OK;
 }

@@ -120,18 +120,20 @@ __global__ void k_seg_dsoftmax(const float *__restrict__ S, const float *__restr
     }
 }
 
-/* one warp per (token, head): D = sum_d dout * out */
+/* one warp per (token, head), grid-stride over the n * heads of them (n * heads / 8 blocks would
+   pass gridDim.x's 2^31 - 1 for a long enough batch): D = sum_d dout * out */
 __global__ void k_attn_D(const float *__restrict__ dout, const uint16_t *__restrict__ out, int64_t n, int heads,
                          int hd, float *__restrict__ D)
 {
-    const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
-    if (w >= n * heads) return;
-    const int64_t i = w / heads, h = w % heads, base = i * (int64_t)heads * hd + h * hd;
-    float acc = 0;
-    for (int d = lane; d < hd; d += 32) acc += dout[base + d] * bf16_f(out[base + d]);
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) D[w] = acc;
+    const int64_t nw = n * heads, step = ((int64_t)gridDim.x * blockDim.x) >> 5;
+    for (int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; w < nw; w += step) {   /* warp-uniform */
+        const int64_t i = w / heads, h = w % heads, base = i * (int64_t)heads * hd + h * hd;
+        float acc = 0;
+        for (int d = lane; d < hd; d += 32) acc += dout[base + d] * bf16_f(out[base + d]);
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) D[w] = acc;
+    }
 }
 
 /* ---------------------------------------------------------------- host side */
@@ -140,7 +142,7 @@ ql_status qlk_attn_rowdot(const float *dout, const uint16_t *out, int64_t n, int
 {
     int64_t warps = n * heads;
     if (warps == 0) return QL_OK;
-    k_attn_D<<<(unsigned)((warps * 32 + 255) / 256), 256>>>(dout, out, n, heads, hd, D);
+    k_attn_D<<<ql_grid(warps * 32), 256>>>(dout, out, n, heads, hd, D);   /* capped grid, the kernel strides */
     QL_CU_LAUNCH("k_attn_D");
     return QL_OK;
 }
@@ -267,12 +269,7 @@ ql_status qlk_attn_bwd_gemm(int dev, const uint16_t *q, const uint16_t *k, const
     int g = heads / kvh;
     float scale = 1.0f / sqrtf((float)hd);
     ql_status st = qlk_to_bf16(dout, QL_F32, sc.dO, n * Q);
-    if (st == QL_OK) {
-        int64_t warps = n * heads;
-        k_attn_D<<<(unsigned)((warps * 32 + 255) / 256), 256>>>(dout, out, n, heads, hd, sc.D);
-        cudaError_t e = cudaGetLastError();
-        if (e != cudaSuccess) st = ql_cuda_fail(e, "launch of k_attn_D", __FILE__, __LINE__);
-    }
+    if (st == QL_OK) st = qlk_attn_rowdot(dout, out, n, heads, hd, sc.D);
     for (int64_t s = 0; s < ns && st == QL_OK; s++) {
         int64_t s0 = seg[s], L = seg[s + 1] - s0, Lp = pad8(L);
         for (int h = 0; h < heads && st == QL_OK; h++) {

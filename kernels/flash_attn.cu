@@ -13,7 +13,7 @@
  *   forward   one block per (64 queries, head); 4 warps of 16 query rows;
  *             key tiles of 64. Writes out A and lse S (natural log; -inf
  *             for a query with no keys, whose output is 0).
- *   backward  D = rowsum(dO * O) first (attention.cu's kernel), then
+ *   backward  D = rowsum(dO * O) first (qlk_attn_rowdot, attention_gemm.cu), then
  *             dK, dV: one block per (64 keys, query head), 4 warps of 16
  *                     keys; the queries that see the block's keys (from the
  *                     batch's qlo/qhi) in tiles of 32. With grouped queries
@@ -38,6 +38,12 @@
  * next one loading while the current one is used.
  *
  * Head dims: multiples of 16 up to 128 (qlk_flash_supported).
+ *
+ * Index math: token indices (query rows, keys, tile starts) may be int, as
+ * lo/hi are int32 and the host refuses n > INT32_MAX - 64, so a tile start
+ * plus a tile's 64 rows still fits; global offsets (a row times heads * hd or
+ * kvh * hd, lse and D at row * heads) are int64; offsets inside a shared-memory
+ * tile are int.
  */
 #include "decoder_kernels.cuh"
 
@@ -74,7 +80,7 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 
 __device__ __forceinline__ uint32_t ld32(const uint16_t *p) { return *reinterpret_cast<const uint32_t *>(p); }
 
-/* a query's key range with the window applied; empty for rows past the batch */
+/* a query's key range with the window applied; empty for rows past the batch (int: lo, hi are int32) */
 __device__ __forceinline__ void key_range(const int32_t *lo, const int32_t *hi, int64_t i, int64_t n, int window,
                                           int *b, int *e)
 {
@@ -329,7 +335,7 @@ __global__ void __launch_bounds__(128) k_flash_dkv(const uint16_t *__restrict__ 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int64_t Q = (int64_t)heads * HD, KV = (int64_t)kvh * HD;
     const int64_t c0 = (int64_t)blockIdx.x * BK;
-    const int ka = (int)(c0 + warp * 16 + g), kb = ka + 8;   /* this lane's two key rows */
+    const int ka = (int)(c0 + warp * 16 + g), kb = ka + 8;   /* this lane's two key rows (< n + 64: int) */
     const int wr = warp * 16;                                   /* the warp's first row in Ks, Vs */
     const uint16_t *qbase = q + (int64_t)h * HD, *obase = dO + (int64_t)h * HD;
 
@@ -610,6 +616,16 @@ __global__ void __launch_bounds__(128) k_flash_dq(const uint16_t *__restrict__ q
 
 /* ---------------------------------------------------------------- host side */
 
+/* heads go to gridDim.y (at most 65535) and the kernels divide by heads / kvh */
+static ql_status flash_shape(int64_t n, int heads, int kvh)
+{
+    if (n > INT32_MAX - 64) return ql_fail(QL_EINVAL, "flash attention: %lld tokens", (long long)n);
+    if (heads <= 0 || kvh <= 0 || heads % kvh != 0 || heads > 65535)
+        return ql_fail(QL_EINVAL, "flash attention: %d heads over %d kv heads (heads must be a positive multiple of "
+                       "kv_heads, at most 65535)", heads, kvh);
+    return QL_OK;
+}
+
 int qlk_flash_supported(int hd)
 {
     if (hd % 16 != 0 || hd < 16 || hd > 128) return 0;
@@ -686,7 +702,7 @@ ql_status qlk_flash_fwd(const uint16_t *q, const uint16_t *k, const uint16_t *v,
                         int64_t n, int heads, int kvh, int hd, int window, uint16_t *out, float *lse)
 {
     if (n == 0) return QL_OK;
-    if (n > INT32_MAX - 64) return ql_fail(QL_EINVAL, "flash attention: %lld tokens", (long long)n);
+    QL_TRY(flash_shape(n, heads, kvh));
 #define FWD(H) fwd_hd<H>(q, k, v, lo, hi, n, heads, kvh, window, out, lse)
     switch (hd) {
     case 16: return FWD(16);
@@ -708,7 +724,7 @@ ql_status qlk_flash_bwd(const uint16_t *q, const uint16_t *k, const uint16_t *v,
                         void *scratch)
 {
     if (n == 0) return QL_OK;
-    if (n > INT32_MAX - 64) return ql_fail(QL_EINVAL, "flash attention: %lld tokens", (long long)n);
+    QL_TRY(flash_shape(n, heads, kvh));
     flash_scratch sc = scratch_layout(scratch, n, heads, hd);
     QL_TRY(qlk_to_bf16(dout, QL_F32, sc.dO, n * heads * hd));
     QL_TRY(qlk_attn_rowdot(dout, out, n, heads, hd, sc.D));
