@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # bench/longest_seq.sh — the longest sequence a 7B QLoRA step trains at within a memory budget,
-# on the GPU machine: bench/train_gpu.sh runs of qlora (batch 1, one timed step after the two
-# warm-ups) at growing seq until the process's nvidia-smi peak passes the budget or a run fails.
+# on the GPU machine: bench/train_gpu.sh runs of qlora (batch 1, one step and no warm-up: the
+# peak is reached in the first step) at growing seq until the process's nvidia-smi peak passes
+# the budget or a run fails. QL_ARGS adds settings of bench/train_gpu.lua (ckpt=host: the layer
+# checkpoints in host memory, which is what the longest sequences need).
 #
 #   bash bench/longest_seq.sh [BUDGET_GIB=24] [SHAPE=7b] [SEQS="8192 16384 24576 32768 40960 49152 57344 65536"]
 #
@@ -16,7 +18,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root" || exit 1
 best=0
 for s in $seqs; do
-  line=$(SEQ=$s STEPS=1 RUN_TIMEOUT="${RUN_TIMEOUT:-200}" bash bench/train_gpu.sh "$shape" qlora 2>&1 \
+  line=$(SEQ=$s STEPS=1 QL_ARGS="warmup=0 ${QL_ARGS:-}" RUN_TIMEOUT="${RUN_TIMEOUT:-200}" bash bench/train_gpu.sh "$shape" qlora 2>&1 \
          | awk -v s="seq=$s" '$1 ~ /^(05b|7b|8b)$/ && $2 == "qlora" && index($0, s) { l = $0 } END { print l }')
   smi=$(echo "$line" | awk '{ print $8 }')
   rc=$(echo "$line" | awk '{ print $10 }')

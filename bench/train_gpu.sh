@@ -39,7 +39,12 @@ DEVICE="${DEVICE:-cuda}"
 QL_ARGS="${QL_ARGS:-}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 case "$shapes" in all) shapes="05b 7b 8b" ;; 05b|7b|8b) ;; *) echo "usage: $0 [05b|7b|8b|all] [both|three|peer|unsloth|qlora|gen] [QLORA]"; exit 2 ;; esac
-case "$tools" in both) tools="peer qlora" ;; peer|qlora|gen) ;; *) echo "usage: $0 [05b|7b|all] [both|peer|qlora|gen] [QLORA]"; exit 2 ;; esac
+case "$tools" in
+  both) tools="peer qlora" ;;
+  three) tools="peer unsloth qlora" ;;
+  peer|unsloth|qlora|gen) ;;
+  *) echo "usage: $0 [05b|7b|8b|all] [both|three|peer|unsloth|qlora|gen] [QLORA]"; exit 2 ;;
+esac
 
 log() { echo "train_gpu: $*" | tee -a "$out/train_gpu.log"; }
 
