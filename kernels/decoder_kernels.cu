@@ -262,34 +262,34 @@ struct op_swiglu_bwd {
     }
 };
 
-/* train.c apply_dropout: ql_rng_uniform(seed, stream, e) < p ? 0 : x * keep */
+/* decoder_cpu.c apply_dropout: ql_rng_uniform(seed, stream, e) < p ? 0 : x * keep */
 __device__ __forceinline__ float dropped(float x, int64_t e, float p, float keep, uint64_t seed, uint64_t stream)
 {
     return ql_rng_uniform(seed, stream, (uint64_t)e) < p ? 0.0f : __fmul_rn(x, keep);
 }
 
 struct op_dropout {
-    const ql_bf16_t *x; ql_bf16_t *y; float p, keep; uint64_t seed, stream;
+    const ql_bf16_t *x; ql_bf16_t *y; float p, keep; uint64_t seed, stream, e0;
     template <int V> __device__ __forceinline__ void run(int64_t e) const
     {
         float X[V];
         ldv<V>(x, e, X);
 #pragma unroll
-        for (int k = 0; k < V; k++) X[k] = dropped(X[k], e + k, p, keep, seed, stream);
+        for (int k = 0; k < V; k++) X[k] = dropped(X[k], (int64_t)e0 + e + k, p, keep, seed, stream);
         stv<V>(y, e, X);
     }
 };
 
 /* dst = dst + mask(src) (apply_dropout with accumulate) */
 struct op_dropout_add {
-    const float *src; float *dst; float p, keep; uint64_t seed, stream;
+    const float *src; float *dst; float p, keep; uint64_t seed, stream, e0;
     template <int V> __device__ __forceinline__ void run(int64_t e) const
     {
         float S[V], D[V];
         ldv<V>(src, e, S);
         ldv<V>(dst, e, D);
 #pragma unroll
-        for (int k = 0; k < V; k++) D[k] = __fadd_rn(D[k], dropped(S[k], e + k, p, keep, seed, stream));
+        for (int k = 0; k < V; k++) D[k] = __fadd_rn(D[k], dropped(S[k], (int64_t)e0 + e + k, p, keep, seed, stream));
         stv<V>(dst, e, D);
     }
 };
@@ -697,15 +697,17 @@ ql_status qlk_swiglu_bwd(const uint16_t *g, const uint16_t *u, const float *dh, 
     return map_launch(op, count, v4, "launch of qlk_swiglu_bwd");
 }
 
-ql_status qlk_dropout(const uint16_t *x, uint16_t *y, int64_t count, float p, uint64_t seed, uint64_t stream)
+ql_status qlk_dropout(const uint16_t *x, uint16_t *y, int64_t count, float p, uint64_t seed, uint64_t stream,
+                      uint64_t e0)
 {
-    op_dropout op = { (const ql_bf16_t *)x, (ql_bf16_t *)y, p, 1.0f / (1.0f - p), seed, stream };
+    op_dropout op = { (const ql_bf16_t *)x, (ql_bf16_t *)y, p, 1.0f / (1.0f - p), seed, stream, e0 };
     return map_launch(op, count, aligned(x, 8) && aligned(y, 8), "launch of qlk_dropout");
 }
 
-ql_status qlk_dropout_add(const float *src, float *dst, int64_t count, float p, uint64_t seed, uint64_t stream)
+ql_status qlk_dropout_add(const float *src, float *dst, int64_t count, float p, uint64_t seed, uint64_t stream,
+                          uint64_t e0)
 {
-    op_dropout_add op = { src, dst, p, 1.0f / (1.0f - p), seed, stream };
+    op_dropout_add op = { src, dst, p, 1.0f / (1.0f - p), seed, stream, e0 };
     return map_launch(op, count, aligned(src, 16) && aligned(dst, 16), "launch of qlk_dropout_add");
 }
 

@@ -42,11 +42,13 @@ ql_status qlk_swiglu(const uint16_t *g, const uint16_t *u, uint16_t *h, int64_t 
 /* sg = 1 / (1 + expf(-g)); du = dh * g * sg; dg = dh * u * sg * (1 + g * (1 - sg)) */
 ql_status qlk_swiglu_bwd(const uint16_t *g, const uint16_t *u, const float *dh, uint16_t *dg, uint16_t *du,
                          int64_t count);
-/* dropout with the CPU's mask: element e is dropped when ql_rng_uniform(seed, stream, e) < p (rng.h),
+/* dropout with the CPU's mask: element e is dropped when ql_rng_uniform(seed, stream, e0 + e) < p (rng.h),
    kept ones are multiplied by 1 / (1 - p) (as float, computed as 1.0f / (1.0f - p)).
    qlk_dropout: y A = mask(x A); qlk_dropout_add: dst R += mask(src R) */
-ql_status qlk_dropout(const uint16_t *x, uint16_t *y, int64_t count, float p, uint64_t seed, uint64_t stream);
-ql_status qlk_dropout_add(const float *src, float *dst, int64_t count, float p, uint64_t seed, uint64_t stream);
+ql_status qlk_dropout(const uint16_t *x, uint16_t *y, int64_t count, float p, uint64_t seed, uint64_t stream,
+                      uint64_t e0);
+ql_status qlk_dropout_add(const float *src, float *dst, int64_t count, float p, uint64_t seed, uint64_t stream,
+                          uint64_t e0);
 /* y A [n, out] += b [out] (dtype bdt), once rounded */
 ql_status qlk_add_bias(uint16_t *y, const void *b, ql_dtype bdt, int64_t n, int64_t out);
 /* dst A [k, H] = src A rows rows[0..k) (device int32) */

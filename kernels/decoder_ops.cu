@@ -12,9 +12,10 @@
  * decoder.c from aux_size) holds that buffer, the adapters' bf16 copies,
  * an f32 [n, max(H, Q, NI)] buffer and the lm_head chunks.
  *
- * Everything runs in order on the legacy default stream; the loss sum is
- * read back once per batch, which is also where an asynchronous kernel
- * error surfaces.
+ * Everything runs in order on the legacy default stream, except the copies
+ * of checkpoints kept in host memory (a copy stream ordered by events); the
+ * loss sum is read back once per batch, which is also where an asynchronous
+ * kernel error surfaces.
  */
 #include "decoder_kernels.cuh"
 
@@ -68,7 +69,7 @@ struct aux_layout {
     uint16_t *wbuf;              /* bf16 [max out*in] frozen weight */
     float *absmax;               /* f32 [max blocks] NF4 scales */
     uint16_t *abf, *bbf;         /* bf16 adapter copies [max r*in], [max out*r] */
-    float *f32;                  /* [n, W] */
+    float *f32;                  /* [max(n max(H, Q), mr NI)]: dropout only */
     float *logits;               /* [CE_CHUNK, V] */
     uint16_t *dz;                /* [CE_CHUNK, V] */
     uint16_t *xs;                /* [CE_CHUNK, H] */
@@ -83,12 +84,12 @@ static size_t up(size_t x) { return (x + 255) & ~(size_t)255; }
 
 static int needs_copy(const ql_tensor *w) { return !(w->dtype == QL_BF16 && ql_tensor_is_contiguous(w)); }
 
-static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, char *base, aux_layout *a)
+static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr, char *base, aux_layout *a)
 {
     const ql_model_config *c = &m->cfg;
     int64_t H = c->hidden, NI = c->inter, Q = (int64_t)c->heads * c->head_dim, V = c->vocab;
-    int64_t W = H > Q ? H : Q;
-    if (NI > W) W = NI;
+    int64_t HQ = H > Q ? H : Q;
+    int64_t W = n * HQ > mr * NI ? n * HQ : mr * NI;   /* the widest [rows, in] of one linear call */
     int64_t wmax = 0, bmax = 0, amax = 0, bbmax = 0;
     for (int i = 0; i < c->layers; i++) {
         const ql_block *B = &m->blocks[i];
@@ -118,7 +119,7 @@ static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, char *base,
     TAKE(absmax, float, bmax);
     TAKE(abf, uint16_t, amax);
     TAKE(bbf, uint16_t, bbmax);
-    TAKE(f32, float, l && l->dropout > 0 ? n * W : 0);   /* only the dropout path of the backward */
+    TAKE(f32, float, l && l->dropout > 0 ? W : 0);   /* only the dropout path of the backward */
     TAKE(logits, float, (int64_t)CE_CHUNK * V);
     TAKE(dz, uint16_t, (int64_t)CE_CHUNK * V);
     TAKE(xs, uint16_t, (int64_t)CE_CHUNK * H);
@@ -131,17 +132,17 @@ static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, char *base,
     a->bytes = off;
 }
 
-static size_t cu_aux_size(const ql_model *m, const ql_lora *l, int64_t n)
+static size_t cu_aux_size(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr)
 {
     aux_layout a;
-    aux_plan(m, l, n, NULL, &a);
+    aux_plan(m, l, n, mr, NULL, &a);
     return a.bytes;
 }
 
 static aux_layout aux_of(ql_dec_ctx *c)
 {
     aux_layout a;
-    aux_plan(c->m, c->lora, c->n, (char *)c->aux, &a);
+    aux_plan(c->m, c->lora, c->n, c->mr, (char *)c->aux, &a);
     return a;
 }
 
@@ -219,6 +220,68 @@ static const void *cu_as_act(ql_dec_ctx *c, const float *src, int64_t count, voi
     (void)c;
     *st = qlk_to_bf16(src, QL_F32, (uint16_t *)dst, count);
     return dst;
+}
+
+/* ---------------------------------------------------------------- checkpoints in host memory */
+
+/* One copy stream per device beside the legacy default stream (non-blocking, so that the default
+   stream does not wait for it, nor it for the default stream), and events that order the two:
+   a copy starts after the compute queued before it (comp), the compute queued after ck_ready
+   waits for the slot's last copy (done[slot]). */
+#define CK_MAXDEV 64
+struct ck_queue { cudaStream_t copy; cudaEvent_t comp, done[2]; int made; };
+static ck_queue ck_q[CK_MAXDEV];
+
+static ql_status ck_queue_for(ql_device dev, ck_queue **out)
+{
+    if (dev.index < 0 || dev.index >= CK_MAXDEV) return ql_fail(QL_EINVAL, "device index %d out of range", dev.index);
+    QL_TRY(ql_cuda_set_device(dev.index));
+    ck_queue *q = &ck_q[dev.index];
+    if (!q->made) {
+        QL_CU(cudaStreamCreateWithFlags(&q->copy, cudaStreamNonBlocking));
+        QL_CU(cudaEventCreateWithFlags(&q->comp, cudaEventDisableTiming));
+        QL_CU(cudaEventCreateWithFlags(&q->done[0], cudaEventDisableTiming));
+        QL_CU(cudaEventCreateWithFlags(&q->done[1], cudaEventDisableTiming));
+        q->made = 1;
+    }
+    *out = q;
+    return QL_OK;
+}
+
+static ql_status ck_copy(ql_dec_ctx *c, int slot, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
+{
+    ck_queue *q = NULL;
+    QL_TRY(ck_queue_for(c->dev, &q));
+    QL_CU(cudaEventRecord(q->comp, 0));
+    QL_CU(cudaStreamWaitEvent(q->copy, q->comp, 0));
+    QL_CU(cudaMemcpyAsync(dst, src, bytes, kind, q->copy));
+    QL_CU(cudaEventRecord(q->done[slot & 1], q->copy));
+    return QL_OK;
+}
+static ql_status cu_ck_store(ql_dec_ctx *c, int slot, void *host, const void *src, size_t bytes)
+{
+    return ck_copy(c, slot, host, src, bytes, cudaMemcpyDeviceToHost);
+}
+static ql_status cu_ck_fetch(ql_dec_ctx *c, int slot, void *dst, const void *host, size_t bytes)
+{
+    return ck_copy(c, slot, dst, host, bytes, cudaMemcpyHostToDevice);
+}
+static ql_status cu_ck_ready(ql_dec_ctx *c, int slot)
+{
+    ck_queue *q = NULL;
+    QL_TRY(ck_queue_for(c->dev, &q));
+    QL_CU(cudaStreamWaitEvent(0, q->done[slot & 1], 0));
+    return QL_OK;
+}
+static void *cu_host_alloc(ql_device dev, size_t bytes)
+{
+    if (ql_cuda_set_device(dev.index) != QL_OK) return NULL;
+    return ql_cuda_backend.host_alloc(bytes);
+}
+static void cu_host_free(ql_device dev, void *p)
+{
+    (void)dev;
+    ql_cuda_backend.host_free(p);
 }
 
 static ql_status cu_rope(ql_dec_ctx *c, void *x, const ql_dec_batch *b, int nh, int inverse)
@@ -346,7 +409,7 @@ static ql_status cu_linear(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, in
         QL_TRY(adapter_bf16(c, L, &A, &B));
         const void *xd = x;
         if (L->dropout > 0) {
-            QL_TRY(qlk_dropout((const uint16_t *)x, (uint16_t *)c->tmp, n * in, L->dropout, L->seed, L->stream));
+            QL_TRY(qlk_dropout((const uint16_t *)x, (uint16_t *)c->tmp, n * in, L->dropout, L->seed, L->stream, L->elem0));
             xd = c->tmp;
         }
         int r = mod->r;
@@ -398,7 +461,7 @@ static ql_status cu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *x
     QL_TRY(qlk_gemm(dev, 0, 0, n, r, out, 1.0f, dy, out, B, r, QL_BF16, 0.0f, c->tr, r, QL_BF16));
     const void *xd = x;
     if (L->dropout > 0) {
-        QL_TRY(qlk_dropout((const uint16_t *)x, (uint16_t *)c->tmp, n * in, L->dropout, L->seed, L->stream));
+        QL_TRY(qlk_dropout((const uint16_t *)x, (uint16_t *)c->tmp, n * in, L->dropout, L->seed, L->stream, L->elem0));
         xd = c->tmp;
     }
     /* gA [r, in] += scale tr^T dropout(x) */
@@ -407,7 +470,7 @@ static ql_status cu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *x
     if (L->dropout > 0) {
         aux_layout a = aux_of(c);
         QL_TRY(qlk_gemm(dev, 0, 0, n, in, r, mod->scale, c->tr, r, A, in, QL_BF16, 0.0f, a.f32, in, QL_F32));
-        QL_TRY(qlk_dropout_add(a.f32, dx, n * in, L->dropout, L->seed, L->stream));
+        QL_TRY(qlk_dropout_add(a.f32, dx, n * in, L->dropout, L->seed, L->stream, L->elem0));
     } else {
         QL_TRY(qlk_gemm(dev, 0, 0, n, in, r, mod->scale, c->tr, r, A, in, QL_BF16, accumulate ? 1.0f : 0.0f, dx, in,
                         QL_F32));
@@ -558,6 +621,11 @@ static ql_dec_ops make_ops(void)
     o.adamw = cu_adamw;
     o.sumsq = cu_sumsq;
     o.scale = cu_scale;
+    o.ck_store = cu_ck_store;
+    o.ck_fetch = cu_ck_fetch;
+    o.ck_ready = cu_ck_ready;
+    o.host_alloc = cu_host_alloc;
+    o.host_free = cu_host_free;
     return o;
 }
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decoder.h"
 #include "lora.h"
 #include "model.h"
 
@@ -180,6 +181,32 @@ static int opt_bool(lua_State *L, int idx, const char *k, int d)
     return v;
 }
 
+/* checkpointing = false | true | "host" */
+static int opt_ckpt(lua_State *L, int idx)
+{
+    if (!lua_istable(L, idx)) return QL_CKPT_NONE;
+    lua_getfield(L, idx, "checkpointing");
+    int v = QL_CKPT_NONE;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        if (strcmp(lua_tostring(L, -1), "host") != 0)
+            return luaL_error(L, "checkpointing must be true, false or \"host\", not \"%s\"", lua_tostring(L, -1));
+        v = QL_CKPT_HOST;
+    } else if (lua_toboolean(L, -1)) v = QL_CKPT_DEVICE;
+    lua_pop(L, 1);
+    return v;
+}
+
+/* mlp_rows = N: the MLP in slices of N tokens (the decoder's default when absent) */
+static int64_t opt_mlp_rows(lua_State *L, int idx)
+{
+    if (!lua_istable(L, idx)) return 0;
+    lua_getfield(L, idx, "mlp_rows");
+    int64_t v = luaL_optinteger(L, -1, 0);
+    lua_pop(L, 1);
+    if (v < 0) return luaL_error(L, "mlp_rows must be positive");
+    return v;
+}
+
 static int m_forward_backward(lua_State *L)
 {
     llora *u = check(L, 1);
@@ -191,13 +218,12 @@ static int m_forward_backward(lua_State *L)
         for (int64_t i = 0; i + 1 < b.n; i++) if (b.lo[i + 1] <= i && labels[i + 1] != -100) denom += 1;
         if (denom <= 0) denom = 1;
     }
-    double sum;
-    int64_t count;
-    if (ql_lora_forward_backward(u->m, u->l, &b, labels, denom, opt_bool(L, 4, "train", 1),
-                                 opt_bool(L, 4, "checkpointing", 0), &sum, &count) != QL_OK)
-        return ql_lua_error(L);
-    lua_pushnumber(L, sum);
-    lua_pushinteger(L, count);
+    ql_dec_step st = { .mode = QL_DEC_TRAIN, .batch = &b, .labels = labels, .lora = u->l, .denom = denom,
+                       .train = opt_bool(L, 4, "train", 1), .checkpointing = opt_ckpt(L, 4),
+                       .mlp_rows = opt_mlp_rows(L, 4) };
+    if (ql_decoder_run(u->m, &st) != QL_OK) return ql_lua_error(L);
+    lua_pushnumber(L, st.loss_sum);
+    lua_pushinteger(L, st.count);
     return 2;
 }
 
@@ -206,9 +232,10 @@ static int m_loss(lua_State *L)
     llora *u = check(L, 1);
     ql_batch b;
     int32_t *labels = batch_labels(L, &b);
-    double sum;
-    int64_t count;
-    if (ql_lora_loss(u->m, u->l, &b, labels, &sum, &count) != QL_OK) return ql_lua_error(L);
+    ql_dec_step st = { .mode = QL_DEC_LOSS, .batch = &b, .labels = labels, .lora = u->l, .mlp_rows = opt_mlp_rows(L, 4) };
+    if (ql_decoder_run(u->m, &st) != QL_OK) return ql_lua_error(L);
+    double sum = st.loss_sum;
+    int64_t count = st.count;
     lua_pushnumber(L, count ? sum / (double)count : 0.0 / 0.0);
     lua_pushnumber(L, sum);
     lua_pushinteger(L, count);
@@ -358,8 +385,11 @@ static const ql_lua_doc method_docs[] = {
     { "save_state", "save_state(path)   the AdamW moments, for an exact resume" },
     { "load_state", "load_state(path)   reads what save_state wrote" },
     { "forward_backward", "forward_backward(ids, labels, {doc_lens, denom, train = true, checkpointing = false}) -> loss_sum, count\n"
-                          "  the gradients of loss_sum / denom are added to the adapter's" },
-    { "loss", "loss(ids, labels [, {doc_lens}]) -> mean, sum, count   no gradients" },
+                          "  the gradients of loss_sum / denom are added to the adapter's; checkpointing = true keeps\n"
+                          "  only each layer's input and recomputes the layer in the backward, \"host\" keeps those\n"
+                          "  inputs in page-locked host memory; mlp_rows = N runs the MLP N tokens at a time (default\n"
+                          "  8192: long sequences need less memory)" },
+    { "loss", "loss(ids, labels [, {doc_lens, mlp_rows}]) -> mean, sum, count   no gradients" },
     { "logits", "logits(ids [, {doc_lens}]) -> tensor   the model's logits with the adapter applied" },
     { "zero_grad", "zero_grad()   sets the gradients to 0" },
     { "grad_norm", "grad_norm() -> x   the L2 norm of all gradients" },

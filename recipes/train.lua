@@ -13,7 +13,8 @@
 -- An out= that holds another run is refused unless resume= continues it or overwrite=true
 -- replaces it. Ctrl-C saves a checkpoint and stops. device=auto trains on the GPU when
 -- `qlora doctor` would pass, else on the CPU reference; checkpoints resume on either. On a
--- GPU, checkpointing defaults to true.
+-- GPU, checkpointing defaults to true; checkpointing=host keeps the layer checkpoints in page-locked
+-- host memory instead of on the GPU, for the longest sequences.
 local S = require("qlora.settings")
 local SETTINGS = {
   { "model", "model", nil, "a Hugging Face model folder (config.json, safetensors, tokenizer)", required = true },
@@ -45,7 +46,8 @@ local SETTINGS = {
   { "samples", "file", nil, "prompts, one a line: greedy samples at each evaluation into out/samples.jsonl",
     stamp = false },
   { "sample_tokens", "int", 64, "tokens per sample at most", min = 1, stamp = false },
-  { "checkpointing", "bool", nil, "activation checkpointing (default: true on a GPU, false on the CPU)" },
+  { "checkpointing", "bool", nil, "activation checkpointing (default: true on a GPU, false on the CPU); host: "
+    .. "the checkpoints wait in host memory (long sequences)", also = { "host" } },
   { "seed", "int", 0, "seed of the data order, split, LoRA init and dropout" },
   { "device", "enum", "auto", "auto (the GPU when doctor passes), cpu, cuda or cuda:N", choices = { "auto", "cpu", "cuda" },
     pattern = "^cuda:%d+$", shown = "auto|cpu|cuda|cuda:N" },

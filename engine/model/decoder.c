@@ -40,6 +40,8 @@ typedef struct ql_dec_state {
     void *arena;
     size_t bytes;
     float *inv_freq;             /* backend memory [hd / 2] */
+    void *host_ck;               /* page-locked host memory for QL_CKPT_HOST's layer inputs */
+    size_t host_ck_bytes;
 } ql_dec_state;
 
 typedef struct acts {
@@ -47,21 +49,25 @@ typedef struct acts {
     void *xn1, *q, *k, *v, *att; /* A [n, H] [n, Q] [n, KV] [n, KV] [n, Q]; q, k after RoPE */
     float *lse;                  /* S [n, heads] */
     float *xmid, *r2;            /* R [n, H], S [n] */
-    void *xn2, *g, *u, *hsw;     /* A [n, H] [n, NI] x3; hsw = silu(g) * u */
+    void *xn2, *g, *u, *hsw;     /* A [n, H] [mr, NI] x3; hsw = silu(g) * u */
     void *xa[QL_NTARGETS];       /* A [n, r] */
 } acts;
 
 typedef struct plan {
     int64_t n;
+    int64_t mr;                  /* MLP slice rows (n: one slice); g, u, hsw, dh are [mr, NI] */
     int nx, nacts, nck;          /* residual buffers, activation sets, A checkpoints */
+    int ck_host;                 /* the checkpoints are in host memory, staged through stage[2] */
     float **x;                   /* [nx] R [n, H] */
-    void **ck;                   /* [nck] A [n, H] layer inputs (checkpointing, act narrower than R) */
+    void **ck;                   /* [nck] A [n, H] layer inputs (checkpointing, act narrower than R,
+                                    or in host memory: set after the plan, from host_ck) */
+    void *stage[2];              /* A [n, H] (ck_host) */
     acts *A;                     /* [nacts] */
     void *xf;                    /* A [n, H] final-normed */
     float *rf;                   /* S [n] */
     float *dx, *dxf;             /* R [n, H] (TRAIN) */
-    float *gR;                   /* R [n, max(NI, H, Q)] */
-    void *gA1, *gA2, *gA3;       /* A [n, max(NI, Q)], [n, max(NI, 2 KV)], [n, H] */
+    float *gR;                   /* R [max(n max(H, Q), mr NI)] */
+    void *gA1, *gA2, *gA3;       /* A [max(mr NI, n Q)], [max(mr NI, n 2 KV)], [n, H] */
     void *yo;                    /* A [n, H] */
     int32_t *ids, *pos, *lo, *hi, *qlo, *qhi;   /* backend memory [n] each */
 } plan;
@@ -76,25 +82,29 @@ static void *carve(carver *c, size_t bytes)
 }
 
 static void plan_carve(carver *cv, plan *p, ql_dec_ctx *ctx, const ql_model *m, const ql_lora *l, int64_t n,
-                       ql_dec_mode mode, int keep_all, size_t ea, acts *actv, float **xv, void **ckv)
+                       ql_dec_mode mode, int keep_all, int ck_host, int64_t mr, size_t ea, acts *actv, float **xv,
+                       void **ckv)
 {
     const ql_model_config *c = &m->cfg;
     int64_t H = c->hidden, NI = c->inter, Q = (int64_t)c->heads * c->head_dim, KV = (int64_t)c->kv_heads * c->head_dim;
-    int64_t r = l ? l->r : 1, W = H > Q ? H : Q;
-    if (NI > W) W = NI;
+    int64_t r = l ? l->r : 1, HQ = H > Q ? H : Q;
+    int64_t W = n * HQ > mr * NI ? n * HQ : mr * NI;   /* values of the widest [rows, width] buffer */
     size_t R4 = sizeof(float);
     p->n = n;
+    p->mr = mr;
     /* Training keeps every layer's input. Checkpointing with activations narrower than f32 keeps
        them as activations (half the bytes: 0.4 GiB on a 7B at seq 2048) and runs the residual
        stream through two f32 buffers; otherwise they are the stream's own f32 buffers. */
-    p->nck = mode == QL_DEC_TRAIN && !keep_all && ea < R4 && ctx->ops->widen ? c->layers : 0;
+    p->ck_host = ck_host;
+    p->nck = ck_host || (mode == QL_DEC_TRAIN && !keep_all && ea < R4 && ctx->ops->widen) ? c->layers : 0;
     p->nx = mode != QL_DEC_TRAIN ? 1 : p->nck ? 2 : c->layers + 1;
     p->nacts = mode == QL_DEC_TRAIN && keep_all ? c->layers : 1;
     p->x = xv;
     p->ck = ckv;
     p->A = actv;
     for (int i = 0; i < p->nx; i++) xv[i] = carve(cv, (size_t)(n * H) * R4);
-    for (int i = 0; i < p->nck; i++) ckv[i] = carve(cv, (size_t)(n * H) * ea);
+    for (int i = 0; i < 2; i++) p->stage[i] = ck_host ? carve(cv, (size_t)(n * H) * ea) : NULL;
+    for (int i = 0; i < p->nck; i++) ckv[i] = ck_host ? NULL : carve(cv, (size_t)(n * H) * ea);
     for (int i = 0; i < p->nacts; i++) {
         acts *a = &actv[i];
         a->r1 = carve(cv, (size_t)n * R4);
@@ -107,23 +117,23 @@ static void plan_carve(carver *cv, plan *p, ql_dec_ctx *ctx, const ql_model *m, 
         a->xmid = carve(cv, (size_t)(n * H) * R4);
         a->r2 = carve(cv, (size_t)n * R4);
         a->xn2 = carve(cv, (size_t)(n * H) * ea);
-        a->g = carve(cv, (size_t)(n * NI) * ea);
-        a->u = carve(cv, (size_t)(n * NI) * ea);
-        a->hsw = carve(cv, (size_t)(n * NI) * ea);
+        a->g = carve(cv, (size_t)(mr * NI) * ea);
+        a->u = carve(cv, (size_t)(mr * NI) * ea);
+        a->hsw = carve(cv, (size_t)(mr * NI) * ea);
         for (int t = 0; t < QL_NTARGETS; t++) a->xa[t] = l ? carve(cv, (size_t)(n * r) * ea) : NULL;
     }
     p->xf = carve(cv, (size_t)(n * H) * ea);
     p->yo = carve(cv, (size_t)(n * H) * ea);
     p->rf = carve(cv, (size_t)n * R4);
-    ctx->tmp = l && l->dropout > 0 ? carve(cv, (size_t)(n * W) * ea) : NULL;   /* dropout's masked inputs only */
+    ctx->tmp = l && l->dropout > 0 ? carve(cv, (size_t)W * ea) : NULL;   /* dropout's masked inputs only */
     ctx->tr = carve(cv, (size_t)(n * r) * ea);
     if (mode == QL_DEC_TRAIN) {
-        int64_t a1 = NI > Q ? NI : Q, a2 = NI > 2 * KV ? NI : 2 * KV;
+        int64_t a1 = mr * NI > n * Q ? mr * NI : n * Q, a2 = mr * NI > n * 2 * KV ? mr * NI : n * 2 * KV;
         p->dx = carve(cv, (size_t)(n * H) * R4);
         p->dxf = carve(cv, (size_t)(n * H) * R4);
-        p->gR = carve(cv, (size_t)(n * W) * R4);
-        p->gA1 = carve(cv, (size_t)(n * a1) * ea);
-        p->gA2 = carve(cv, (size_t)(n * a2) * ea);
+        p->gR = carve(cv, (size_t)W * R4);
+        p->gA1 = carve(cv, (size_t)a1 * ea);
+        p->gA2 = carve(cv, (size_t)a2 * ea);
         p->gA3 = carve(cv, (size_t)(n * H) * ea);
     } else {
         p->dx = p->dxf = p->gR = NULL;
@@ -131,7 +141,8 @@ static void plan_carve(carver *cv, plan *p, ql_dec_ctx *ctx, const ql_model *m, 
     }
     int32_t **ia[6] = { &p->ids, &p->pos, &p->lo, &p->hi, &p->qlo, &p->qhi };
     for (int i = 0; i < 6; i++) *ia[i] = carve(cv, sizeof(int32_t) * (size_t)n);
-    ctx->aux_bytes = ctx->ops->aux_size(m, l, n);
+    ctx->mr = mr;
+    ctx->aux_bytes = ctx->ops->aux_size(m, l, n, mr);
     ctx->aux = ctx->aux_bytes ? carve(cv, ctx->aux_bytes) : NULL;
 }
 
@@ -139,6 +150,10 @@ void ql_decoder_release(ql_model *m)
 {
     ql_dec_state *st = m->dec;
     if (!st) return;
+    if (st->host_ck) {   /* no copy may still be reading or writing it */
+        (void)st->ops->sync(st->dev);
+        st->ops->host_free(st->dev, st->host_ck);
+    }
     if (st->arena) st->ops->free(st->dev, st->arena, st->bytes);
     if (st->inv_freq && st->dev.type != QL_DEV_CPU)
         st->ops->free(st->dev, st->inv_freq, sizeof(float) * (size_t)(m->cfg.head_dim / 2));
@@ -176,6 +191,23 @@ static ql_status state_for(ql_model *m, const ql_dec_ops *ops, size_t bytes, ql_
         st->bytes = bytes;
     }
     *out = st;
+    return QL_OK;
+}
+
+/* the state's host memory for checkpoints, at least bytes (kept between steps, like the arena) */
+static ql_status host_ck_for(ql_dec_state *st, size_t bytes)
+{
+    if (st->host_ck_bytes >= bytes) return QL_OK;
+    if (st->host_ck) {
+        QL_TRY(st->ops->sync(st->dev));
+        st->ops->host_free(st->dev, st->host_ck);
+    }
+    st->host_ck_bytes = 0;
+    st->host_ck = st->ops->host_alloc(st->dev, bytes);
+    if (!st->host_ck)
+        return ql_fail_context(QL_ENOMEM, "keeping the layer checkpoints in host memory (checkpointing=host, "
+                                          "%.1f GiB; checkpointing=true keeps them on the device): ", (double)bytes / (1u << 30));
+    st->host_ck_bytes = bytes;
     return QL_OK;
 }
 
@@ -219,7 +251,37 @@ typedef struct run {
     ql_kv_cache *cache;
     void *yo;                    /* A [n, H] the down projection's output */
     prof *prof;
+    int64_t mr;                  /* MLP slice rows (plan.mr) */
 } run;
+
+/* a pointer rows further into a [*, width] buffer of elem-byte values */
+static void *rows_at(const void *base, int64_t rows, int64_t width, size_t elem)
+{
+    return base ? (char *)base + (size_t)rows * (size_t)width * elem : NULL;
+}
+
+/* the MLP forward of rows [r0, r0 + m): g, u, hsw for them; with y, the down projection into
+   y's rows (y NULL: only the down adapter's xa, for the backward) */
+static ql_status mlp_slice_fwd(const run *R, ql_dec_lin *L, acts *a, int64_t r0, int64_t m, void *y)
+{
+    const ql_model_config *c = &R->m->cfg;
+    const ql_dec_ops *o = R->ops;
+    ql_dec_ctx *x = R->ctx;
+    int64_t H = c->hidden, NI = c->inter;
+    size_t ea = o->act == QL_F32 ? 4 : 2;
+    const void *xn2 = rows_at(a->xn2, r0, H, ea);
+    void *xa[QL_NTARGETS];
+    for (int t = QL_T_GATE; t <= QL_T_DOWN; t++) {
+        L[t].elem0 = (uint64_t)r0 * (uint64_t)L[t].base->in;
+        xa[t] = L[t].mod ? rows_at(a->xa[t], r0, L[t].mod->r, ea) : NULL;
+    }
+    OP(P_LINEAR, o->linear(x, &L[QL_T_GATE], xn2, m, a->g, xa[QL_T_GATE]));
+    OP(P_LINEAR, o->linear(x, &L[QL_T_UP], xn2, m, a->u, xa[QL_T_UP]));
+    OP(P_SWIGLU, o->swiglu(x, a->g, a->u, a->hsw, m * NI));
+    if (y) OP(P_LINEAR, o->linear(x, &L[QL_T_DOWN], a->hsw, m, rows_at(y, r0, H, ea), xa[QL_T_DOWN]));
+    else if (L[QL_T_DOWN].mod) OP(P_LINEAR, o->linear(x, &L[QL_T_DOWN], a->hsw, m, NULL, xa[QL_T_DOWN]));
+    return QL_OK;
+}
 
 static void lin_of(const run *R, int layer, int t, int grads, ql_dec_lin *L)
 {
@@ -260,7 +322,7 @@ static ql_status layer_fwd(const run *R, int layer, const float *xin, acts *a, f
     const ql_block *B = &R->m->blocks[layer];
     const ql_dec_ops *o = R->ops;
     ql_dec_ctx *x = R->ctx;
-    int64_t n = R->b->n, H = c->hidden, NI = c->inter;
+    int64_t n = R->b->n, H = c->hidden;
     ql_dec_lin L[QL_NTARGETS];
     for (int t = 0; t < QL_NTARGETS; t++) lin_of(R, layer, t, 0, &L[t]);
     OP(P_NORM, o->rmsnorm(x, xin, B->attn_norm, n, a->xn1, a->r1));
@@ -280,15 +342,11 @@ static ql_status layer_fwd(const run *R, int layer, const float *xin, acts *a, f
     OP(P_LINEAR, o->linear(x, &L[QL_T_O], a->att, n, a->xn2, a->xa[QL_T_O]));
     OP(P_RESID, o->residual(x, a->xmid, xin, a->xn2, n * H));
     OP(P_NORM, o->rmsnorm(x, a->xmid, B->mlp_norm, n, a->xn2, a->r2));
-    OP(P_LINEAR, o->linear(x, &L[QL_T_GATE], a->xn2, n, a->g, a->xa[QL_T_GATE]));
-    OP(P_LINEAR, o->linear(x, &L[QL_T_UP], a->xn2, n, a->u, a->xa[QL_T_UP]));
-    OP(P_SWIGLU, o->swiglu(x, a->g, a->u, a->hsw, n * NI));
-    if (!xout) {
-        if (L[QL_T_DOWN].mod) OP(P_LINEAR, o->linear(x, &L[QL_T_DOWN], a->hsw, n, NULL, a->xa[QL_T_DOWN]));
-        return QL_OK;
-    }
-    OP(P_LINEAR, o->linear(x, &L[QL_T_DOWN], a->hsw, n, R->yo, a->xa[QL_T_DOWN]));
-    OP(P_RESID, o->residual(x, xout, a->xmid, R->yo, n * H));
+    /* a recomputation with the MLP in slices leaves the MLP to the backward, slice by slice */
+    if (!xout && R->mr < n) return QL_OK;
+    for (int64_t r0 = 0; r0 < n; r0 += R->mr)
+        QL_TRY(mlp_slice_fwd(R, L, a, r0, n - r0 < R->mr ? n - r0 : R->mr, xout ? R->yo : NULL));
+    if (xout) OP(P_RESID, o->residual(x, xout, a->xmid, R->yo, n * H));
     return QL_OK;
 }
 
@@ -304,17 +362,32 @@ static ql_status layer_bwd(const run *R, const plan *p, int layer, const float *
     ql_dec_lin L[QL_NTARGETS];
     for (int t = 0; t < QL_NTARGETS; t++) lin_of(R, layer, t, 1, &L[t]);
     ql_status st = QL_OK;
-    /* MLP: dx is d xout = d xmid (residual) = d down output */
-    const void *dd;
-    OP(P_RESID, (dd = o->as_act(x, dx, n * H, p->gA3, &st), st));
-    float *dh = p->gR;                                           /* R [n, NI] */
-    OP(P_LINEAR_BWD, o->linear_bwd(x, &L[QL_T_DOWN], a->hsw, a->xa[QL_T_DOWN], dd, n, dh, 0));
-    void *dg = p->gA1, *du = p->gA2;                             /* A [n, NI] */
-    OP(P_SWIGLU, o->swiglu_bwd(x, a->g, a->u, dh, dg, du, n * NI));
-    float *dxn2 = p->gR;                                         /* R [n, H] */
-    OP(P_LINEAR_BWD, o->linear_bwd(x, &L[QL_T_GATE], a->xn2, a->xa[QL_T_GATE], dg, n, dxn2, 0));
-    OP(P_LINEAR_BWD, o->linear_bwd(x, &L[QL_T_UP], a->xn2, a->xa[QL_T_UP], du, n, dxn2, 1));
-    OP(P_NORM, o->rmsnorm_bwd(x, a->xmid, B->mlp_norm, a->r2, dxn2, n, dx));   /* dx is now d xmid */
+    /* MLP, a slice of rows at a time (one slice of n unless p->mr < n, when the slice's forward
+       is recomputed here): dx is d xout = d xmid (residual) = d down output. Each token's MLP
+       and its norm are its own, so the slices' dx rows are independent; the adapters'
+       gradients accumulate over the slices. */
+    for (int64_t r0 = 0; r0 < n; r0 += p->mr) {
+        int64_t m = n - r0 < p->mr ? n - r0 : p->mr;
+        if (p->mr < n) QL_TRY(mlp_slice_fwd(R, L, a, r0, m, NULL));
+        const void *xn2 = rows_at(a->xn2, r0, H, ea);
+        void *xa[QL_NTARGETS];
+        for (int t = QL_T_GATE; t <= QL_T_DOWN; t++) {
+            L[t].elem0 = (uint64_t)r0 * (uint64_t)L[t].base->in;
+            xa[t] = L[t].mod ? rows_at(a->xa[t], r0, L[t].mod->r, ea) : NULL;
+        }
+        float *dxs = (float *)rows_at(dx, r0, H, sizeof(float));
+        const void *dd;
+        OP(P_RESID, (dd = o->as_act(x, dxs, m * H, rows_at(p->gA3, r0, H, ea), &st), st));
+        float *dh = p->gR;                                       /* R [m, NI] */
+        OP(P_LINEAR_BWD, o->linear_bwd(x, &L[QL_T_DOWN], a->hsw, xa[QL_T_DOWN], dd, m, dh, 0));
+        void *dg = p->gA1, *du = p->gA2;                         /* A [m, NI] */
+        OP(P_SWIGLU, o->swiglu_bwd(x, a->g, a->u, dh, dg, du, m * NI));
+        float *dxn2 = p->gR;                                     /* R [m, H] */
+        OP(P_LINEAR_BWD, o->linear_bwd(x, &L[QL_T_GATE], xn2, xa[QL_T_GATE], dg, m, dxn2, 0));
+        OP(P_LINEAR_BWD, o->linear_bwd(x, &L[QL_T_UP], xn2, xa[QL_T_UP], du, m, dxn2, 1));
+        OP(P_NORM, o->rmsnorm_bwd(x, (const float *)rows_at(a->xmid, r0, H, sizeof(float)), B->mlp_norm, a->r2 + r0,
+                                  dxn2, m, dxs));                /* dx's rows are now d xmid */
+    }
     /* attention */
     const void *dm;
     OP(P_RESID, (dm = o->as_act(x, dx, n * H, p->gA3, &st), st));
@@ -372,7 +445,18 @@ static ql_status step_body(run *R, plan *p, ql_dec_step *s, int keep_all)
     ql_status st = QL_OK;
     for (int i = 0; i < L; i++) {
         float *xin, *xout;
-        if (p->nck) {
+        if (p->ck_host) {
+            /* to host memory through a staging buffer: the copy of layer i - 2 must be done
+               before its buffer takes layer i */
+            int s = i & 1;
+            xin = p->x[s];
+            xout = p->x[s ^ 1];
+            QL_TRY(ops->ck_ready(ctx, s));
+            const void *a = NULL;
+            OP(P_RESID, (a = ops->as_act(ctx, xin, n * H, p->stage[s], &st), st));
+            QL_TRY(ops->ck_store(ctx, s, p->ck[i], a, (size_t)(n * H) * (ops->act == QL_F32 ? 4 : 2)));
+            if (a != (const void *)xin) OP(P_RESID, ops->widen(ctx, a, n * H, xin));
+        } else if (p->nck) {
             /* the stream continues from the checkpoint as the recomputation will see it */
             xin = p->x[i & 1];
             xout = p->x[(i + 1) & 1];
@@ -403,10 +487,18 @@ static ql_status step_body(run *R, plan *p, ql_dec_step *s, int keep_all)
     OP(P_HEAD, ops->lm_head_ce(ctx, db, s->labels, p->xf, s->denom, &s->loss_sum, &s->count, p->dxf));
     QL_TRY(ops->memset0(m->device, p->dx, rb));
     OP(P_NORM, ops->rmsnorm_bwd(ctx, xl, m->norm, p->rf, p->dxf, n, p->dx));
+    size_t ckb = (size_t)(n * H) * (ops->act == QL_F32 ? 4 : 2);
+    /* host checkpoints come back one layer ahead: layer i - 1's copy runs during layer i */
+    if (p->ck_host) QL_TRY(ops->ck_fetch(ctx, (L - 1) & 1, p->stage[(L - 1) & 1], p->ck[L - 1], ckb));
     for (int i = L - 1; i >= 0; i--) {
         acts *a = &p->A[keep_all ? i : 0];
         float *xin = p->x[i];
-        if (p->nck) {
+        if (p->ck_host) {
+            if (i > 0) QL_TRY(ops->ck_fetch(ctx, (i - 1) & 1, p->stage[(i - 1) & 1], p->ck[i - 1], ckb));
+            QL_TRY(ops->ck_ready(ctx, i & 1));
+            xin = p->x[0];
+            OP(P_RESID, ops->widen(ctx, p->stage[i & 1], n * H, xin));
+        } else if (p->nck) {
             xin = p->x[0];
             OP(P_RESID, ops->widen(ctx, p->ck[i], n * H, xin));
         }
@@ -436,7 +528,16 @@ ql_status ql_decoder_run(ql_model *m, ql_dec_step *s)
     if (l && (l->d_p != NULL) != (m->device.type != QL_DEV_CPU))
         return ql_fail(QL_EINVAL, "the adapter and the model live on different devices");
     int keep_all = mode == QL_DEC_TRAIN && !s->checkpointing;
+    int ck_host = mode == QL_DEC_TRAIN && s->checkpointing == QL_CKPT_HOST;
     size_t ea = ops->act == QL_F32 ? 4 : 2;
+    int64_t mr = n;   /* MLP slices: not when every layer's activations are kept for the backward */
+    if (!keep_all) {
+        int64_t want = s->mlp_rows > 0 ? s->mlp_rows : QL_DEC_MLP_ROWS;
+        if (want < n) mr = want;
+    }
+    if (ck_host && !(ops->ck_store && ops->ck_fetch && ops->ck_ready && ops->host_alloc && ops->widen))
+        return ql_fail(QL_EUNSUPPORTED, "the %s decoder cannot keep checkpoints in host memory: use checkpointing=true",
+                       ops->name);
 
     /* plan: count, get the arena, carve */
     plan p;
@@ -453,13 +554,18 @@ ql_status ql_decoder_run(ql_model *m, ql_dec_step *s)
     int32_t *host_q = NULL;
     if (!actv || !xv || !ckv) { free(actv); free(xv); free(ckv); return ql_fail(QL_ENOMEM, "out of host memory"); }
     carver cv = { NULL, 0 };
-    plan_carve(&cv, &p, &ctx, m, l, n, mode, keep_all, ea, actv, xv, ckv);
+    plan_carve(&cv, &p, &ctx, m, l, n, mode, keep_all, ck_host, mr, ea, actv, xv, ckv);
     ql_dec_state *st = NULL;
     ql_status rc = state_for(m, ops, cv.off, &st);
     if (rc != QL_OK) goto done;
     cv.base = st->arena;
     cv.off = 0;
-    plan_carve(&cv, &p, &ctx, m, l, n, mode, keep_all, ea, actv, xv, ckv);
+    plan_carve(&cv, &p, &ctx, m, l, n, mode, keep_all, ck_host, mr, ea, actv, xv, ckv);
+    if (ck_host) {
+        size_t each = ((size_t)(n * m->cfg.hidden) * ea + 255) & ~(size_t)255;
+        if ((rc = host_ck_for(st, each * (size_t)L)) != QL_OK) goto done;
+        for (int i = 0; i < L; i++) ckv[i] = (char *)st->host_ck + each * (size_t)i;
+    }
     ctx.inv_freq = st->inv_freq;
 
     /* the batch in the backend's memory */
@@ -484,7 +590,7 @@ ql_status ql_decoder_run(ql_model *m, ql_dec_step *s)
     pf.on = prof_wanted();
     ctx.profiling = pf.on;
     double t_start = ql_now();
-    run R = { m, l, ops, &ctx, &db, mode == QL_DEC_TRAIN && s->train, s->cache, p.yo, &pf };
+    run R = { m, l, ops, &ctx, &db, mode == QL_DEC_TRAIN && s->train, s->cache, p.yo, &pf, p.mr };
     rc = step_body(&R, &p, s, keep_all);
     if (rc == QL_OK && pf.on) {
         rc = ops->sync(m->device);

@@ -39,9 +39,10 @@ typedef struct ql_dec_lin {
        A [r, in], B [out, r] f32; gA, gB NULL when no gradients are wanted */
     const float *A, *B;
     float *gA, *gB;
-    /* dropout: the mask of element e is ql_rng_uniform(seed, stream, e) < p */
+    /* dropout: the mask of element e of x is ql_rng_uniform(seed, stream, elem0 + e) < p */
     float dropout;               /* 0: none (also when not training) */
     uint64_t seed, stream;
+    uint64_t elem0;              /* x's first element in the whole batch (a slice of rows: row0 * in) */
 } ql_dec_lin;
 
 typedef struct ql_dec_ops ql_dec_ops;
@@ -52,6 +53,7 @@ typedef struct ql_dec_ctx {
     ql_model *m;
     ql_device dev;
     int64_t n;                   /* tokens of the batch the plan was made for */
+    int64_t mr;                  /* rows of the MLP's slices (n: one slice) */
     const ql_lora *lora;         /* the adapter the plan was made for (NULL: none) */
     const float *inv_freq;       /* [head_dim / 2] RoPE frequencies in the backend's memory */
     void *tmp;                   /* A [n, max(H, Q, NI)] dropout's masked inputs (NULL without dropout) */
@@ -75,8 +77,9 @@ struct ql_dec_ops {
     ql_status (*memset0)(ql_device dev, void *p, size_t bytes);
     /* waits for the device's queued work (QL_PROFILE timings) */
     ql_status (*sync)(ql_device dev);
-    /* bytes of backend-private scratch a batch of n tokens needs (lora may be NULL) */
-    size_t (*aux_size)(const ql_model *m, const ql_lora *l, int64_t n);
+    /* bytes of backend-private scratch a batch of n tokens needs, its MLP in slices of mr rows
+       (lora may be NULL) */
+    size_t (*aux_size)(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr);
 
     /* x R [n, H] = rows ids of the embedding table (m->embed, or its device copy) */
     ql_status (*embed)(ql_dec_ctx *c, const ql_dec_batch *b, float *x);
@@ -87,8 +90,8 @@ struct ql_dec_ops {
                              int64_t n, float *dx);
     /* out R = a R + b A (out may be a) */
     ql_status (*residual)(ql_dec_ctx *c, float *out, const float *a, const void *b, int64_t count);
-    /* dst R = f32(src A): checkpoints of layer inputs kept as A values (NULL when act is f32,
-       whose checkpoints stay R) */
+    /* dst R = f32(src A): checkpoints of layer inputs kept as A values (a copy when act is f32:
+       on the device such checkpoints stay R, but host ones come back through A staging) */
     ql_status (*widen)(ql_dec_ctx *c, const void *src, int64_t count, float *dst);
     /* A view of R values: the R pointer itself when act is f32, else a cast into dst (count values) */
     const void *(*as_act)(ql_dec_ctx *c, const float *src, int64_t count, void *dst, ql_status *st);
@@ -124,6 +127,19 @@ struct ql_dec_ops {
     /* KV cache: rows of k, v A [n, KV] stored at the batch positions of layer l */
     ql_status (*kv_store)(ql_dec_ctx *c, ql_kv_cache *kv, int layer, const ql_dec_batch *b, const void *k,
                           const void *v);
+
+    /* ---- layer checkpoints in host memory (checkpointing = QL_CKPT_HOST); all NULL on a
+       backend without them. Two staging buffers in the backend's memory take turns (slot 0, 1).
+       ck_store copies bytes of the staging buffer src to host, ck_fetch host into the staging
+       buffer dst; each starts after the work queued before it and may return before its copy is
+       done. ck_ready: the work queued after it waits for the slot's last copy. host_alloc gives
+       page-locked host memory for them (NULL + ql_fail when short); host_free takes it back
+       once no copy is pending (the decoder syncs first). */
+    ql_status (*ck_store)(ql_dec_ctx *c, int slot, void *host, const void *src, size_t bytes);
+    ql_status (*ck_fetch)(ql_dec_ctx *c, int slot, void *dst, const void *host, size_t bytes);
+    ql_status (*ck_ready)(ql_dec_ctx *c, int slot);
+    void *(*host_alloc)(ql_device dev, size_t bytes);
+    void (*host_free)(ql_device dev, void *p);
 
     /* ---- optimizer over one flat f32 array of count values (all adapters) */
     ql_status (*adamw)(ql_device dev, float *p, const float *g, float *m, float *v, int64_t count, double lr,
@@ -162,12 +178,22 @@ typedef struct ql_dec_step {
     ql_kv_cache *cache;          /* LOGITS only */
     double denom;                /* TRAIN */
     int train;                   /* apply dropout */
-    int checkpointing;           /* keep only layer inputs; recompute in backward */
+    int checkpointing;           /* ql_ckpt: keep only layer inputs (in the backend's memory or
+                                    in host memory); recompute in backward */
+    int64_t mlp_rows;            /* the MLP in slices of this many tokens, its [rows, NI] buffers
+                                    planned for one slice (not with every activation kept);
+                                    0: QL_DEC_MLP_ROWS */
     float *logits;               /* LOGITS: host [n, V] */
     double loss_sum;             /* out */
     int64_t count;               /* out */
 } ql_dec_step;
 
+/* The MLP's intermediates (gate, up, their product and gradients) are the largest buffers of
+   a step: ~6 NI bytes a token in bf16 plus 8 NI in f32 gradients (a 7B at 64k tokens: 17 GiB).
+   Longer batches run the MLP a slice of rows at a time, which is exact (each token's MLP is its
+   own) and costs only repeated weight dequantization; in the backward the slice's forward is
+   recomputed beside its gradient. */
+#define QL_DEC_MLP_ROWS 8192
 ql_status ql_decoder_run(ql_model *m, ql_dec_step *s);
 /* frees the planned buffers a model keeps between steps */
 void ql_decoder_release(ql_model *m);

@@ -45,9 +45,9 @@ static ql_status cpu_memset0(ql_device dev, void *p, size_t n)
 
 static ql_status cpu_sync(ql_device dev) { (void)dev; return QL_OK; }
 
-static size_t cpu_aux_size(const ql_model *m, const ql_lora *l, int64_t n)
+static size_t cpu_aux_size(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr)
 {
-    (void)m; (void)l; (void)n;
+    (void)m; (void)l; (void)n; (void)mr;
     return 0;   /* the CPU widens weights into m->scratch */
 }
 
@@ -87,6 +87,31 @@ static ql_status cpu_residual(ql_dec_ctx *c, float *out, const float *a, const v
     for (int64_t i = 0; i < count; i++) out[i] = a[i] + b[i];
     return QL_OK;
 }
+
+static ql_status cpu_widen(ql_dec_ctx *c, const void *src, int64_t count, float *dst)
+{
+    (void)c;
+    memcpy(dst, src, sizeof(float) * (size_t)count);
+    return QL_OK;
+}
+
+/* checkpoints in host memory: the CPU's memory is host memory, so these are plain copies; they
+   exist so that the decoder's order of stores, fetches and slots is tested everywhere */
+static ql_status cpu_ck_store(ql_dec_ctx *c, int slot, void *host, const void *src, size_t bytes)
+{
+    (void)c; (void)slot;
+    memcpy(host, src, bytes);
+    return QL_OK;
+}
+static ql_status cpu_ck_fetch(ql_dec_ctx *c, int slot, void *dst, const void *host, size_t bytes)
+{
+    (void)c; (void)slot;
+    memcpy(dst, host, bytes);
+    return QL_OK;
+}
+static ql_status cpu_ck_ready(ql_dec_ctx *c, int slot) { (void)c; (void)slot; return QL_OK; }
+static void *cpu_host_alloc(ql_device dev, size_t bytes) { return cpu_alloc(dev, bytes); }
+static void cpu_host_free(ql_device dev, void *p) { (void)dev; free(p); }
 
 static const void *cpu_as_act(ql_dec_ctx *c, const float *src, int64_t count, void *dst, ql_status *st)
 {
@@ -218,12 +243,12 @@ static ql_status cpu_swiglu_bwd(ql_dec_ctx *c, const void *gv, const void *uv, c
 
 /* ---------------------------------------------------------------- linear + LoRA */
 
-/* dst (+)= dropout(src) with the mask of (seed, stream, element) */
+/* dst (+)= dropout(src) with the mask of (seed, stream, elem0 + element) */
 static void apply_dropout(const ql_dec_lin *L, const float *src, int64_t count, float *dst, int accumulate)
 {
     float keep = 1.0f / (1.0f - L->dropout);
     for (int64_t i = 0; i < count; i++) {
-        float v = ql_rng_uniform(L->seed, L->stream, (uint64_t)i) < L->dropout ? 0.0f : src[i] * keep;
+        float v = ql_rng_uniform(L->seed, L->stream, L->elem0 + (uint64_t)i) < L->dropout ? 0.0f : src[i] * keep;
         dst[i] = accumulate ? dst[i] + v : v;
     }
 }
@@ -360,6 +385,7 @@ const ql_dec_ops ql_dec_cpu_ops = {
     .rmsnorm_bwd = cpu_rmsnorm_bwd,
     .residual = cpu_residual,
     .as_act = cpu_as_act,
+    .widen = cpu_widen,
     .rope = cpu_rope,
     .attn = cpu_attn,
     .attn_bwd = cpu_attn_bwd,
@@ -373,4 +399,9 @@ const ql_dec_ops ql_dec_cpu_ops = {
     .adamw = cpu_adamw,
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
+    .ck_store = cpu_ck_store,
+    .ck_fetch = cpu_ck_fetch,
+    .ck_ready = cpu_ck_ready,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
 };

@@ -64,8 +64,11 @@ void ql_adamw_f32(float *p, const float *g, float *m, float *v, int64_t n, doubl
    Accumulates into gA/gB the gradient of  (sum of token losses) / denom,
    so k micro-batches with denom = total target tokens give exactly the
    gradient of one batch of all of them. Returns the loss sum and count.
-   train: apply dropout. checkpointing: keep only each layer's input and
-   recompute the layer during backward (less memory, ~1.3x the work). */
+   train: apply dropout. checkpointing (ql_ckpt): keep only each layer's input and
+   recompute the layer during backward (less memory, ~1.3x the work); with
+   QL_CKPT_HOST those inputs wait in page-locked host memory, copied out and back
+   while the device computes (two layers' worth stay on the device). */
+typedef enum ql_ckpt { QL_CKPT_NONE = 0, QL_CKPT_DEVICE = 1, QL_CKPT_HOST = 2 } ql_ckpt;
 ql_status ql_lora_forward_backward(ql_model *m, ql_lora *l, const ql_batch *b, const int32_t *labels,
                                    double denom, int train, int checkpointing, double *loss_sum, int64_t *count);
 /* Forward only, with adapters: logits [n, V] or the loss (no gradients). */

@@ -2,7 +2,8 @@
 --
 -- A recipe declares each of its settings once, as a row:
 --   { name, type, default, "one-line help", choices = {...}, min = n, max = n, required = true, stamp = false }
--- types: "string"; "int", "number" (min/max); "bool" (true/false, 1/0, yes/no); "enum" (choices);
+-- types: "string"; "int", "number" (min/max); "bool" (true/false, 1/0, yes/no; words in
+-- also = {...} are taken as themselves, like checkpointing=host); "enum" (choices);
 -- "path" (not checked); inputs that must exist before anything runs: "file", "dir", "model" (a folder
 -- with config.json), "tokenizer" (a folder with tokenizer.json, or a tokenizer.json).
 -- stamp = false marks a setting that does not change the result (threads, device choice of
@@ -71,7 +72,10 @@ local function what(d)
   elseif d.max then range = " <= " .. tostring(d.max) end
   if t == "int" then return "an integer" .. range end
   if t == "number" then return "a number" .. range end
-  if t == "bool" then return "true or false" end
+  if t == "bool" then
+    if d.also then return "true, false or " .. table.concat(d.also, ", ") end
+    return "true or false"
+  end
   if t == "enum" then return "one of " .. table.concat(d.choices, ", ") end
   return "a " .. t
 end
@@ -91,7 +95,8 @@ local function convert(d, v)
     return n
   elseif t == "bool" then
     local b = bool_of(v)
-    if b == nil then return nil, "must be true or false" end
+    for _, w in ipairs(b == nil and d.also or {}) do if v == w then return w end end
+    if b == nil then return nil, "must be " .. what(d) end
     return b
   elseif t == "enum" then
     for _, c in ipairs(d.choices) do if c == v then return v end end

@@ -377,7 +377,8 @@ function Trainer:step()
   for k = 1, self.grad_accum do
     local ids, labels, opts = batch_of(micro[k])
     opts.denom = math.max(1, denom)
-    opts.checkpointing = self.cfg.checkpointing and true or false
+    local ck = self.cfg.checkpointing
+    opts.checkpointing = ck == "host" and "host" or (ck and true or false)
     local s, c = lo:forward_backward(ids, labels, opts)
     sum, count = sum + s, count + c
     tokens = tokens + #ids * self.seq_len

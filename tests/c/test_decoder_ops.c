@@ -164,8 +164,8 @@ static int setup(fixture *f, int64_t n, int window)
     /* dropout > 0 so that the scratch of the dropout path is planned too */
     f->lora = ql_lora_new(f->mg, (int)r, 16, 0, 0.25f, (1u << QL_NTARGETS) - 1, NULL, 1);
     CHECK(f->lora != NULL);
-    size_t ab = GPU->aux_size(f->mg, f->lora, n);
-    ql_dec_ctx cg = { .ops = GPU, .m = f->mg, .dev = ql_cuda(0), .n = n, .lora = f->lora,
+    size_t ab = GPU->aux_size(f->mg, f->lora, n, n);
+    ql_dec_ctx cg = { .ops = GPU, .m = f->mg, .dev = ql_cuda(0), .n = n, .mr = n, .lora = f->lora,
                       .inv_freq = up_f32(f, f->mc->inv_freq, rope_dims), .tmp = dalloc(f, 2 * (size_t)(n * W)),
                       .tr = dalloc(f, 2 * (size_t)(n * r)), .aux = dalloc(f, ab), .aux_bytes = ab };
     f->cg = cg;
@@ -371,9 +371,10 @@ static void linear_case(int target, float dropout)
     ql_lora_mod mod = { .in = in, .out = out, .r = r, .scale = 2.0f };
     float *A = rnd((int64_t)r * in, 21, 0.2f), *B = rnd((int64_t)out * r, 22, 0.2f);
     float *gA = calloc((size_t)r * in, 4), *gB = calloc((size_t)out * r, 4);
-    ql_dec_lin Lc = { lc[target], &mod, A, B, gA, gB, dropout, 5, 77 };
+    /* elem0: the masks of a slice of rows that starts further into the batch (decoder.c's MLP slices) */
+    ql_dec_lin Lc = { lc[target], &mod, A, B, gA, gB, dropout, 5, 77, 1000 };
     ql_dec_lin Lg = { lg[target], &mod, up_f32(&f, A, (int64_t)r * in), up_f32(&f, B, (int64_t)out * r),
-                      up_f32(&f, gA, (int64_t)r * in), up_f32(&f, gB, (int64_t)out * r), dropout, 5, 77 };
+                      up_f32(&f, gA, (int64_t)r * in), up_f32(&f, gB, (int64_t)out * r), dropout, 5, 77, 1000 };
     float *x = rnd(n * in, 23, 1.0f), *dy = rnd(n * out, 24, 1.0f);
     float *yc = malloc(4 * (size_t)(n * out)), *xac = malloc(4 * (size_t)(n * r));
     void *xd = up_act(&f, x, n * in), *yd = dalloc(&f, 2 * (size_t)(n * out)), *xad = dalloc(&f, 2 * (size_t)(n * r));

@@ -87,6 +87,50 @@ for _, name in ipairs({ "tiny-qwen2", "tiny-llama", "tiny-mistral" }) do
     T.truthy(worst <= CKPT_GRAD_TOL, string.format("%s: relative error %.3g", wk, worst))
   end)
 
+  -- checkpointing = "host": the same kernels on the same values, only the layer inputs travel
+  -- through page-locked host memory on a copy stream (decoder_ops.cu, ordered by events), so
+  -- the loss and the gradients must be those of the checkpoints kept on the device, bit for bit.
+  -- Three steps: the host memory and the copy stream's events are reused.
+  T.test(name .. ": GPU checkpoints in host memory give the device checkpoints' gradients", function()
+    need_gpu()
+    local _, _, _, lg = pair({ quant = "nf4" })
+    local gd = assert(tensor.load(dir .. "/golden.safetensors"))
+    local ids, lens = gd["packed.ids"]:totable()[1], gd["packed.doc_lens"]:totable()
+    for step = 1, 3 do
+      lg:zero_grad()
+      local s1 = lg:forward_backward(ids, ids, { doc_lens = lens, checkpointing = true })
+      local want = lg:grads()
+      lg:zero_grad()
+      local s2 = lg:forward_backward(ids, ids, { doc_lens = lens, checkpointing = "host" })
+      T.eq(s2, s1, "loss at step " .. step)
+      for k, t in pairs(lg:grads()) do T.eq((t - want[k]):abs():max():item(), 0, k .. " at step " .. step) end
+    end
+  end)
+
+  -- the MLP in slices of 5 rows (decoder.c; by default only above 8192 tokens) against the
+  -- whole batch on the GPU, with host checkpoints too: the same products on fewer rows, so
+  -- only cuBLASLt's choice of kernel for the smaller shapes may round differently
+  T.test(name .. ": GPU step with the MLP in slices of rows matches the whole-batch step", function()
+    need_gpu()
+    local _, _, _, lg = pair({ quant = "nf4" })
+    local ids, labels = batch()
+    lg:zero_grad()
+    local s0 = lg:forward_backward(ids, labels, { checkpointing = true })
+    local want = lg:grads()
+    for _, ck in ipairs({ true, "host" }) do
+      lg:zero_grad()
+      local s1 = lg:forward_backward(ids, labels, { checkpointing = ck, mlp_rows = 5 })
+      T.near(s1, s0, 1e-3 * math.abs(s0), "loss")
+      local worst, wk = 0, nil
+      for k, t in pairs(lg:grads()) do
+        local e = rel(t, want[k])
+        if e > worst then worst, wk = e, k end
+      end
+      print(string.format("    slices (%s): worst gradient difference %.4f (%s)", tostring(ck), worst, wk))
+      T.truthy(worst <= 2e-2, string.format("%s: relative difference %.3g", wk, worst))
+    end
+  end)
+
   T.test(name .. ": GPU logits and greedy generation agree with the CPU", function()
     need_gpu()
     local c, g = pair()

@@ -77,6 +77,32 @@ for _, name in ipairs({ "tiny-qwen2", "tiny-llama" }) do
     for k, t in pairs(lo:grads()) do T.eq((t - a[k]):abs():max():item(), 0, k) end
   end)
 
+  -- checkpointing = "host": the layer inputs go out through two staging buffers and come back one
+  -- layer ahead (decoder.c). On the CPU the copies are plain, so any slip of layer or slot order
+  -- shows as a different gradient; the second and third steps reuse the host memory of the first.
+  T.test(name .. ": checkpoints in host memory give the same gradients, step after step", function()
+    local g, _, lo = setup()
+    local mg = assert(tensor.load(dir .. "/golden.safetensors"))
+    local ids, labels = g["batch.ids"]:totable(), g["batch.labels"]:totable()
+    local pids, lens = mg["packed.ids"]:totable()[1], mg["packed.doc_lens"]:totable()
+    local cases = {
+      { ids, labels, {} },
+      { { pids }, { mg["packed.labels"]:totable()[1] }, { doc_lens = lens } },
+      { { ids[2] }, { labels[2] }, {} },   -- a smaller batch after a larger one
+    }
+    for i, c in ipairs(cases) do
+      lo:zero_grad()
+      local s1, n1 = lo:forward_backward(c[1], c[2], { doc_lens = c[3].doc_lens, checkpointing = true })
+      local a = lo:grads()
+      lo:zero_grad()
+      local s2, n2 = lo:forward_backward(c[1], c[2], { doc_lens = c[3].doc_lens, checkpointing = "host" })
+      T.eq(s2, s1, "loss, case " .. i)
+      T.eq(n2, n1)
+      for k, t in pairs(lo:grads()) do T.eq((t - a[k]):abs():max():item(), 0, k .. ", case " .. i) end
+    end
+    T.raises(function() lo:forward_backward(ids, labels, { checkpointing = "disk" }) end, 'true, false or "host"')
+  end)
+
   T.test(name .. ": 20 AdamW steps follow torch (warmup + cosine, clipping at 1.0)", function()
     local g, _, lo = setup()
     local train = qlora.train
@@ -174,6 +200,42 @@ T.test("dropout applies in training steps only, with a new mask each step", func
   local s2 = lo:forward_backward(ids, labels, { train = true })
   T.near(s_eval / n1, eval1, 1e-9 * eval1)     -- train = false is the evaluation forward
   T.truthy(s1 ~= s_eval and s2 ~= s_eval and s1 ~= s2, "dropout changes the loss and its mask changes per step")
+end)
+
+-- The MLP a slice of rows at a time (decoder.c; by default above 8192 tokens, here forced to
+-- 5 or 7 rows): each token's MLP is its own, so the loss is that of the whole batch and the
+-- gradients are the same sums in another order. With dropout the slices must draw each
+-- element's mask as the whole batch does, or the two runs would differ by far more.
+T.test("the MLP in slices of rows: the same loss and gradients, with dropout and host checkpoints", function()
+  local m = assert(model.load(T.fixture("models/tiny-qwen2")))
+  local g = assert(tensor.load(T.fixture("models/tiny-qwen2/golden.safetensors")))
+  local ids, labels = g.ids:totable(), g.labels:totable()
+  T.truthy(#ids * #ids[1] > 14, "more rows than two slices")
+  for _, drop in ipairs({ 0, 0.3 }) do
+    local lo = lora.new(m, { r = 4, alpha = 8, dropout = drop, seed = 1 })
+    lo:forward_backward(ids, labels)            -- B is no longer zero
+    lo:adamw { lr = 1e-2, step = 1 }
+    local function run(opts)
+      lo:zero_grad()
+      lo:set_dropout_step(7)
+      local s = lo:forward_backward(ids, labels, opts)
+      return s, lo:grads()
+    end
+    local s0, g0 = run({})
+    for _, o in ipairs({ { checkpointing = true, mlp_rows = 5 }, { checkpointing = "host", mlp_rows = 7 } }) do
+      local s, gs = run(o)
+      local what = string.format("dropout %.1f, mlp_rows %d", drop, o.mlp_rows)
+      T.near(s, s0, 1e-6 * math.abs(s0), "loss, " .. what)
+      for k, t in pairs(gs) do
+        T.truthy(rel(t, g0[k]) <= 1e-5, string.format("%s, %s: relative error %.3g", k, what, rel(t, g0[k])))
+      end
+    end
+    -- every layer's activations kept: no slices (mlp_rows has nothing to act on), same numbers
+    local s1 = run({ mlp_rows = 5 })
+    T.eq(s1, s0)
+    local l0, l5 = lo:loss(ids, labels), lo:loss(ids, labels, { mlp_rows = 5 })
+    T.near(l5, l0, 1e-6 * l0, "evaluation loss in slices, dropout " .. drop)
+  end
 end)
 
 for _, name in ipairs({ "tiny-qwen2", "tiny-llama" }) do

@@ -114,6 +114,26 @@ T.test("a run killed with SIGKILL resumes to the same losses step for step", fun
   os.execute("rm -rf '" .. dir .. "'")
 end)
 
+T.test("recipes/train.lua checkpointing=host trains as checkpointing=false does; other words are refused", function()
+  local dir = T.tmpdir()
+  tiny(dir .. "/m")
+  write_data(dir .. "/d.jsonl", 16)
+  local function run(ck)
+    local out = dir .. "/run-" .. ck
+    local log, rc = T.sh(T.qlora .. " recipes/train.lua model=" .. dir .. "/m data=" .. dir .. "/d.jsonl out=" .. out ..
+                         " seq_len=32 batch=2 steps=4 lr=1e-2 r=4 save_every=0 device=cpu checkpointing=" .. ck .. " 2>&1")
+    return rc == 0 and losses(out .. "/metrics.jsonl"), log, rc
+  end
+  local a, b = run("false"), run("host")
+  T.truthy(a and b, "both runs finished")
+  T.eq(#a, 4)
+  for i = 1, 4 do T.eq(b[i], a[i], "step " .. i) end
+  local _, log, rc = run("disk")
+  T.eq(rc, 2, log)
+  T.truthy(log:find("checkpointing=disk: must be true, false or host", 1, true), log)
+  os.execute("rm -rf '" .. dir .. "'")
+end)
+
 T.test("Ctrl-C during training saves a checkpoint and stops cleanly", function()
   local dir = T.tmpdir()
   tiny(dir .. "/m")
