@@ -69,6 +69,7 @@ struct aux_layout {
     uint16_t *wbuf;              /* bf16 [max out*in] frozen weight */
     float *absmax;               /* f32 [max blocks] NF4 scales */
     uint16_t *abf, *bbf;         /* bf16 adapter copies [max r*in], [max out*r] */
+    uint16_t *lbf;               /* bf16 copy of one layer's adapters [max layer block] */
     float *f32;                  /* [max(n max(H, Q), mr NI)]: dropout only */
     float *logits;               /* [CE_CHUNK, V] */
     uint16_t *dz;                /* [CE_CHUNK, V] */
@@ -90,8 +91,12 @@ static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr,
     int64_t H = c->hidden, NI = c->inter, Q = (int64_t)c->heads * c->head_dim, V = c->vocab;
     int64_t HQ = H > Q ? H : Q;
     int64_t W = n * HQ > mr * NI ? n * HQ : mr * NI;   /* the widest [rows, in] of one linear call */
-    int64_t wmax = 0, bmax = 0, amax = 0, bbmax = 0;
+    int64_t wmax = 0, bmax = 0, amax = 0, bbmax = 0, lmax = 0;
     for (int i = 0; i < c->layers; i++) {
+        if (l && l->d_off) {
+            int64_t b1 = i + 1 < c->layers ? l->d_off[(i + 1) * QL_NTARGETS] : l->d_n;
+            if (b1 - l->d_off[i * QL_NTARGETS] > lmax) lmax = b1 - l->d_off[i * QL_NTARGETS];
+        }
         const ql_block *B = &m->blocks[i];
         const ql_linear *L[7] = { &B->q, &B->k, &B->v, &B->o, &B->gate, &B->up, &B->down };
         for (int t = 0; t < 7; t++) {
@@ -119,6 +124,7 @@ static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr,
     TAKE(absmax, float, bmax);
     TAKE(abf, uint16_t, amax);
     TAKE(bbf, uint16_t, bbmax);
+    TAKE(lbf, uint16_t, lmax);
     TAKE(f32, float, l && l->dropout > 0 ? W : 0);   /* only the dropout path of the backward */
     TAKE(logits, float, (int64_t)CE_CHUNK * V);
     TAKE(dz, uint16_t, (int64_t)CE_CHUNK * V);
@@ -366,7 +372,8 @@ static ql_status cu_swiglu_bwd(ql_dec_ctx *c, const void *g, const void *u, cons
 
 /* ---------------------------------------------------------------- linear + LoRA */
 
-/* QL_PROFILE's parts of a linear: 0 dequantization, 1 the frozen product, 2 the adapter */
+/* QL_PROFILE's parts of a linear: 0 dequantization, 1 the frozen product, 2 the adapters' bf16
+   casts, 3 the adapter's forward, 4 its backward's gB and dy B (both read dy), 5 its gA and dx */
 static double sub_t0(ql_dec_ctx *c)
 {
     if (!c->profiling) return 0;
@@ -380,15 +387,46 @@ static void sub_add(ql_dec_ctx *c, int part, double t0)
     c->sub_ms[part] += (ql_now() - t0) * 1e3;
 }
 
-/* the adapter's A and B as bf16 copies in aux */
+/* The adapter's A and B as bf16 copies in aux. An adapter of the step's LoRA lies in its flat
+   parameter array, where each layer's adapters are one block: the whole block is cast once and
+   kept while the step stays in that layer (c->cached: layer + 1), one cast for a layer's seven
+   products instead of two per product (the parameters do not change during a step).
+   QL_ADAPTER_CAST=each casts per product, as before. Others (the op tests' own A, B) are cast
+   each time. */
+static int cast_each(void)
+{
+    static int v = -1;
+    if (v < 0) { const char *e = getenv("QL_ADAPTER_CAST"); v = e && !strcmp(e, "each"); }
+    return v;
+}
 static ql_status adapter_bf16(ql_dec_ctx *c, const ql_dec_lin *L, const uint16_t **A, const uint16_t **B)
 {
+    double t = sub_t0(c);
     aux_layout a = aux_of(c);
     const ql_lora_mod *mod = L->mod;
-    QL_TRY(qlk_to_bf16(L->A, QL_F32, a.abf, (int64_t)mod->r * mod->in));
+    const ql_lora *l = c->lora;
+    int64_t na = (int64_t)mod->r * mod->in;
+    if (!cast_each() && l && l->d_p && l->d_off && L->layer >= 0 && L->layer < l->layers && L->A >= l->d_p &&
+        L->A + na <= l->d_p + l->d_n && L->B == L->A + na) {
+        int64_t b0 = l->d_off[L->layer * QL_NTARGETS];
+        int64_t b1 = L->layer + 1 < l->layers ? l->d_off[(L->layer + 1) * QL_NTARGETS] : l->d_n;
+        int64_t off = L->A - l->d_p;
+        if (off >= b0 && off + na + (int64_t)mod->out * mod->r <= b1) {
+            if (c->cached != L->layer + 1) {
+                QL_TRY(qlk_to_bf16(l->d_p + b0, QL_F32, a.lbf, b1 - b0));
+                c->cached = L->layer + 1;
+            }
+            *A = a.lbf + (off - b0);
+            *B = *A + na;
+            sub_add(c, 2, t);
+            return QL_OK;
+        }
+    }
+    QL_TRY(qlk_to_bf16(L->A, QL_F32, a.abf, na));
     QL_TRY(qlk_to_bf16(L->B, QL_F32, a.bbf, (int64_t)mod->out * mod->r));
     *A = a.abf;
     *B = a.bbf;
+    sub_add(c, 2, t);
     return QL_OK;
 }
 
@@ -404,9 +442,9 @@ static ql_status cu_linear(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, in
     const ql_lora_mod *mod = L->mod;
     double t;
     if (mod) {
-        t = sub_t0(c);
         const uint16_t *A, *B;
         QL_TRY(adapter_bf16(c, L, &A, &B));
+        t = sub_t0(c);
         const void *xd = x;
         if (L->dropout > 0) {
             QL_TRY(qlk_dropout((const uint16_t *)x, (uint16_t *)c->tmp, n * in, L->dropout, L->seed, L->stream, L->elem0));
@@ -415,7 +453,7 @@ static ql_status cu_linear(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, in
         int r = mod->r;
         QL_TRY(qlk_gemm(dev, 0, 1, n, r, in, 1.0f, xd, in, A, in, QL_BF16, 0.0f, xa, r, QL_BF16));
         if (y) QL_TRY(qlk_gemm(dev, 0, 1, n, out, r, mod->scale, xa, r, B, r, QL_BF16, 0.0f, y, out, QL_BF16));
-        sub_add(c, 2, t);
+        sub_add(c, 3, t);
     }
     if (!y) return QL_OK;   /* only xa was wanted (decoder.h) */
     const uint16_t *W;
@@ -451,14 +489,16 @@ static ql_status cu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *x
         sub_add(c, 1, t);
         if (!mod) return QL_OK;
     }
-    t = sub_t0(c);
     int r = mod->r;
     const uint16_t *A, *B;
     QL_TRY(adapter_bf16(c, L, &A, &B));
+    t = sub_t0(c);
     /* gB [out, r] += scale dy^T xa */
     QL_TRY(qlk_gemm(dev, 1, 0, out, r, n, mod->scale, dy, out, xa, r, QL_BF16, 1.0f, L->gB, r, QL_F32));
     /* tr [n, r] = dy B */
     QL_TRY(qlk_gemm(dev, 0, 0, n, r, out, 1.0f, dy, out, B, r, QL_BF16, 0.0f, c->tr, r, QL_BF16));
+    sub_add(c, 4, t);
+    t = sub_t0(c);
     const void *xd = x;
     if (L->dropout > 0) {
         QL_TRY(qlk_dropout((const uint16_t *)x, (uint16_t *)c->tmp, n * in, L->dropout, L->seed, L->stream, L->elem0));
@@ -475,7 +515,7 @@ static ql_status cu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *x
         QL_TRY(qlk_gemm(dev, 0, 0, n, in, r, mod->scale, c->tr, r, A, in, QL_BF16, accumulate ? 1.0f : 0.0f, dx, in,
                         QL_F32));
     }
-    sub_add(c, 2, t);
+    sub_add(c, 5, t);
     if (!frozen_first) {
         t = sub_t0(c);
         QL_TRY(weight_bf16(c, base->w, &W));
@@ -594,7 +634,10 @@ static ql_dec_ops make_ops(void)
     o.act = QL_BF16;
     o.sub_names[0] = "dequant";
     o.sub_names[1] = "frozen products";
-    o.sub_names[2] = "adapters";
+    o.sub_names[2] = "adapter casts";
+    o.sub_names[3] = "adapters fwd";
+    o.sub_names[4] = "adapters gB+dyB";
+    o.sub_names[5] = "adapters gA+dx";
     o.alloc = cu_alloc;
     o.free = cu_free;
     o.upload = cu_upload;

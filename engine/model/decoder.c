@@ -289,6 +289,7 @@ static void lin_of(const run *R, int layer, int t, int grads, ql_dec_lin *L)
     const ql_linear *bases[QL_NTARGETS] = { &B->q, &B->k, &B->v, &B->o, &B->gate, &B->up, &B->down };
     memset(L, 0, sizeof *L);
     L->base = bases[t];
+    L->layer = layer;
     const ql_lora *l = R->l;
     const ql_lora_mod *mod = ql_lora_at(l, layer, t);
     if (!mod) return;
@@ -599,7 +600,7 @@ ql_status ql_decoder_run(ql_model *m, ql_dec_step *s)
                 (long long)n);
         for (int i = 0; i < P_NPARTS; i++) if (pf.ms[i] > 0) { fprintf(stderr, " %s %.1f", prof_names[i], pf.ms[i]); sum += pf.ms[i]; }
         fprintf(stderr, " other %.1f total %.1f ms", total - sum, total);
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < QL_DEC_SUBPARTS; i++)
             if (ops->sub_names[i]) fprintf(stderr, "%s%s %.1f", i == 0 ? " (within linear: " : ", ", ops->sub_names[i], ctx.sub_ms[i]);
         fprintf(stderr, "%s\n", ops->sub_names[0] ? ")" : "");
     }

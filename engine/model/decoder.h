@@ -43,9 +43,12 @@ typedef struct ql_dec_lin {
     float dropout;               /* 0: none (also when not training) */
     uint64_t seed, stream;
     uint64_t elem0;              /* x's first element in the whole batch (a slice of rows: row0 * in) */
+    int layer;                   /* the block it belongs to */
 } ql_dec_lin;
 
 typedef struct ql_dec_ops ql_dec_ops;
+
+#define QL_DEC_SUBPARTS 8
 
 /* What an op may use besides its arguments: the backend's scratch, planned once. */
 typedef struct ql_dec_ctx {
@@ -62,13 +65,14 @@ typedef struct ql_dec_ctx {
                                     dequantization, f32 scratch, lm_head chunks) */
     size_t aux_bytes;
     int profiling;               /* QL_PROFILE: the backend may time parts of its ops into sub_ms */
-    double sub_ms[4];            /* named by ops->sub_names */
+    double sub_ms[QL_DEC_SUBPARTS];   /* named by ops->sub_names */
+    int64_t cached;              /* backend-private: what its scratch holds for this step (0: nothing) */
 } ql_dec_ctx;
 
 struct ql_dec_ops {
     const char *name;
     ql_dtype act;                                  /* dtype of A buffers */
-    const char *sub_names[4];                      /* parts a backend times under QL_PROFILE (NULL: none) */
+    const char *sub_names[QL_DEC_SUBPARTS];        /* parts a backend times under QL_PROFILE (NULL: none) */
     /* memory for the plan (backend allocator; device memory is counted in ql_memory) */
     void *(*alloc)(ql_device dev, size_t bytes);   /* NULL + ql_fail on failure */
     void (*free)(ql_device dev, void *p, size_t bytes);
