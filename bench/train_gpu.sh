@@ -10,7 +10,8 @@
 #   - peer: installs the carried bitsandbytes wheel (.whl/, git-ignored: carry ".whl")
 #     into /tmp/site (pip, or a plain unzip where pip is missing);
 #   - qlora: the binary is $3, else $QLORA, else /tmp/qlgpu/gpu/bin/qlora; when it is
-#     missing, unpacks .carry/gpu/bundle.tar.xz (tests/gpu/run.sh build; carry ".carry/gpu")
+#     missing, unpacks $QL_BUNDLE (default .carry/gpu/bundle.tar.xz: tests/gpu/run.sh build;
+#     carry ".carry/gpu")
 #     there as `run.sh device` does. LD_LIBRARY_PATH gets the bundle's lib/ for qlora only;
 #   - writes the random checkpoints once (/tmp/q05b, /tmp/q7b: bench/gen_checkpoint.py);
 #   - runs each tool under `timeout`, polling nvidia-smi every 0.2 s meanwhile: the
@@ -77,10 +78,11 @@ setup_unsloth() {
 }
 
 setup_qlora() {
+  local bundle="${QL_BUNDLE:-.carry/gpu/bundle.tar.xz}"
   if [ ! -x "$QLORA" ]; then
-    [ -f .carry/gpu/bundle.tar.xz ] || { log "no $QLORA and no .carry/gpu/bundle.tar.xz (carry \".carry/gpu\")"; return 1; }
+    [ -f "$bundle" ] || { log "no $QLORA and no $bundle (carry its folder)"; return 1; }
     mkdir -p /tmp/qlgpu
-    python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" .carry/gpu/bundle.tar.xz /tmp/qlgpu || return 1
+    python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$bundle" /tmp/qlgpu || return 1
   fi
   [ -x "$QLORA" ] || { log "$QLORA missing after unpacking"; return 1; }
   QLORA_LIBS="$(cd "$(dirname "$QLORA")/.." && pwd)/lib"

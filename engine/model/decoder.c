@@ -63,9 +63,9 @@ typedef struct plan {
                                     or in host memory: set after the plan, from host_ck) */
     void *stage[2];              /* A [n, H] (ck_host) */
     acts *A;                     /* [nacts] */
-    void *xf;                    /* A [n, H] final-normed */
+    void *xf;                    /* A [n, H] final-normed (yo's memory) */
     float *rf;                   /* S [n] */
-    float *dx, *dxf;             /* R [n, H] (TRAIN) */
+    float *dx, *dxf;             /* R [n, H] (TRAIN; dxf in gR's memory) */
     float *gR;                   /* R [max(n max(H, Q), mr NI)] */
     void *gA1, *gA2, *gA3;       /* A [max(mr NI, n Q)], [max(mr NI, n 2 KV)], [n, H] */
     void *yo;                    /* A [n, H] */
@@ -122,16 +122,17 @@ static void plan_carve(carver *cv, plan *p, ql_dec_ctx *ctx, const ql_model *m, 
         a->hsw = carve(cv, (size_t)(mr * NI) * ea);
         for (int t = 0; t < QL_NTARGETS; t++) a->xa[t] = l ? carve(cv, (size_t)(n * r) * ea) : NULL;
     }
-    p->xf = carve(cv, (size_t)(n * H) * ea);
     p->yo = carve(cv, (size_t)(n * H) * ea);
+    p->xf = p->yo;   /* the last layer's down output is consumed before the final norm writes xf, and
+                        no later use of yo (recomputations make only the down adapter's xa) */
     p->rf = carve(cv, (size_t)n * R4);
     ctx->tmp = l && l->dropout > 0 ? carve(cv, (size_t)W * ea) : NULL;   /* dropout's masked inputs only */
     ctx->tr = carve(cv, (size_t)(n * r) * ea);
     if (mode == QL_DEC_TRAIN) {
         int64_t a1 = mr * NI > n * Q ? mr * NI : n * Q, a2 = mr * NI > n * 2 * KV ? mr * NI : n * 2 * KV;
         p->dx = carve(cv, (size_t)(n * H) * R4);
-        p->dxf = carve(cv, (size_t)(n * H) * R4);
         p->gR = carve(cv, (size_t)W * R4);
+        p->dxf = p->gR;   /* free until the first layer's backward; W >= n * H */
         p->gA1 = carve(cv, (size_t)a1 * ea);
         p->gA2 = carve(cv, (size_t)a2 * ea);
         p->gA3 = carve(cv, (size_t)(n * H) * ea);

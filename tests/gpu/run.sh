@@ -15,6 +15,8 @@
 #   QL_GPU_ONLY_TRAIN=1  stop after the GPU training tests and the recipes run
 #   QL_GPU_BENCH="05b|7b|all both|peer|qlora"  also run bench/train_gpu.sh
 #   QL_GPU_SANITIZE=1  run the decoder's op tests under compute-sanitizer memcheck
+#   QL_GPU_BUNDLE=bench (build)  only qlora in the bundle (~half the size): for a call that also
+#                       carries the peers' wheels (bench/train_gpu.sh QL_BUNDLE=DEST/bundle.tar.xz)
 #
 # Libraries: everything `ldd` lists except glibc (libc, libm, libpthread, libdl,
 # librt, ld-linux), libstdc++/libgcc and CUDA's own (cuBLASLt comes from the
@@ -59,6 +61,7 @@ build() {
   cp build/qlora_gpu "$stage/gpu/bin/qlora"
   cp -r recipes "$stage/gpu/"
   mkdir -p "$stage/gpu/lua" && cp -r lua/qlora "$stage/gpu/lua/"
+  [ "${QL_GPU_BUNDLE:-}" = bench ] && rm -f "$stage/gpu/bin/qltest" "$stage/gpu/bin/qlbench"
   strip --strip-debug "$stage"/gpu/bin/* 2>/dev/null
   local skip='^(linux-vdso|libc\.so|libm\.so|libpthread\.so|libdl\.so|librt\.so|ld-linux|libstdc\+\+\.so|libgcc_s\.so|libcu|libnv)'
   for b in "$stage"/gpu/bin/*; do
