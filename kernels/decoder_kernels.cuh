@@ -99,7 +99,7 @@ ql_status qlk_attn_bwd(const uint16_t *q, const uint16_t *k, const uint16_t *v, 
    same contracts as qlk_attn_fwd / qlk_attn_bwd; hd a multiple of 16 up to 128. The backward
    takes device scratch of qlk_flash_scratch bytes (dout as bf16, and D). */
 int qlk_flash_supported(int hd);
-size_t qlk_flash_scratch(int64_t n, int heads, int hd);
+size_t qlk_flash_scratch(int64_t n, int heads, int kvh, int hd);
 ql_status qlk_flash_fwd(const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *lo, const int32_t *hi,
                         int64_t n, int heads, int kvh, int hd, int window, uint16_t *out, float *lse);
 ql_status qlk_flash_bwd(const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *out, const float *lse,

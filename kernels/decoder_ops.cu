@@ -133,7 +133,7 @@ static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr,
     TAKE(rows, int32_t, n);
     TAKE(tgt, int32_t, n);
     TAKE(loss, double, 1);
-    TAKE(attn, char, qlk_flash_scratch(n, c->heads, c->head_dim));
+    TAKE(attn, char, qlk_flash_scratch(n, c->heads, c->kv_heads, c->head_dim));
 #undef TAKE
     a->bytes = off;
 }

@@ -47,6 +47,9 @@
  */
 #include "decoder_kernels.cuh"
 
+#include <stdlib.h>
+#include <string.h>
+
 #include <cuda_bf16.h>
 
 #define FA_LOG2E 1.4426950408889634f
@@ -324,14 +327,19 @@ __global__ void __launch_bounds__(128) k_flash_dkv(const uint16_t *__restrict__ 
                                                    const int32_t *__restrict__ qlo, const int32_t *__restrict__ qhi,
                                                    int64_t n, int heads, int kvh, int window, float sl2, float scale,
                                                    uint16_t *__restrict__ dk, uint16_t *__restrict__ dv,
-                                                   float *__restrict__ pk, float *__restrict__ pv)
+                                                   float *__restrict__ pk, float *__restrict__ pv, int group_loop)
 {
     typedef dkv_smem<HD> L;
     constexpr int BK = L::BK, BQ = L::BQ, KS = HD / 16, DT = HD / 8, NT = BQ / 8, LD = HD + 8;
     extern __shared__ __align__(16) unsigned char smem[];
     uint16_t *Ks = (uint16_t *)smem, *Vs = (uint16_t *)(smem + L::kv);
     __shared__ int s_lo, s_hi;
-    const int h = blockIdx.y, kh = h / (heads / kvh);
+    /* blockIdx.y: a query head (its share of dK, dV), or with group_loop a kv head whose group of
+       query heads this block walks one after another, summing dK, dV in its registers */
+    const int grp = heads / kvh;
+    const int kh = group_loop ? (int)blockIdx.y : (int)blockIdx.y / grp;
+    const int h0 = group_loop ? kh * grp : (int)blockIdx.y, h1 = group_loop ? h0 + grp : h0 + 1;
+    int h = h0;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int64_t Q = (int64_t)heads * HD, KV = (int64_t)kvh * HD;
     const int64_t c0 = (int64_t)blockIdx.x * BK;
@@ -368,7 +376,6 @@ __global__ void __launch_bounds__(128) k_flash_dkv(const uint16_t *__restrict__ 
         }
         cp_async_commit();
     };
-    if (ntiles > 0) stage_load(0, qb);
 
     float dka[DT][4], dva[DT][4];
 #pragma unroll
@@ -376,74 +383,79 @@ __global__ void __launch_bounds__(128) k_flash_dkv(const uint16_t *__restrict__ 
         dka[d][0] = dka[d][1] = dka[d][2] = dka[d][3] = 0.0f;
         dva[d][0] = dva[d][1] = dva[d][2] = dva[d][3] = 0.0f;
     }
-    for (int it = 0; it < ntiles; it++) {
-        const int i0 = qb + it * BQ;
-        if (it + 1 < ntiles) {
-            stage_load((it + 1) & 1, i0 + BQ);
-            cp_async_wait<1>();
-        } else
-            cp_async_wait<0>();
-        __syncthreads();
-        unsigned char *b = smem + 2 * L::kv + (it & 1) * L::stage;
-        const uint16_t *Qs = (const uint16_t *)b, *dOs = (const uint16_t *)(b + L::qt);
-        const float *Ls = (const float *)(b + 2 * L::qt), *Ds = Ls + BQ;
-        const int *Lo = (const int *)(Ds + BQ), *Hi = Lo + BQ;
-        /* S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x 32 queries */
-        float s[NT][4], dp[NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-            dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
-        }
-#pragma unroll
-        for (int ks = 0; ks < KS; ks++) {
-            const uint16_t *kr = Ks + (wr + g) * LD + ks * 16 + 2 * t, *vr = Vs + (wr + g) * LD + ks * 16 + 2 * t;
-            uint32_t k0 = ld32(kr), k1 = ld32(kr + 8 * LD), k2 = ld32(kr + 8), k3 = ld32(kr + 8 * LD + 8);
-            uint32_t v0 = ld32(vr), v1 = ld32(vr + 8 * LD), v2 = ld32(vr + 8), v3 = ld32(vr + 8 * LD + 8);
+    for (h = h0; h < h1; h++) {
+        qbase = q + (int64_t)h * HD;
+        obase = dO + (int64_t)h * HD;
+        if (ntiles > 0) stage_load(0, qb);
+        for (int it = 0; it < ntiles; it++) {
+            const int i0 = qb + it * BQ;
+            if (it + 1 < ntiles) {
+                stage_load((it + 1) & 1, i0 + BQ);
+                cp_async_wait<1>();
+            } else
+                cp_async_wait<0>();
+            __syncthreads();
+            unsigned char *b = smem + 2 * L::kv + (it & 1) * L::stage;
+            const uint16_t *Qs = (const uint16_t *)b, *dOs = (const uint16_t *)(b + L::qt);
+            const float *Ls = (const float *)(b + 2 * L::qt), *Ds = Ls + BQ;
+            const int *Lo = (const int *)(Ds + BQ), *Hi = Lo + BQ;
+            /* S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x 32 queries */
+            float s[NT][4], dp[NT][4];
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
-                const uint16_t *qr = Qs + (nt * 8 + g) * LD + ks * 16 + 2 * t;
-                const uint16_t *dr = dOs + (nt * 8 + g) * LD + ks * 16 + 2 * t;
-                mma_bf16(s[nt], k0, k1, k2, k3, ld32(qr), ld32(qr + 8));
-                mma_bf16(dp[nt], v0, v1, v2, v3, ld32(dr), ld32(dr + 8));
+                s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+                dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
             }
-        }
-        /* P^T and dS^T = P^T (dP^T - D) */
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
+            for (int ks = 0; ks < KS; ks++) {
+                const uint16_t *kr = Ks + (wr + g) * LD + ks * 16 + 2 * t, *vr = Vs + (wr + g) * LD + ks * 16 + 2 * t;
+                uint32_t k0 = ld32(kr), k1 = ld32(kr + 8 * LD), k2 = ld32(kr + 8), k3 = ld32(kr + 8 * LD + 8);
+                uint32_t v0 = ld32(vr), v1 = ld32(vr + 8 * LD), v2 = ld32(vr + 8), v3 = ld32(vr + 8 * LD + 8);
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int qi = nt * 8 + 2 * t + (e & 1), key = e < 2 ? ka : kb;
-                bool ok = key >= Lo[qi] && key < Hi[qi];
-                float p = ok ? exp2f(s[nt][e] * sl2 - Ls[qi]) : 0.0f;
-                s[nt][e] = p;
-                dp[nt][e] = p * (dp[nt][e] - Ds[qi]);
+                for (int nt = 0; nt < NT; nt++) {
+                    const uint16_t *qr = Qs + (nt * 8 + g) * LD + ks * 16 + 2 * t;
+                    const uint16_t *dr = dOs + (nt * 8 + g) * LD + ks * 16 + 2 * t;
+                    mma_bf16(s[nt], k0, k1, k2, k3, ld32(qr), ld32(qr + 8));
+                    mma_bf16(dp[nt], v0, v1, v2, v3, ld32(dr), ld32(dr + 8));
+                }
             }
-        }
-        /* dV += P^T dO, dK += dS^T Q over the 32 queries (two k = 16 steps); dO's and Q's
-           fragments by ldmatrix .trans from their row-major tiles */
+            /* P^T and dS^T = P^T (dP^T - D) */
 #pragma unroll
-        for (int kk = 0; kk < BQ / 16; kk++) {
-            uint32_t p0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]), p1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-            uint32_t p2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), p3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-            uint32_t d0 = pack_bf16(dp[2 * kk][0], dp[2 * kk][1]), d1 = pack_bf16(dp[2 * kk][2], dp[2 * kk][3]);
-            uint32_t d2 = pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]), d3 = pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+            for (int nt = 0; nt < NT; nt++) {
 #pragma unroll
-            for (int d = 0; d < DT; d += 2) {
-                uint32_t b00, b01, b10, b11;
-                ldsm_b_pair<LD>(dOs, kk * 16, d * 8, lane, b00, b01, b10, b11);
-                mma_bf16(dva[d], p0, p1, p2, p3, b00, b01);
-                mma_bf16(dva[d + 1], p0, p1, p2, p3, b10, b11);
-                ldsm_b_pair<LD>(Qs, kk * 16, d * 8, lane, b00, b01, b10, b11);
-                mma_bf16(dka[d], d0, d1, d2, d3, b00, b01);
-                mma_bf16(dka[d + 1], d0, d1, d2, d3, b10, b11);
+                for (int e = 0; e < 4; e++) {
+                    int qi = nt * 8 + 2 * t + (e & 1), key = e < 2 ? ka : kb;
+                    bool ok = key >= Lo[qi] && key < Hi[qi];
+                    float p = ok ? exp2f(s[nt][e] * sl2 - Ls[qi]) : 0.0f;
+                    s[nt][e] = p;
+                    dp[nt][e] = p * (dp[nt][e] - Ds[qi]);
+                }
             }
+            /* dV += P^T dO, dK += dS^T Q over the 32 queries (two k = 16 steps); dO's and Q's
+               fragments by ldmatrix .trans from their row-major tiles */
+#pragma unroll
+            for (int kk = 0; kk < BQ / 16; kk++) {
+                uint32_t p0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]), p1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+                uint32_t p2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), p3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+                uint32_t d0 = pack_bf16(dp[2 * kk][0], dp[2 * kk][1]), d1 = pack_bf16(dp[2 * kk][2], dp[2 * kk][3]);
+                uint32_t d2 = pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]), d3 = pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+#pragma unroll
+                for (int d = 0; d < DT; d += 2) {
+                    uint32_t b00, b01, b10, b11;
+                    ldsm_b_pair<LD>(dOs, kk * 16, d * 8, lane, b00, b01, b10, b11);
+                    mma_bf16(dva[d], p0, p1, p2, p3, b00, b01);
+                    mma_bf16(dva[d + 1], p0, p1, p2, p3, b10, b11);
+                    ldsm_b_pair<LD>(Qs, kk * 16, d * 8, lane, b00, b01, b10, b11);
+                    mma_bf16(dka[d], d0, d1, d2, d3, b00, b01);
+                    mma_bf16(dka[d + 1], d0, d1, d2, d3, b10, b11);
+                }
+            }
+            __syncthreads();
         }
-        __syncthreads();
-    }
+    }   /* the group's heads */
     if (ntiles == 0) cp_async_wait<0>();   /* K and V were loaded for nothing; let them land */
     if (pk) {   /* grouped queries: this head's share, summed over the group by k_group_sum */
-        const int64_t col = (int64_t)h * HD + 2 * t;
+        const int64_t col = (int64_t)h0 * HD + 2 * t;
 #pragma unroll
         for (int d = 0; d < DT; d++) {
             if (ka < n) {
@@ -639,9 +651,24 @@ int qlk_flash_supported(int hd)
     return major >= 8;
 }
 
-/* dO bf16 [n, Q], D f32 [n, heads], the per-head dK and dV shares f32 [n, Q] each */
+/* Grouped queries' dK, dV: per query head shares (f32 [n, Q] each, 8 x Q bytes a token) summed by
+   k_group_sum, which keeps every SM busy on short batches; or, from FLASH_GROUP_LOOP_N tokens on
+   (blocks enough for the card then), each block walks its kv head's group of query heads and sums
+   in registers: no shares, K and V read once a group. QL_FLASH_GROUP=loop|shares picks one. */
+#define FLASH_GROUP_LOOP_N 16384
+static int group_loop(int64_t n, int heads, int kvh)
+{
+    if (heads == kvh) return 0;
+    const char *e = getenv("QL_FLASH_GROUP");
+    if (e && !strcmp(e, "loop")) return 1;
+    if (e && !strcmp(e, "shares")) return 0;
+    return n >= FLASH_GROUP_LOOP_N;
+}
+
+/* dO bf16 [n, Q], D f32 [n, heads], the per-head dK and dV shares f32 [n, Q] each (not with
+   group_loop) */
 struct flash_scratch { uint16_t *dO; float *D, *pk, *pv; size_t bytes; };
-static flash_scratch scratch_layout(void *base, int64_t n, int heads, int hd)
+static flash_scratch scratch_layout(void *base, int64_t n, int heads, int kvh, int hd)
 {
     size_t nq = (size_t)(n * heads * hd), off = 0;
     char *b = (char *)base;
@@ -649,13 +676,14 @@ static flash_scratch scratch_layout(void *base, int64_t n, int heads, int hd)
     flash_scratch s;
     s.dO = (uint16_t *)take(nq * 2);
     s.D = (float *)take((size_t)(n * heads) * 4);
-    s.pk = (float *)take(nq * 4);
-    s.pv = (float *)take(nq * 4);
+    int shares = heads != kvh && !group_loop(n, heads, kvh);
+    s.pk = shares ? (float *)take(nq * 4) : NULL;
+    s.pv = shares ? (float *)take(nq * 4) : NULL;
     s.bytes = off;
     return s;
 }
 
-size_t qlk_flash_scratch(int64_t n, int heads, int hd) { return scratch_layout(NULL, n, heads, hd).bytes; }
+size_t qlk_flash_scratch(int64_t n, int heads, int kvh, int hd) { return scratch_layout(NULL, n, heads, kvh, hd).bytes; }
 
 template <int HD>
 static ql_status fwd_hd(const uint16_t *q, const uint16_t *k, const uint16_t *v, const int32_t *lo, const int32_t *hi,
@@ -681,12 +709,13 @@ static ql_status bwd_hd(const uint16_t *q, const uint16_t *k, const uint16_t *v,
     /* the opt-in above 48 KiB of dynamic shared memory (per device, so on every call: it is cheap) */
     QL_CU(cudaFuncSetAttribute(k_flash_dkv<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)b1));
     QL_CU(cudaFuncSetAttribute(k_flash_dq<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)b2));
-    const bool grouped = heads != kvh;
-    dim3 g1((unsigned)((n + 63) / 64), (unsigned)heads);
+    const int loop = group_loop(n, heads, kvh);
+    const bool shares = heads != kvh && !loop;
+    dim3 g1((unsigned)((n + 63) / 64), (unsigned)(loop ? kvh : heads));
     k_flash_dkv<HD><<<g1, 128, b1>>>(q, k, v, dO, lse, D, lo, hi, qlo, qhi, n, heads, kvh, window, sl2, scale, dk, dv,
-                                     grouped ? pk : NULL, grouped ? pv : NULL);
+                                     shares ? pk : NULL, shares ? pv : NULL, loop);
     QL_CU_LAUNCH("k_flash_dkv");
-    if (grouped) {
+    if (shares) {
         int64_t total = n * kvh * HD;
         unsigned blocks = (unsigned)((total + 255) / 256 < 65535 * 16 ? (total + 255) / 256 : 65535 * 16);
         k_group_sum<<<blocks, 256>>>(pk, pv, n, heads, kvh, HD, dk, dv);
@@ -725,7 +754,7 @@ ql_status qlk_flash_bwd(const uint16_t *q, const uint16_t *k, const uint16_t *v,
 {
     if (n == 0) return QL_OK;
     QL_TRY(flash_shape(n, heads, kvh));
-    flash_scratch sc = scratch_layout(scratch, n, heads, hd);
+    flash_scratch sc = scratch_layout(scratch, n, heads, kvh, hd);
     QL_TRY(qlk_to_bf16(dout, QL_F32, sc.dO, n * heads * hd));
     QL_TRY(qlk_attn_rowdot(dout, out, n, heads, hd, sc.D));
 #define BWD(H) bwd_hd<H>(q, k, v, sc.dO, lse, sc.D, lo, hi, qlo, qhi, n, heads, kvh, window, dq, dk, dv, sc.pk, sc.pv)

@@ -337,6 +337,11 @@ static void attention_case(int64_t n, int window)
 static void attention_all(int64_t n, int window)
 {
     attention_case(n, window);
+    /* flash with grouped queries the way long batches run it: each block sums its kv head's group
+       of query heads in registers (flash_attn.cu's group_loop, by default from 16384 tokens) */
+    setenv("QL_FLASH_GROUP", "loop", 1);
+    attention_case(n, window);
+    unsetenv("QL_FLASH_GROUP");
     setenv("QL_ATTN", "gemm", 1);
     attention_case(n, window);
     setenv("QL_ATTN", "warp", 1);
