@@ -68,6 +68,8 @@ static ql_status cu_memset0(ql_device dev, void *p, size_t n)
 struct aux_layout {
     uint16_t *wbuf;              /* bf16 [max out*in] frozen weight */
     float *absmax;               /* f32 [max blocks] NF4 scales */
+    uint16_t *wbuf2;             /* the second buffer of dequantization ahead (NULL when off) */
+    float *absmax2;
     uint16_t *abf, *bbf;         /* bf16 adapter copies [max r*in], [max out*r] */
     uint16_t *lbf;               /* bf16 copy of one layer's adapters [max layer block] */
     float *f32;                  /* [max(n max(H, Q), mr NI)]: dropout only */
@@ -82,6 +84,16 @@ struct aux_layout {
 };
 
 static size_t up(size_t x) { return (x + 255) & ~(size_t)255; }
+
+/* QL_DEQUANT_AHEAD=0: every NF4 weight is dequantized on the default stream right before its
+   product, into one buffer; otherwise the next projection's weight is dequantized into a second
+   buffer on a side stream while the current product runs (weight_bf16) */
+static int dequant_ahead(void)
+{
+    static int v = -1;
+    if (v < 0) { const char *e = getenv("QL_DEQUANT_AHEAD"); v = !(e && !strcmp(e, "0")); }
+    return v;
+}
 
 static int needs_copy(const ql_tensor *w) { return !(w->dtype == QL_BF16 && ql_tensor_is_contiguous(w)); }
 
@@ -122,6 +134,8 @@ static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr,
 #define TAKE(field, type, count) do { a->field = base ? (type *)(base + off) : NULL; off += up(sizeof(type) * (size_t)(count)); } while (0)
     TAKE(wbuf, uint16_t, wmax);
     TAKE(absmax, float, bmax);
+    TAKE(wbuf2, uint16_t, dequant_ahead() && bmax > 0 ? wmax : 0);
+    TAKE(absmax2, float, dequant_ahead() && bmax > 0 ? bmax : 0);
     TAKE(abf, uint16_t, amax);
     TAKE(bbf, uint16_t, bbmax);
     TAKE(lbf, uint16_t, lmax);
@@ -135,6 +149,7 @@ static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr,
     TAKE(loss, double, 1);
     TAKE(attn, char, qlk_flash_scratch(n, c->heads, c->kv_heads, c->head_dim));
 #undef TAKE
+    if (!(dequant_ahead() && bmax > 0)) a->wbuf2 = NULL, a->absmax2 = NULL;
     a->bytes = off;
 }
 
@@ -152,25 +167,96 @@ static aux_layout aux_of(ql_dec_ctx *c)
     return a;
 }
 
-/* a frozen weight as bf16 [out, in] (the tensor itself, or a copy in wbuf) */
-static ql_status weight_bf16(ql_dec_ctx *c, const ql_tensor *w, const uint16_t **out)
+/* w as bf16 into buf on stream s (NF4 on any stream; other dtypes only on the default one) */
+static ql_status dequant_into(const ql_tensor *w, uint16_t *buf, float *absmax, cudaStream_t s)
 {
-    if (!needs_copy(w)) { *out = (const uint16_t *)ql_tensor_data(w); return QL_OK; }
-    aux_layout a = aux_of(c);
     int64_t n = ql_tensor_numel(w);
     if (w->dtype == QL_NF4) {
         const ql_quant *q = w->quant;
         int dq = q->double_quant;
-        QL_TRY(ql_cuda_nf4_dequantize_bf16_fast(
+        return ql_cuda_nf4_dequantize_bf16_fast(
             (const uint8_t *)ql_tensor_data(w), dq, dq ? (const uint8_t *)ql_tensor_data(q->absmax) : NULL,
             dq ? NULL : (const float *)ql_tensor_data(q->absmax), dq ? (const float *)ql_tensor_data(q->nested_absmax) : NULL,
-            dq ? (const float *)ql_tensor_data(q->nested_code) : NULL, q->nested_offset, n, q->blocksize, a.wbuf, a.absmax,
-            NULL));
-    } else {
-        if (!ql_tensor_is_contiguous(w)) return ql_fail(QL_EUNSUPPORTED, "a strided frozen weight on the GPU");
-        QL_TRY(qlk_to_bf16(ql_tensor_data(w), w->dtype, a.wbuf, n));
+            dq ? (const float *)ql_tensor_data(q->nested_code) : NULL, q->nested_offset, n, q->blocksize, buf, absmax,
+            (void *)s);
     }
-    *out = a.wbuf;
+    if (!ql_tensor_is_contiguous(w)) return ql_fail(QL_EUNSUPPORTED, "a strided frozen weight on the GPU");
+    return qlk_to_bf16(ql_tensor_data(w), w->dtype, buf, n);
+}
+
+/* The side stream of dequantization ahead, per device: non-blocking (neither it nor the default
+   stream waits for the other unless told); go: recorded on the default stream, where a side
+   dequantization must wait (the products that read its buffer before); ready[slot]: recorded
+   after it, where the product that needs it waits; idle: after the side stream's latest work,
+   which a step waits for before it first touches the buffers. */
+#define DQ_MAXDEV 64
+struct dq_side { cudaStream_t s; cudaEvent_t go, ready[2], idle; int made; };
+static dq_side dq_sides[DQ_MAXDEV];
+
+static ql_status side_for(ql_device dev, dq_side **out)
+{
+    if (dev.index < 0 || dev.index >= DQ_MAXDEV) return ql_fail(QL_EINVAL, "device index %d out of range", dev.index);
+    dq_side *d = &dq_sides[dev.index];
+    if (!d->made) {
+        QL_CU(cudaStreamCreateWithFlags(&d->s, cudaStreamNonBlocking));
+        QL_CU(cudaEventCreateWithFlags(&d->go, cudaEventDisableTiming));
+        QL_CU(cudaEventCreateWithFlags(&d->ready[0], cudaEventDisableTiming));
+        QL_CU(cudaEventCreateWithFlags(&d->ready[1], cudaEventDisableTiming));
+        QL_CU(cudaEventCreateWithFlags(&d->idle, cudaEventDisableTiming));
+        d->made = 1;
+    }
+    *out = d;
+    return QL_OK;
+}
+
+/* A frozen weight as bf16 [out, in]: the tensor itself, or a copy in one of the two
+   dequantization buffers (c->slots says which weight each holds for this step). With next (the
+   decoder's hint of the following projection) and dequantization ahead on, next's NF4 weight is
+   then dequantized into the other buffer on the side stream, overlapping the product that is
+   about to use this one. Without a second buffer, everything happens in wbuf on the default
+   stream, as before. */
+static ql_status weight_bf16(ql_dec_ctx *c, const ql_tensor *w, const ql_linear *next, const uint16_t **out)
+{
+    if (!needs_copy(w)) { *out = (const uint16_t *)ql_tensor_data(w); return QL_OK; }
+    aux_layout a = aux_of(c);
+    uint16_t *buf[2] = { a.wbuf, a.wbuf2 };
+    float *am[2] = { a.absmax, a.absmax2 };
+    if (!a.wbuf2) {
+        if (c->slots[0] != (const void *)w) QL_TRY(dequant_into(w, a.wbuf, a.absmax, 0));
+        c->slots[0] = w;
+        *out = a.wbuf;
+        return QL_OK;
+    }
+    dq_side *sd = NULL;
+    QL_TRY(side_for(c->dev, &sd));
+    if (!c->slots_ready) {   /* a previous step's orphaned prefetch must not land in this step's buffers */
+        QL_CU(cudaStreamWaitEvent(0, sd->idle, 0));
+        c->slots_ready = 1;
+    }
+    int s = c->slots[0] == (const void *)w ? 0 : c->slots[1] == (const void *)w ? 1 : -1;
+    if (s >= 0) {
+        QL_CU(cudaStreamWaitEvent(0, sd->ready[s], 0));   /* a no-op for a buffer filled on this stream */
+    } else {
+        /* not ahead (no hint, or another weight came): on the default stream, after the side
+           stream's pending work, in the buffer the hint will not want */
+        s = next && c->slots[1] == (const void *)next->w ? 0 : 1;
+        QL_CU(cudaStreamWaitEvent(0, sd->idle, 0));
+        c->slots[s] = NULL;
+        QL_TRY(dequant_into(w, buf[s], am[s], 0));
+        c->slots[s] = w;
+    }
+    *out = buf[s];
+    const ql_tensor *nw = next ? next->w : NULL;
+    int o = 1 - s;
+    if (nw && nw != w && nw->dtype == QL_NF4 && c->slots[o] != (const void *)nw) {
+        c->slots[o] = NULL;
+        QL_CU(cudaEventRecord(sd->go, 0));   /* after the products queued so far, which read buf[o] */
+        QL_CU(cudaStreamWaitEvent(sd->s, sd->go, 0));
+        QL_TRY(dequant_into(nw, buf[o], am[o], sd->s));
+        QL_CU(cudaEventRecord(sd->ready[o], sd->s));
+        QL_CU(cudaEventRecord(sd->idle, sd->s));
+        c->slots[o] = nw;
+    }
     return QL_OK;
 }
 
@@ -458,7 +544,7 @@ static ql_status cu_linear(ql_dec_ctx *c, const ql_dec_lin *L, const void *x, in
     if (!y) return QL_OK;   /* only xa was wanted (decoder.h) */
     const uint16_t *W;
     t = sub_t0(c);
-    QL_TRY(weight_bf16(c, base->w, &W));
+    QL_TRY(weight_bf16(c, base->w, L->next, &W));
     sub_add(c, 0, t);
     t = sub_t0(c);
     QL_TRY(qlk_gemm(dev, 0, 1, n, out, in, 1.0f, x, in, W, in, QL_BF16, mod ? 1.0f : 0.0f, y, out, QL_BF16));
@@ -481,7 +567,7 @@ static ql_status cu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *x
     int frozen_first = !mod || L->dropout > 0;
     if (frozen_first) {
         t = sub_t0(c);
-        QL_TRY(weight_bf16(c, base->w, &W));
+        QL_TRY(weight_bf16(c, base->w, L->next, &W));
         sub_add(c, 0, t);
         t = sub_t0(c);
         /* dx [n, in] (+)= dy [n, out] @ W [out, in] */
@@ -518,7 +604,7 @@ static ql_status cu_linear_bwd(ql_dec_ctx *c, const ql_dec_lin *L, const void *x
     sub_add(c, 5, t);
     if (!frozen_first) {
         t = sub_t0(c);
-        QL_TRY(weight_bf16(c, base->w, &W));
+        QL_TRY(weight_bf16(c, base->w, L->next, &W));
         sub_add(c, 0, t);
         t = sub_t0(c);
         QL_TRY(qlk_gemm(dev, 0, 0, n, in, out, 1.0f, dy, out, W, in, QL_BF16, 1.0f, dx, in, QL_F32));
@@ -554,7 +640,7 @@ static ql_status cu_lm_head_ce(ql_dec_ctx *c, const ql_dec_batch *b, const int32
     free(host);
     if (s != QL_OK || k == 0) return s;
     const uint16_t *W;
-    QL_TRY(weight_bf16(c, c->m->lm_head.w, &W));
+    QL_TRY(weight_bf16(c, c->m->lm_head.w, NULL, &W));
     QL_TRY(cu_memset0(c->dev, a.loss, sizeof(double)));
     for (int64_t c0 = 0; c0 < k; c0 += CE_CHUNK) {
         int64_t tc = k - c0 < CE_CHUNK ? k - c0 : CE_CHUNK;
@@ -578,7 +664,7 @@ static ql_status cu_lm_head_logits(ql_dec_ctx *c, const void *xf, int64_t r0, in
     int64_t H = c->m->cfg.hidden, V = c->m->cfg.vocab;
     aux_layout a = aux_of(c);
     const uint16_t *W;
-    QL_TRY(weight_bf16(c, c->m->lm_head.w, &W));
+    QL_TRY(weight_bf16(c, c->m->lm_head.w, NULL, &W));
     for (int64_t i = 0; i < rows; i += CE_CHUNK) {
         int64_t tc = rows - i < CE_CHUNK ? rows - i : CE_CHUNK;
         const uint16_t *x = (const uint16_t *)xf + (r0 + i) * H;

@@ -155,7 +155,10 @@ void ql_decoder_release(ql_model *m)
         (void)st->ops->sync(st->dev);
         st->ops->host_free(st->dev, st->host_ck);
     }
-    if (st->arena) st->ops->free(st->dev, st->arena, st->bytes);
+    if (st->arena) {
+        (void)st->ops->sync(st->dev);
+        st->ops->free(st->dev, st->arena, st->bytes);
+    }
     if (st->inv_freq && st->dev.type != QL_DEV_CPU)
         st->ops->free(st->dev, st->inv_freq, sizeof(float) * (size_t)(m->cfg.head_dim / 2));
     free(st);
@@ -182,7 +185,8 @@ static ql_status state_for(ql_model *m, const ql_dec_ops *ops, size_t bytes, ql_
         }
     }
     if (st->bytes < bytes) {
-        if (st->arena) ops->free(st->dev, st->arena, st->bytes);
+        /* no copy or side-stream work of an earlier step may still be writing into it */
+        if (st->arena) { QL_TRY(ops->sync(st->dev)); ops->free(st->dev, st->arena, st->bytes); }
         st->arena = NULL;
         st->bytes = 0;
         /* exactly what is asked: training batches are packed to one length, and a slack of a
@@ -255,6 +259,15 @@ typedef struct run {
     int64_t mr;                  /* MLP slice rows (plan.mr) */
 } run;
 
+/* projection t of block layer (NULL past either end): the decoder's hints of what comes next */
+static const ql_linear *proj(const ql_model *m, int layer, int t)
+{
+    if (layer < 0 || layer >= m->cfg.layers) return NULL;
+    const ql_block *B = &m->blocks[layer];
+    const ql_linear *p[QL_NTARGETS] = { &B->q, &B->k, &B->v, &B->o, &B->gate, &B->up, &B->down };
+    return p[t];
+}
+
 /* a pointer rows further into a [*, width] buffer of elem-byte values */
 static void *rows_at(const void *base, int64_t rows, int64_t width, size_t elem)
 {
@@ -276,6 +289,9 @@ static ql_status mlp_slice_fwd(const run *R, ql_dec_lin *L, acts *a, int64_t r0,
         L[t].elem0 = (uint64_t)r0 * (uint64_t)L[t].base->in;
         xa[t] = L[t].mod ? rows_at(a->xa[t], r0, L[t].mod->r, ea) : NULL;
     }
+    L[QL_T_GATE].next = L[QL_T_UP].base;
+    /* up's successor: down (a forward, or the backward of this slice), L[QL_T_DOWN].next is the caller's */
+    L[QL_T_UP].next = L[QL_T_DOWN].base;
     OP(P_LINEAR, o->linear(x, &L[QL_T_GATE], xn2, m, a->g, xa[QL_T_GATE]));
     OP(P_LINEAR, o->linear(x, &L[QL_T_UP], xn2, m, a->u, xa[QL_T_UP]));
     OP(P_SWIGLU, o->swiglu(x, a->g, a->u, a->hsw, m * NI));
@@ -327,6 +343,12 @@ static ql_status layer_fwd(const run *R, int layer, const float *xin, acts *a, f
     int64_t n = R->b->n, H = c->hidden;
     ql_dec_lin L[QL_NTARGETS];
     for (int t = 0; t < QL_NTARGETS; t++) lin_of(R, layer, t, 0, &L[t]);
+    /* what comes after each projection: the next in the block; after o, gate (also when a
+       recomputation leaves the MLP to the backward's slices); after the MLP, the next block's q
+       (a forward) or this block's backward, whose first weight is down */
+    for (int t = QL_T_Q; t < QL_T_DOWN; t++) L[t].next = L[t + 1].base;
+    int sliced_recompute = !xout && R->mr < n;
+    L[QL_T_DOWN].next = xout ? proj(R->m, layer + 1, QL_T_Q) : NULL;
     OP(P_NORM, o->rmsnorm(x, xin, B->attn_norm, n, a->xn1, a->r1));
     OP(P_LINEAR, o->linear(x, &L[QL_T_Q], a->xn1, n, a->q, a->xa[QL_T_Q]));
     OP(P_LINEAR, o->linear(x, &L[QL_T_K], a->xn1, n, a->k, a->xa[QL_T_K]));
@@ -345,9 +367,12 @@ static ql_status layer_fwd(const run *R, int layer, const float *xin, acts *a, f
     OP(P_RESID, o->residual(x, a->xmid, xin, a->xn2, n * H));
     OP(P_NORM, o->rmsnorm(x, a->xmid, B->mlp_norm, n, a->xn2, a->r2));
     /* a recomputation with the MLP in slices leaves the MLP to the backward, slice by slice */
-    if (!xout && R->mr < n) return QL_OK;
-    for (int64_t r0 = 0; r0 < n; r0 += R->mr)
+    if (sliced_recompute) return QL_OK;
+    for (int64_t r0 = 0; r0 < n; r0 += R->mr) {
+        /* between forward slices, down is followed by the next slice's gate */
+        L[QL_T_DOWN].next = r0 + R->mr < n ? L[QL_T_GATE].base : xout ? proj(R->m, layer + 1, QL_T_Q) : NULL;
         QL_TRY(mlp_slice_fwd(R, L, a, r0, n - r0 < R->mr ? n - r0 : R->mr, xout ? R->yo : NULL));
+    }
     if (xout) OP(P_RESID, o->residual(x, xout, a->xmid, R->yo, n * H));
     return QL_OK;
 }
@@ -364,13 +389,24 @@ static ql_status layer_bwd(const run *R, const plan *p, int layer, const float *
     ql_dec_lin L[QL_NTARGETS];
     for (int t = 0; t < QL_NTARGETS; t++) lin_of(R, layer, t, 1, &L[t]);
     ql_status st = QL_OK;
+    /* the backward's order: down, gate, up (a slice at a time: the next slice's gate, after the
+       last o), o, q, k, v, then the previous block: its recomputation, which starts with q, or
+       with every activation kept, its backward, which starts with down */
+    L[QL_T_O].next = L[QL_T_Q].base;
+    L[QL_T_Q].next = L[QL_T_K].base;
+    L[QL_T_K].next = L[QL_T_V].base;
+    L[QL_T_V].next = proj(R->m, layer - 1, p->nacts > 1 ? QL_T_DOWN : QL_T_Q);
     /* MLP, a slice of rows at a time (one slice of n unless p->mr < n, when the slice's forward
        is recomputed here): dx is d xout = d xmid (residual) = d down output. Each token's MLP
        and its norm are its own, so the slices' dx rows are independent; the adapters'
        gradients accumulate over the slices. */
     for (int64_t r0 = 0; r0 < n; r0 += p->mr) {
         int64_t m = n - r0 < p->mr ? n - r0 : p->mr;
-        if (p->mr < n) QL_TRY(mlp_slice_fwd(R, L, a, r0, m, NULL));
+        const ql_linear *after = r0 + p->mr < n ? L[QL_T_GATE].base : L[QL_T_O].base;
+        if (p->mr < n) QL_TRY(mlp_slice_fwd(R, L, a, r0, m, NULL));   /* sets gate's and up's hints */
+        L[QL_T_DOWN].next = L[QL_T_GATE].base;
+        L[QL_T_GATE].next = L[QL_T_UP].base;
+        L[QL_T_UP].next = after;
         const void *xn2 = rows_at(a->xn2, r0, H, ea);
         void *xa[QL_NTARGETS];
         for (int t = QL_T_GATE; t <= QL_T_DOWN; t++) {

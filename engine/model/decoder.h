@@ -44,6 +44,8 @@ typedef struct ql_dec_lin {
     uint64_t seed, stream;
     uint64_t elem0;              /* x's first element in the whole batch (a slice of rows: row0 * in) */
     int layer;                   /* the block it belongs to */
+    const ql_linear *next;       /* the frozen projection the decoder runs next, a hint that lets a
+                                    backend dequantize its weight ahead (NULL: none known) */
 } ql_dec_lin;
 
 typedef struct ql_dec_ops ql_dec_ops;
@@ -67,6 +69,8 @@ typedef struct ql_dec_ctx {
     int profiling;               /* QL_PROFILE: the backend may time parts of its ops into sub_ms */
     double sub_ms[QL_DEC_SUBPARTS];   /* named by ops->sub_names */
     int64_t cached;              /* backend-private: what its scratch holds for this step (0: nothing) */
+    const void *slots[2];        /* backend-private: which weights its dequantization buffers hold */
+    int slots_ready;             /* backend-private: this step has ordered itself after the last one's */
 } ql_dec_ctx;
 
 struct ql_dec_ops {

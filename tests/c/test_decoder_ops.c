@@ -377,9 +377,9 @@ static void linear_case(int target, float dropout)
     float *A = rnd((int64_t)r * in, 21, 0.2f), *B = rnd((int64_t)out * r, 22, 0.2f);
     float *gA = calloc((size_t)r * in, 4), *gB = calloc((size_t)out * r, 4);
     /* elem0: the masks of a slice of rows that starts further into the batch (decoder.c's MLP slices) */
-    ql_dec_lin Lc = { lc[target], &mod, A, B, gA, gB, dropout, 5, 77, 1000, 0 };
+    ql_dec_lin Lc = { lc[target], &mod, A, B, gA, gB, dropout, 5, 77, 1000, 0, NULL };
     ql_dec_lin Lg = { lg[target], &mod, up_f32(&f, A, (int64_t)r * in), up_f32(&f, B, (int64_t)out * r),
-                      up_f32(&f, gA, (int64_t)r * in), up_f32(&f, gB, (int64_t)out * r), dropout, 5, 77, 1000, 0 };
+                      up_f32(&f, gA, (int64_t)r * in), up_f32(&f, gB, (int64_t)out * r), dropout, 5, 77, 1000, 0, NULL };
     float *x = rnd(n * in, 23, 1.0f), *dy = rnd(n * out, 24, 1.0f);
     float *yc = malloc(4 * (size_t)(n * out)), *xac = malloc(4 * (size_t)(n * r));
     void *xd = up_act(&f, x, n * in), *yd = dalloc(&f, 2 * (size_t)(n * out)), *xad = dalloc(&f, 2 * (size_t)(n * r));
