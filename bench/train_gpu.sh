@@ -20,7 +20,8 @@
 #   - appends a row per run to /tmp/qltrain/results.tsv, so that separate calls on a
 #     warm machine (say `05b`, then `7b peer`, then `7b qlora`) build one table, and prints
 #     that table; logs and the table go to $OUT (./bench-out when OUT is unset).
-# Environment: QL_ARGS (more settings of bench/train_gpu.lua, e.g. ckpt=0), SEQ (2048), BATCH (1), STEPS (10 for 05b, 5 for 7b), RUN_TIMEOUT (seconds
+# Environment: QL_ARGS (more settings of bench/train_gpu.lua, e.g. ckpt=0), TAG (words added to the
+# row's settings, e.g. the environment a run had), SEQ (2048), BATCH (1), STEPS (10 for 05b, 5 for 7b), RUN_TIMEOUT (seconds
 # per run: 200 for 05b, 270 for 7b), DEVICE (cuda; cpu tries the qlora side without a GPU).
 # Keep each device call under its 600 s limit: the 7B checkpoint (15 GB) has to be written
 # (`7b gen`) and each tool loads and quantizes it.
@@ -133,7 +134,8 @@ measure() {
   else alloc=$(kv peak_gib); resv=$(kv used_gib); fi
   tps=$(kv tokens_per_s); ms=$(kv step_ms); loss=$(kv loss)
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$shape" "$tool" "${tps:--}" "${ms:--}" "${loss:--}" \
-    "${alloc:--}" "${resv:--}" "$app" "$gpu" "$rc" "seq=$SEQ batch=$BATCH steps=$steps" >> "$state/results.tsv"
+    "${alloc:--}" "${resv:--}" "$app" "$gpu" "$rc" "seq=$SEQ batch=$BATCH steps=$steps${QL_ARGS:+ $QL_ARGS}${TAG:+ $TAG}" \
+    >> "$state/results.tsv"
 }
 
 {
