@@ -196,6 +196,7 @@ static dq_side dq_sides[DQ_MAXDEV];
 static ql_status side_for(ql_device dev, dq_side **out)
 {
     if (dev.index < 0 || dev.index >= DQ_MAXDEV) return ql_fail(QL_EINVAL, "device index %d out of range", dev.index);
+    QL_TRY(ql_cuda_set_device(dev.index));
     dq_side *d = &dq_sides[dev.index];
     if (!d->made) {
         QL_CU(cudaStreamCreateWithFlags(&d->s, cudaStreamNonBlocking));
