@@ -78,9 +78,13 @@ ql_status ql_cuda_set_device(int dev)
 /*
  * A caching allocator: freed blocks go to per-device lists keyed by a rounded
  * size and are handed out again without cudaMalloc/cudaFree (each costs
- * ~0.1 ms and synchronises). Safe because all our work runs in order on the
+ * ~0.1 ms and synchronises). Safe because our work runs in order on the
  * legacy default stream: a kernel queued after the reuse runs after every
- * kernel that used the block before. When cudaMalloc fails, the cache is
+ * kernel that used the block before. The two side streams of decoder_ops.cu
+ * (checkpoint copies, dequantization ahead) touch only the decoder's arena,
+ * page-locked host memory and the weights, and decoder.c synchronises the
+ * device before it frees the arena (ql_model_free releases the decoder
+ * first). When cudaMalloc fails, the cache is
  * emptied and the allocation tried once more. QL_CUDA_NO_CACHE=1 turns the
  * cache off (for compute-sanitizer and leak hunting). Memory accounting stays
  * tensor.c's: it counts the bytes asked for, not these rounded blocks.
