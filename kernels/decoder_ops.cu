@@ -9,8 +9,9 @@
  * Frozen weights that are not bf16 (NF4, f32, f16) are dequantized or cast
  * into one reused bf16 buffer (the largest weight's size) right before
  * their product. The backend-private scratch of a batch (aux, planned by
- * decoder.c from aux_size) holds that buffer, the adapters' bf16 copies,
- * an f32 [n, max(H, Q, NI)] buffer and the lm_head chunks.
+ * decoder.c from aux_size) holds that buffer (two with dequantization
+ * ahead), the adapters' bf16 copies, the lm_head chunks and, for training,
+ * the attention backward's scratch and with dropout an f32 buffer.
  *
  * Everything runs in order on the legacy default stream, except the copies
  * of checkpoints kept in host memory (a copy stream ordered by events); the
@@ -70,6 +71,7 @@ struct aux_layout {
     float *absmax;               /* f32 [max blocks] NF4 scales */
     uint16_t *wbuf2;             /* the second buffer of dequantization ahead (NULL when off) */
     float *absmax2;
+    int64_t wmax, bmax;          /* the buffers' capacity: values, NF4 blocks */
     uint16_t *abf, *bbf;         /* bf16 adapter copies [max r*in], [max out*r] */
     uint16_t *lbf;               /* bf16 copy of one layer's adapters [max layer block] */
     float *f32;                  /* [max(n max(H, Q), mr NI)]: dropout only */
@@ -97,7 +99,7 @@ static int dequant_ahead(void)
 
 static int needs_copy(const ql_tensor *w) { return !(w->dtype == QL_BF16 && ql_tensor_is_contiguous(w)); }
 
-static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr, char *base, aux_layout *a)
+static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr, int train, char *base, aux_layout *a)
 {
     const ql_model_config *c = &m->cfg;
     int64_t H = c->hidden, NI = c->inter, Q = (int64_t)c->heads * c->head_dim, V = c->vocab;
@@ -105,8 +107,8 @@ static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr,
     int64_t W = n * HQ > mr * NI ? n * HQ : mr * NI;   /* the widest [rows, in] of one linear call */
     int64_t wmax = 0, bmax = 0, amax = 0, bbmax = 0, lmax = 0;
     for (int i = 0; i < c->layers; i++) {
-        if (l && l->d_off) {
-            int64_t b1 = i + 1 < c->layers ? l->d_off[(i + 1) * QL_NTARGETS] : l->d_n;
+        if (l && l->d_off && i < l->layers) {
+            int64_t b1 = i + 1 < l->layers ? l->d_off[(i + 1) * QL_NTARGETS] : l->d_n;
             if (b1 - l->d_off[i * QL_NTARGETS] > lmax) lmax = b1 - l->d_off[i * QL_NTARGETS];
         }
         const ql_block *B = &m->blocks[i];
@@ -139,7 +141,7 @@ static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr,
     TAKE(abf, uint16_t, amax);
     TAKE(bbf, uint16_t, bbmax);
     TAKE(lbf, uint16_t, lmax);
-    TAKE(f32, float, l && l->dropout > 0 ? W : 0);   /* only the dropout path of the backward */
+    TAKE(f32, float, train && l && l->dropout > 0 ? W : 0);   /* only the dropout path of the backward */
     TAKE(logits, float, (int64_t)CE_CHUNK * V);
     TAKE(dz, uint16_t, (int64_t)CE_CHUNK * V);
     TAKE(xs, uint16_t, (int64_t)CE_CHUNK * H);
@@ -147,23 +149,25 @@ static void aux_plan(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr,
     TAKE(rows, int32_t, n);
     TAKE(tgt, int32_t, n);
     TAKE(loss, double, 1);
-    TAKE(attn, char, qlk_flash_scratch(n, c->heads, c->kv_heads, c->head_dim));
+    TAKE(attn, char, train ? qlk_flash_scratch(n, c->heads, c->kv_heads, c->head_dim) : 0);
 #undef TAKE
+    a->wmax = wmax;
+    a->bmax = bmax;
     if (!(dequant_ahead() && bmax > 0)) a->wbuf2 = NULL, a->absmax2 = NULL;
     a->bytes = off;
 }
 
-static size_t cu_aux_size(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr)
+static size_t cu_aux_size(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr, int train)
 {
     aux_layout a;
-    aux_plan(m, l, n, mr, NULL, &a);
+    aux_plan(m, l, n, mr, train, NULL, &a);
     return a.bytes;
 }
 
 static aux_layout aux_of(ql_dec_ctx *c)
 {
     aux_layout a;
-    aux_plan(c->m, c->lora, c->n, c->mr, (char *)c->aux, &a);
+    aux_plan(c->m, c->lora, c->n, c->mr, c->train, (char *)c->aux, &a);
     return a;
 }
 
@@ -249,7 +253,10 @@ static ql_status weight_bf16(ql_dec_ctx *c, const ql_tensor *w, const ql_linear 
     *out = buf[s];
     const ql_tensor *nw = next ? next->w : NULL;
     int o = 1 - s;
-    if (nw && nw != w && nw->dtype == QL_NF4 && c->slots[o] != (const void *)nw) {
+    /* (a hint is one of the model's projections, which the buffers were planned for; anything
+       larger is not fetched ahead) */
+    if (nw && nw != w && nw->dtype == QL_NF4 && c->slots[o] != (const void *)nw && ql_tensor_numel(nw) <= a.wmax &&
+        (ql_tensor_numel(nw) + nw->quant->blocksize - 1) / nw->quant->blocksize <= a.bmax) {
         c->slots[o] = NULL;
         QL_CU(cudaEventRecord(sd->go, 0));   /* after the products queued so far, which read buf[o] */
         QL_CU(cudaStreamWaitEvent(sd->s, sd->go, 0));

@@ -196,14 +196,16 @@ static int opt_ckpt(lua_State *L, int idx)
     return v;
 }
 
-/* mlp_rows = N: the MLP in slices of N tokens (the decoder's default when absent) */
+/* mlp_rows = N: the MLP in slices of N tokens (absent or 0: the decoder's default) */
 static int64_t opt_mlp_rows(lua_State *L, int idx)
 {
     if (!lua_istable(L, idx)) return 0;
     lua_getfield(L, idx, "mlp_rows");
-    int64_t v = luaL_optinteger(L, -1, 0);
+    int isint = 0;
+    int64_t v = lua_isnil(L, -1) ? 0 : (int64_t)lua_tointegerx(L, -1, &isint);
+    if (!lua_isnil(L, -1) && (!isint || v < 0))
+        return luaL_error(L, "mlp_rows must be a whole number of tokens (0: the default of %d)", QL_DEC_MLP_ROWS);
     lua_pop(L, 1);
-    if (v < 0) return luaL_error(L, "mlp_rows must be positive");
     return v;
 }
 

@@ -3,7 +3,7 @@
  * the step that serves logits (with or without a KV cache), loss and LoRA
  * training on every backend, over the op table of decoder.h.
  *
- * Buffers for a batch are planned from the shapes (plan_bytes) and carved
+ * Buffers for a batch are planned from the shapes (plan_carve) and carved
  * from one allocation that the model keeps between calls (grown when a
  * larger batch comes). Training keeps every layer's input (R) and, without
  * checkpointing, every layer's activations; with checkpointing a layer's
@@ -126,7 +126,8 @@ static void plan_carve(carver *cv, plan *p, ql_dec_ctx *ctx, const ql_model *m, 
     p->xf = p->yo;   /* the last layer's down output is consumed before the final norm writes xf, and
                         no later use of yo (recomputations make only the down adapter's xa) */
     p->rf = carve(cv, (size_t)n * R4);
-    ctx->tmp = l && l->dropout > 0 ? carve(cv, (size_t)W * ea) : NULL;   /* dropout's masked inputs only */
+    /* dropout's masked inputs only (a training step's: evaluation has no dropout) */
+    ctx->tmp = mode == QL_DEC_TRAIN && l && l->dropout > 0 ? carve(cv, (size_t)W * ea) : NULL;
     ctx->tr = carve(cv, (size_t)(n * r) * ea);
     if (mode == QL_DEC_TRAIN) {
         int64_t a1 = mr * NI > n * Q ? mr * NI : n * Q, a2 = mr * NI > n * 2 * KV ? mr * NI : n * 2 * KV;
@@ -143,7 +144,8 @@ static void plan_carve(carver *cv, plan *p, ql_dec_ctx *ctx, const ql_model *m, 
     int32_t **ia[6] = { &p->ids, &p->pos, &p->lo, &p->hi, &p->qlo, &p->qhi };
     for (int i = 0; i < 6; i++) *ia[i] = carve(cv, sizeof(int32_t) * (size_t)n);
     ctx->mr = mr;
-    ctx->aux_bytes = ctx->ops->aux_size(m, l, n, mr);
+    ctx->train = mode == QL_DEC_TRAIN;
+    ctx->aux_bytes = ctx->ops->aux_size(m, l, n, mr, ctx->train);
     ctx->aux = ctx->aux_bytes ? carve(cv, ctx->aux_bytes) : NULL;
 }
 
@@ -151,14 +153,10 @@ void ql_decoder_release(ql_model *m)
 {
     ql_dec_state *st = m->dec;
     if (!st) return;
-    if (st->host_ck) {   /* no copy may still be reading or writing it */
-        (void)st->ops->sync(st->dev);
-        st->ops->host_free(st->dev, st->host_ck);
-    }
-    if (st->arena) {
-        (void)st->ops->sync(st->dev);
-        st->ops->free(st->dev, st->arena, st->bytes);
-    }
+    /* no copy or side-stream work may still be reading or writing what is freed */
+    if (st->host_ck || st->arena) (void)st->ops->sync(st->dev);
+    if (st->host_ck) st->ops->host_free(st->dev, st->host_ck);
+    if (st->arena) st->ops->free(st->dev, st->arena, st->bytes);
     if (st->inv_freq && st->dev.type != QL_DEV_CPU)
         st->ops->free(st->dev, st->inv_freq, sizeof(float) * (size_t)(m->cfg.head_dim / 2));
     free(st);
@@ -486,13 +484,13 @@ static ql_status step_body(run *R, plan *p, ql_dec_step *s, int keep_all)
         if (p->ck_host) {
             /* to host memory through a staging buffer: the copy of layer i - 2 must be done
                before its buffer takes layer i */
-            int s = i & 1;
-            xin = p->x[s];
-            xout = p->x[s ^ 1];
-            QL_TRY(ops->ck_ready(ctx, s));
+            int slot = i & 1;
+            xin = p->x[slot];
+            xout = p->x[slot ^ 1];
+            QL_TRY(ops->ck_ready(ctx, slot));
             const void *a = NULL;
-            OP(P_RESID, (a = ops->as_act(ctx, xin, n * H, p->stage[s], &st), st));
-            QL_TRY(ops->ck_store(ctx, s, p->ck[i], a, (size_t)(n * H) * (ops->act == QL_F32 ? 4 : 2)));
+            OP(P_RESID, (a = ops->as_act(ctx, xin, n * H, p->stage[slot], &st), st));
+            QL_TRY(ops->ck_store(ctx, slot, p->ck[i], a, (size_t)(n * H) * (ops->act == QL_F32 ? 4 : 2)));
             if (a != (const void *)xin) OP(P_RESID, ops->widen(ctx, a, n * H, xin));
         } else if (p->nck) {
             /* the stream continues from the checkpoint as the recomputation will see it */
@@ -630,6 +628,15 @@ ql_status ql_decoder_run(ql_model *m, ql_dec_step *s)
     double t_start = ql_now();
     run R = { m, l, ops, &ctx, &db, mode == QL_DEC_TRAIN && s->train, s->cache, p.yo, &pf, p.mr };
     rc = step_body(&R, &p, s, keep_all);
+    if (rc != QL_OK && m->device.type != QL_DEV_CPU) {
+        /* a step that stopped halfway may leave copies or dequantizations queued on the side
+           streams, which the next step, planned differently, must not meet: wait for them,
+           keeping this error's message */
+        char why[512];
+        snprintf(why, sizeof why, "%s", ql_last_error());
+        (void)ops->sync(m->device);
+        ql_fail(rc, "%s", why);
+    }
     if (rc == QL_OK && pf.on) {
         rc = ops->sync(m->device);
         double total = (ql_now() - t_start) * 1e3, sum = 0;

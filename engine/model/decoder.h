@@ -59,9 +59,11 @@ typedef struct ql_dec_ctx {
     ql_device dev;
     int64_t n;                   /* tokens of the batch the plan was made for */
     int64_t mr;                  /* rows of the MLP's slices (n: one slice) */
+    int train;                   /* the plan is a training step's */
     const ql_lora *lora;         /* the adapter the plan was made for (NULL: none) */
     const float *inv_freq;       /* [head_dim / 2] RoPE frequencies in the backend's memory */
-    void *tmp;                   /* A [n, max(H, Q, NI)] dropout's masked inputs (NULL without dropout) */
+    void *tmp;                   /* A [max(n max(H, Q), mr NI)] dropout's masked inputs (NULL without
+                                    dropout, and outside training) */
     void *tr;                    /* A [n, r] */
     void *aux;                   /* backend-private scratch of aux_size bytes (CUDA: weight
                                     dequantization, f32 scratch, lm_head chunks) */
@@ -86,8 +88,8 @@ struct ql_dec_ops {
     /* waits for the device's queued work (QL_PROFILE timings) */
     ql_status (*sync)(ql_device dev);
     /* bytes of backend-private scratch a batch of n tokens needs, its MLP in slices of mr rows
-       (lora may be NULL) */
-    size_t (*aux_size)(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr);
+       (lora may be NULL); train: a training step (the backward's scratch is planned) */
+    size_t (*aux_size)(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr, int train);
 
     /* x R [n, H] = rows ids of the embedding table (m->embed, or its device copy) */
     ql_status (*embed)(ql_dec_ctx *c, const ql_dec_batch *b, float *x);
@@ -144,6 +146,8 @@ struct ql_dec_ops {
        page-locked host memory for them (NULL + ql_fail when short); host_free takes it back
        once no copy is pending (the decoder syncs first). */
     ql_status (*ck_store)(ql_dec_ctx *c, int slot, void *host, const void *src, size_t bytes);
+    /* (with act f32, as_act gives the R buffer itself as src, which the next layers overwrite:
+       such a backend's ck_store must have copied when it returns, as the CPU's does) */
     ql_status (*ck_fetch)(ql_dec_ctx *c, int slot, void *dst, const void *host, size_t bytes);
     ql_status (*ck_ready)(ql_dec_ctx *c, int slot);
     void *(*host_alloc)(ql_device dev, size_t bytes);

@@ -45,9 +45,9 @@ static ql_status cpu_memset0(ql_device dev, void *p, size_t n)
 
 static ql_status cpu_sync(ql_device dev) { (void)dev; return QL_OK; }
 
-static size_t cpu_aux_size(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr)
+static size_t cpu_aux_size(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr, int train)
 {
-    (void)m; (void)l; (void)n; (void)mr;
+    (void)m; (void)l; (void)n; (void)mr; (void)train;
     return 0;   /* the CPU widens weights into m->scratch */
 }
 

@@ -164,8 +164,8 @@ static int setup(fixture *f, int64_t n, int window)
     /* dropout > 0 so that the scratch of the dropout path is planned too */
     f->lora = ql_lora_new(f->mg, (int)r, 16, 0, 0.25f, (1u << QL_NTARGETS) - 1, NULL, 1);
     CHECK(f->lora != NULL);
-    size_t ab = GPU->aux_size(f->mg, f->lora, n, n);
-    ql_dec_ctx cg = { .ops = GPU, .m = f->mg, .dev = ql_cuda(0), .n = n, .mr = n, .lora = f->lora,
+    size_t ab = GPU->aux_size(f->mg, f->lora, n, n, 1);
+    ql_dec_ctx cg = { .ops = GPU, .m = f->mg, .dev = ql_cuda(0), .n = n, .mr = n, .train = 1, .lora = f->lora,
                       .inv_freq = up_f32(f, f->mc->inv_freq, rope_dims), .tmp = dalloc(f, 2 * (size_t)(n * W)),
                       .tr = dalloc(f, 2 * (size_t)(n * r)), .aux = dalloc(f, ab), .aux_bytes = ab };
     f->cg = cg;
