@@ -163,7 +163,11 @@ static void on_line(char *line)
 
 enum { READ_LINE, READ_EOF, READ_INTERRUPTED };
 
-/* one line from the terminal into *out (malloc'd). Ctrl-C drops what was typed. */
+/* one line from the terminal into *out (malloc'd). Ctrl-C drops what was typed.
+   SIGINT stays blocked except inside pselect (which unblocks it atomically) and while readline
+   handles a key: a Ctrl-C that lands while readline works (echoing the last key, say) is seen
+   before the next wait, instead of after a wait that nothing would end (a slow build made
+   that race show: the ASan suite missed a Ctrl-C typed right after an echo). */
 static int read_tty(const char *prompt, char **out)
 {
     struct sigaction sa, old;
@@ -171,16 +175,23 @@ static int read_tty(const char *prompt, char **out)
     sa.sa_handler = on_read_sigint;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old);
+    sigset_t block, orig;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigprocmask(SIG_BLOCK, &block, &orig);
     read_sigint = 0;
     cb_done = 0;
     cb_line = NULL;
     int fd = fileno(rl_instream ? rl_instream : stdin), how = READ_LINE;
     rl_callback_handler_install(prompt, on_line);
     while (!cb_done) {
-        fd_set fds;
-        FD_ZERO(&fds);
-        FD_SET(fd, &fds);
-        int r = select(fd + 1, &fds, NULL, NULL, NULL);
+        int r = 0;
+        if (!read_sigint) {
+            fd_set fds;
+            FD_ZERO(&fds);
+            FD_SET(fd, &fds);
+            r = pselect(fd + 1, &fds, NULL, NULL, NULL, &orig);
+        }
         if (read_sigint) {   /* Ctrl-C: forget the line, keep everything else */
             read_sigint = 0;
             rl_free_line_state();
@@ -196,8 +207,11 @@ static int read_tty(const char *prompt, char **out)
             rl_callback_handler_remove();
             break;   /* the terminal is gone: as end of input */
         }
+        sigprocmask(SIG_SETMASK, &orig, NULL);
         rl_callback_read_char();
+        sigprocmask(SIG_BLOCK, &block, NULL);
     }
+    sigprocmask(SIG_SETMASK, &orig, NULL);
     sigaction(SIGINT, &old, NULL);
     if (how == READ_INTERRUPTED) { free(cb_line); *out = NULL; return how; }
     *out = cb_line;

@@ -101,6 +101,12 @@ T.test("Ctrl-C on a half-typed line clears it; the REPL goes on", function()
   p:expect("qlora> ")                             -- a fresh prompt, not an exit
   p:send("y = 5\n")
   p:expect("qlora> ")
+  -- Ctrl-C typed right behind other keys, while the line editor may still be at work on them:
+  -- each one must still give a fresh prompt (a Ctrl-C that landed then was once lost)
+  for _ = 1, 30 do
+    p:send("abc\3")
+    p:expect("qlora> ")
+  end
   p:send("y * 2\n")
   p:expect("10")
   p:send("for i = 1, 2 do\n")                     -- Ctrl-C in a continued chunk drops the chunk
