@@ -41,9 +41,100 @@ static ql_status cpu_memset0(ql_device dev, void *p, size_t n)
     return QL_OK;
 }
 
+/* ---------------------------------------------------------------- checkpoints in host memory */
+
+/* Checkpoints in host memory: the CPU's memory is host memory, so these are plain copies; they
+   exist so that the decoder's order of stores, fetches and slots is tested everywhere.
+   QL_CPU_ASYNC_COPIES=1 (for tests) makes them as late as a device's copy stream may be: a copy
+   is only queued and runs when ck_ready asks for its slot (the queue in order up to that slot's
+   last copy, as a stream would) or at a sync; as_act then copies into its dst as a cast does.
+   What a device would leave undefined becomes NaN: a fetch's destination from the moment it is
+   queued, and a store's copy when its source changed before it ran. A decoder that reads a
+   staging buffer before its ck_ready, or overwrites one before its store ran, then gets NaN
+   gradients (tests/c/test_decoder_cpu.c). */
+typedef struct pending_copy { void *dst; const void *src; size_t bytes; int slot; uint64_t hash; } pending_copy;
+static pending_copy *pending;
+static size_t npending, cap_pending;
+
+static int async_copies(void)
+{
+    const char *e = getenv("QL_CPU_ASYNC_COPIES");   /* read each time: a test sets it for one step */
+    return e && e[0] == '1';
+}
+
+static uint64_t fnv1a(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+/* runs the queued copies in order, the first upto of them */
+static void run_pending(size_t upto)
+{
+    for (size_t i = 0; i < upto; i++) {
+        pending_copy *c = &pending[i];
+        if (c->hash && (fnv1a(c->src, c->bytes) | 1) != c->hash) memset(c->dst, 0xff, c->bytes);   /* a torn copy */
+        else memcpy(c->dst, c->src, c->bytes);
+    }
+    memmove(pending, pending + upto, sizeof *pending * (npending - upto));
+    npending -= upto;
+}
+
+static ql_status cpu_ck_copy(int slot, void *dst, const void *src, size_t bytes, int store)
+{
+    if (!async_copies()) {
+        memcpy(dst, src, bytes);
+        return QL_OK;
+    }
+    if (npending == cap_pending) {
+        size_t cap = cap_pending ? 2 * cap_pending : 16;
+        pending_copy *p = realloc(pending, sizeof *p * cap);
+        if (!p) return ql_fail(QL_ENOMEM, "out of host memory");
+        pending = p;
+        cap_pending = cap;
+    }
+    /* the stream runs its copies in order: the earlier ones that read or write what this one
+       writes come first (here, now) */
+    size_t upto = 0;
+    for (size_t i = 0; i < npending; i++) {
+        const char *a = dst, *s0 = pending[i].src, *d0 = pending[i].dst;
+        if ((s0 < a + bytes && a < s0 + pending[i].bytes) || (d0 < a + bytes && a < d0 + pending[i].bytes)) upto = i + 1;
+    }
+    run_pending(upto);
+    /* a store's source must stay as it is until the copy runs; a fetch's destination is
+       undefined until then */
+    pending[npending++] = (pending_copy){ dst, src, bytes, slot, store ? fnv1a(src, bytes) | 1 : 0 };
+    if (!store) memset(dst, 0xff, bytes);
+    return QL_OK;
+}
+static ql_status cpu_ck_store(ql_dec_ctx *c, int slot, void *host, const void *src, size_t bytes)
+{
+    (void)c;
+    return cpu_ck_copy(slot, host, src, bytes, 1);
+}
+static ql_status cpu_ck_fetch(ql_dec_ctx *c, int slot, void *dst, const void *host, size_t bytes)
+{
+    (void)c;
+    return cpu_ck_copy(slot, dst, host, bytes, 0);
+}
+static ql_status cpu_ck_ready(ql_dec_ctx *c, int slot)
+{
+    (void)c;
+    size_t upto = 0;
+    for (size_t i = 0; i < npending; i++) if (pending[i].slot == slot) upto = i + 1;
+    run_pending(upto);
+    return QL_OK;
+}
 /* ---------------------------------------------------------------- norms, residual, RoPE */
 
-static ql_status cpu_sync(ql_device dev) { (void)dev; return QL_OK; }
+static ql_status cpu_sync(ql_device dev)
+{
+    (void)dev;
+    run_pending(npending);   /* the checkpoint copies still queued (QL_CPU_ASYNC_COPIES) */
+    return QL_OK;
+}
 
 static size_t cpu_aux_size(const ql_model *m, const ql_lora *l, int64_t n, int64_t mr, int train)
 {
@@ -95,28 +186,17 @@ static ql_status cpu_widen(ql_dec_ctx *c, const void *src, int64_t count, float 
     return QL_OK;
 }
 
-/* checkpoints in host memory: the CPU's memory is host memory, so these are plain copies; they
-   exist so that the decoder's order of stores, fetches and slots is tested everywhere */
-static ql_status cpu_ck_store(ql_dec_ctx *c, int slot, void *host, const void *src, size_t bytes)
-{
-    (void)c; (void)slot;
-    memcpy(host, src, bytes);
-    return QL_OK;
-}
-static ql_status cpu_ck_fetch(ql_dec_ctx *c, int slot, void *dst, const void *host, size_t bytes)
-{
-    (void)c; (void)slot;
-    memcpy(dst, host, bytes);
-    return QL_OK;
-}
-static ql_status cpu_ck_ready(ql_dec_ctx *c, int slot) { (void)c; (void)slot; return QL_OK; }
 static void *cpu_host_alloc(ql_device dev, size_t bytes) { return cpu_alloc(dev, bytes); }
 static void cpu_host_free(ql_device dev, void *p) { (void)dev; free(p); }
 
 static const void *cpu_as_act(ql_dec_ctx *c, const float *src, int64_t count, void *dst, ql_status *st)
 {
-    (void)c; (void)count; (void)dst;
+    (void)c;
     *st = QL_OK;
+    if (dst && async_copies()) {   /* as a device's cast into dst (see the checkpoint copies) */
+        memcpy(dst, src, sizeof(float) * (size_t)count);
+        return dst;
+    }
     return src;
 }
 
