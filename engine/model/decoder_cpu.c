@@ -73,6 +73,7 @@ static uint64_t fnv1a(const void *p, size_t n)
 /* runs the queued copies in order, the first upto of them */
 static void run_pending(size_t upto)
 {
+    if (!upto) return;
     for (size_t i = 0; i < upto; i++) {
         pending_copy *c = &pending[i];
         if (c->hash && (fnv1a(c->src, c->bytes) | 1) != c->hash) memset(c->dst, 0xff, c->bytes);   /* a torn copy */
