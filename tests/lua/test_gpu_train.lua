@@ -89,21 +89,35 @@ for _, name in ipairs({ "tiny-qwen2", "tiny-llama", "tiny-mistral" }) do
 
   -- checkpointing = "host": the same kernels on the same values, only the layer inputs travel
   -- through page-locked host memory on a copy stream (decoder_ops.cu, ordered by events), so
-  -- the loss and the gradients must be those of the checkpoints kept on the device, bit for bit.
-  -- Three steps: the host memory and the copy stream's events are reused.
+  -- the loss and the gradients must be those of the checkpoints kept on the device, up to the
+  -- device's own run-to-run noise (the loss sum is a double atomicAdd over rows; cuBLASLt may
+  -- reduce in any order), measured here by running the device checkpoints twice. A copy that
+  -- raced its compute would give NaN or wrong layers, far outside that. Three steps: the host
+  -- memory and the copy stream's events are reused.
   T.test(name .. ": GPU checkpoints in host memory give the device checkpoints' gradients", function()
     need_gpu()
     local _, _, _, lg = pair({ quant = "nf4" })
     local gd = assert(tensor.load(dir .. "/golden.safetensors"))
     local ids, lens = gd["packed.ids"]:totable()[1], gd["packed.doc_lens"]:totable()
+    local function run(ck)
+      lg:zero_grad()
+      local s = lg:forward_backward(ids, ids, { doc_lens = lens, checkpointing = ck })
+      return s, lg:grads()
+    end
     for step = 1, 3 do
-      lg:zero_grad()
-      local s1 = lg:forward_backward(ids, ids, { doc_lens = lens, checkpointing = true })
-      local want = lg:grads()
-      lg:zero_grad()
-      local s2 = lg:forward_backward(ids, ids, { doc_lens = lens, checkpointing = "host" })
-      T.eq(s2, s1, "loss at step " .. step)
-      for k, t in pairs(lg:grads()) do T.eq((t - want[k]):abs():max():item(), 0, k .. " at step " .. step) end
+      local s1, g1 = run(true)
+      local s1b, g1b = run(true)
+      local s2, g2 = run("host")
+      T.truthy(math.abs(s2 - s1) <= 2 * math.abs(s1b - s1) + 1e-12 * math.abs(s1),
+               string.format("loss at step %d: %.17g host, %.17g and %.17g device", step, s2, s1, s1b))
+      local exact = true
+      for k, t in pairs(g2) do
+        local d, noise = (t - g1[k]):abs():max():item(), (g1b[k] - g1[k]):abs():max():item()
+        local scale = g1[k]:abs():max():item()
+        exact = exact and d == 0
+        T.truthy(d <= 2 * noise + 1e-4 * scale, string.format("%s at step %d: %.3g apart, device noise %.3g", k, step, d, noise))
+      end
+      if step == 1 then print("    host checkpoints bit-equal to device ones: " .. tostring(exact)) end
     end
   end)
 
