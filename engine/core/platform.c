@@ -1,6 +1,7 @@
 /*
- * platform.c — platform.h for POSIX and, behind _WIN32, for Windows, in two
- * halves: threads, mappings and atomic files (POSIX, then Win32), the file-name
+ * platform.c — platform.h for POSIX and, behind _WIN32, for Windows: the thread
+ * pool once, over a few primitives of each; then in two halves mappings, mutexes,
+ * alarms and atomic files (POSIX, then Win32), the file-name
  * check both share, then file facts, folders, processes, loading, Ctrl-C,
  * terminal and clock (POSIX, then Win32). The Windows side is built with
  * MinGW-w64 and its tests run under Wine by tests/win/run.sh (docs/windows.md).
@@ -37,8 +38,40 @@
 #include <unistd.h>
 #endif
 
-#ifndef _WIN32
-/* ---------------- threads ---------------- */
+/* ---------------- threads ----------------
+   The pool is written once, over these primitives of each platform: a lock (pthread mutex,
+   SRW lock), condition variables, a detached worker thread and the count of cores. */
+#ifdef _WIN32
+typedef SRWLOCK pl_lock;
+typedef CONDITION_VARIABLE pl_cond;
+#define PL_LOCK_INIT SRWLOCK_INIT
+#define PL_COND_INIT CONDITION_VARIABLE_INIT
+static void pl_acquire(pl_lock *l) { AcquireSRWLockExclusive(l); }
+static void pl_release(pl_lock *l) { ReleaseSRWLockExclusive(l); }
+static int pl_try(pl_lock *l) { return TryAcquireSRWLockExclusive(l) != 0; }
+static void pl_wait(pl_cond *c, pl_lock *l) { SleepConditionVariableSRW(c, l, INFINITE, 0); }
+static void pl_wake_all(pl_cond *c) { WakeAllConditionVariable(c); }
+static int pl_cores(void)
+{
+    DWORD c = GetActiveProcessorCount(ALL_PROCESSOR_GROUPS);
+    return c > 0 ? (int)c : 1;
+}
+#else
+typedef pthread_mutex_t pl_lock;
+typedef pthread_cond_t pl_cond;
+#define PL_LOCK_INIT PTHREAD_MUTEX_INITIALIZER
+#define PL_COND_INIT PTHREAD_COND_INITIALIZER
+static void pl_acquire(pl_lock *l) { pthread_mutex_lock(l); }
+static void pl_release(pl_lock *l) { pthread_mutex_unlock(l); }
+static int pl_try(pl_lock *l) { return pthread_mutex_trylock(l) == 0; }
+static void pl_wait(pl_cond *c, pl_lock *l) { pthread_cond_wait(c, l); }
+static void pl_wake_all(pl_cond *c) { pthread_cond_broadcast(c); }
+static int pl_cores(void)
+{
+    long c = sysconf(_SC_NPROCESSORS_ONLN);
+    return c > 0 ? (int)c : 1;
+}
+#endif
 
 static int ql_threads = 0;
 
@@ -47,10 +80,7 @@ int ql_num_threads(void)
     if (ql_threads <= 0) {
         const char *env = getenv("QL_THREADS");
         int n = env ? atoi(env) : 0;
-        if (n <= 0) {
-            long c = sysconf(_SC_NPROCESSORS_ONLN);
-            n = c > 0 ? (int)c : 1;
-        }
+        if (n <= 0) n = pl_cores();
         if (n > 256) n = 256;
         ql_threads = n;
     }
@@ -63,11 +93,11 @@ void ql_set_num_threads(int n) { ql_threads = n > 256 ? 256 : n; }
    parallel loop costs a wake-up rather than thread creation, and per-thread
    caches (the tokenizer's) survive across calls. One loop runs at a time;
    a loop started while another runs (from another thread) or from inside a
-   worker runs inline on its caller. */
+   worker runs inline on its caller. Workers live as long as the process. */
 static struct {
-    pthread_mutex_t lock;           /* held by the thread whose loop runs */
-    pthread_mutex_t m;              /* guards the fields below */
-    pthread_cond_t wake, done;
+    pl_lock lock;                   /* held by the thread whose loop runs */
+    pl_lock m;                      /* guards the fields below */
+    pl_cond wake, done;
     int nworkers;
     uint64_t generation;
     ql_task_fn fn;
@@ -75,8 +105,7 @@ static struct {
     int64_t n, chunk, nchunks;
     int64_t next;                   /* next chunk to take */
     int64_t pending;                /* chunks not finished */
-} pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-           PTHREAD_COND_INITIALIZER, 0, 0, NULL, NULL, 0, 0, 0, 0, 0 };
+} pool = { PL_LOCK_INIT, PL_LOCK_INIT, PL_COND_INIT, PL_COND_INIT, 0, 0, NULL, NULL, 0, 0, 0, 0, 0 };
 static _Thread_local int in_worker;
 
 /* takes and runs chunks of the current loop until none is left; called with pool.m held */
@@ -87,26 +116,48 @@ static void run_chunks(void)
         ql_task_fn fn = pool.fn;
         void *arg = pool.arg;
         int64_t b = c * pool.chunk, e = b + pool.chunk < pool.n ? b + pool.chunk : pool.n;
-        pthread_mutex_unlock(&pool.m);
+        pl_release(&pool.m);
         fn(arg, b, e);
-        pthread_mutex_lock(&pool.m);
-        if (--pool.pending == 0) pthread_cond_broadcast(&pool.done);
+        pl_acquire(&pool.m);
+        if (--pool.pending == 0) pl_wake_all(&pool.done);
     }
 }
 
-static void *worker_main(void *p)
+static void worker_loop(void)
 {
-    (void)p;
     in_worker = 1;
     uint64_t seen = 0;
-    pthread_mutex_lock(&pool.m);
+    pl_acquire(&pool.m);
     for (;;) {
-        while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.m);
+        while (pool.generation == seen) pl_wait(&pool.wake, &pool.m);
         seen = pool.generation;
         run_chunks();
     }
-    return NULL;
 }
+
+/* one more detached worker; 0 when the OS refuses */
+#ifdef _WIN32
+static unsigned __stdcall worker_main(void *p) { (void)p; worker_loop(); return 0; }
+static int pl_spawn_worker(void)
+{
+    uintptr_t t = _beginthreadex(NULL, 0, worker_main, NULL, 0, NULL);
+    if (!t) return 0;
+    CloseHandle((HANDLE)t);
+    return 1;
+}
+#else
+static void *worker_main(void *p) { (void)p; worker_loop(); return NULL; }
+static int pl_spawn_worker(void)
+{
+    pthread_t t;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    int ok = pthread_create(&t, &at, worker_main, NULL) == 0;
+    pthread_attr_destroy(&at);
+    return ok;
+}
+#endif
 
 void ql_parallel_for(int64_t n, int64_t grain, ql_task_fn fn, void *arg)
 {
@@ -114,18 +165,9 @@ void ql_parallel_for(int64_t n, int64_t grain, ql_task_fn fn, void *arg)
     if (grain < 1) grain = 1;
     int64_t nt = ql_num_threads();
     if (nt > n / grain) nt = n / grain;
-    if (nt <= 1 || in_worker || pthread_mutex_trylock(&pool.lock) != 0) { fn(arg, 0, n); return; }
-    pthread_mutex_lock(&pool.m);
-    while (pool.nworkers < nt - 1 && pool.nworkers < 255) {
-        pthread_t t;
-        pthread_attr_t at;
-        pthread_attr_init(&at);
-        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-        int ok = pthread_create(&t, &at, worker_main, NULL) == 0;
-        pthread_attr_destroy(&at);
-        if (!ok) break;
-        pool.nworkers++;
-    }
+    if (nt <= 1 || in_worker || !pl_try(&pool.lock)) { fn(arg, 0, n); return; }
+    pl_acquire(&pool.m);
+    while (pool.nworkers < nt - 1 && pool.nworkers < 255 && pl_spawn_worker()) pool.nworkers++;
     /* a few chunks per thread balance uneven work */
     int64_t nchunks = nt * 4 < n / grain ? nt * 4 : n / grain;
     if (nchunks < 1) nchunks = 1;
@@ -137,13 +179,14 @@ void ql_parallel_for(int64_t n, int64_t grain, ql_task_fn fn, void *arg)
     pool.next = 0;
     pool.pending = pool.nchunks;
     pool.generation++;
-    pthread_cond_broadcast(&pool.wake);
+    pl_wake_all(&pool.wake);
     run_chunks();                        /* the caller works too */
-    while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.m);
-    pthread_mutex_unlock(&pool.m);
-    pthread_mutex_unlock(&pool.lock);
+    while (pool.pending > 0) pl_wait(&pool.done, &pool.m);
+    pl_release(&pool.m);
+    pl_release(&pool.lock);
 }
 
+#ifndef _WIN32
 struct ql_mutex { pthread_mutex_t m; };
 
 ql_mutex *ql_mutex_new(void)
@@ -376,106 +419,6 @@ static const char *win_error(DWORD code)
 }
 
 static int is_sep(char c) { return c == '/' || c == '\\'; }
-
-/* ---------------- threads ---------------- */
-
-static int ql_threads = 0;
-
-int ql_num_threads(void)
-{
-    if (ql_threads <= 0) {
-        const char *env = getenv("QL_THREADS");
-        int n = env ? atoi(env) : 0;
-        if (n <= 0) {
-            DWORD c = GetActiveProcessorCount(ALL_PROCESSOR_GROUPS);
-            n = c > 0 ? (int)c : 1;
-        }
-        if (n > 256) n = 256;
-        ql_threads = n;
-    }
-    return ql_threads;
-}
-
-void ql_set_num_threads(int n) { ql_threads = n > 256 ? 256 : n; }
-
-/* The pool of the POSIX code: a slim reader/writer lock in exclusive mode for the
-   mutex, condition variables for the wake-ups, _beginthreadex for the workers
-   (closed at once: they live as long as the process). */
-static struct {
-    SRWLOCK lock;                   /* held by the thread whose loop runs */
-    SRWLOCK m;                      /* guards the fields below */
-    CONDITION_VARIABLE wake, done;
-    int nworkers;
-    uint64_t generation;
-    ql_task_fn fn;
-    void *arg;
-    int64_t n, chunk, nchunks;
-    int64_t next;                   /* next chunk to take */
-    int64_t pending;                /* chunks not finished */
-} pool = { SRWLOCK_INIT, SRWLOCK_INIT, CONDITION_VARIABLE_INIT, CONDITION_VARIABLE_INIT,
-           0, 0, NULL, NULL, 0, 0, 0, 0, 0 };
-static _Thread_local int in_worker;
-
-/* takes and runs chunks of the current loop until none is left; called with pool.m held */
-static void run_chunks(void)
-{
-    while (pool.next < pool.nchunks) {
-        int64_t c = pool.next++;
-        ql_task_fn fn = pool.fn;
-        void *arg = pool.arg;
-        int64_t b = c * pool.chunk, e = b + pool.chunk < pool.n ? b + pool.chunk : pool.n;
-        ReleaseSRWLockExclusive(&pool.m);
-        fn(arg, b, e);
-        AcquireSRWLockExclusive(&pool.m);
-        if (--pool.pending == 0) WakeAllConditionVariable(&pool.done);
-    }
-}
-
-static unsigned __stdcall worker_main(void *p)
-{
-    (void)p;
-    in_worker = 1;
-    uint64_t seen = 0;
-    AcquireSRWLockExclusive(&pool.m);
-    for (;;) {
-        while (pool.generation == seen) SleepConditionVariableSRW(&pool.wake, &pool.m, INFINITE, 0);
-        seen = pool.generation;
-        run_chunks();
-    }
-    return 0;
-}
-
-void ql_parallel_for(int64_t n, int64_t grain, ql_task_fn fn, void *arg)
-{
-    if (n <= 0) return;
-    if (grain < 1) grain = 1;
-    int64_t nt = ql_num_threads();
-    if (nt > n / grain) nt = n / grain;
-    if (nt <= 1 || in_worker || !TryAcquireSRWLockExclusive(&pool.lock)) { fn(arg, 0, n); return; }
-    AcquireSRWLockExclusive(&pool.m);
-    while (pool.nworkers < nt - 1 && pool.nworkers < 255) {
-        uintptr_t t = _beginthreadex(NULL, 0, worker_main, NULL, 0, NULL);
-        if (!t) break;
-        CloseHandle((HANDLE)t);
-        pool.nworkers++;
-    }
-    /* a few chunks per thread balance uneven work */
-    int64_t nchunks = nt * 4 < n / grain ? nt * 4 : n / grain;
-    if (nchunks < 1) nchunks = 1;
-    pool.fn = fn;
-    pool.arg = arg;
-    pool.n = n;
-    pool.chunk = (n + nchunks - 1) / nchunks;
-    pool.nchunks = (n + pool.chunk - 1) / pool.chunk;
-    pool.next = 0;
-    pool.pending = pool.nchunks;
-    pool.generation++;
-    WakeAllConditionVariable(&pool.wake);
-    run_chunks();                        /* the caller works too */
-    while (pool.pending > 0) SleepConditionVariableSRW(&pool.done, &pool.m, INFINITE, 0);
-    ReleaseSRWLockExclusive(&pool.m);
-    ReleaseSRWLockExclusive(&pool.lock);
-}
 
 struct ql_mutex { SRWLOCK l; };   /* not recursive, as the default pthread mutex */
 
