@@ -18,8 +18,7 @@ print = functools.partial(print, flush=True)  # noqa: A001
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: E402
+from peer_common import qlora_peft_model  # noqa: E402
 
 model_dir, rows_path, adapter0, steps, lr = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
 raw = open(rows_path, "rb").read()
@@ -30,16 +29,7 @@ a, b = meta["data_offsets"]
 rows = np.frombuffer(raw[8 + hlen + a:8 + hlen + b], dtype=dt).reshape(meta["shape"]).astype(np.int64)
 
 torch.manual_seed(0)
-bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                         bnb_4bit_compute_dtype=torch.bfloat16)
-model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=bnb, dtype=torch.bfloat16,
-                                             device_map={"": 0}, attn_implementation="sdpa")
-model.config.use_cache = False
-model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-lcfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-model = get_peft_model(model, lcfg)
-model.train()
+model = qlora_peft_model(model_dir)
 model.save_pretrained(adapter0)
 params = [p for p in model.parameters() if p.requires_grad]
 opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)

@@ -23,9 +23,8 @@ print = functools.partial(print, flush=True)  # noqa: A001 — every line reache
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
 import peft  # noqa: E402
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: E402
+from peer_common import qlora_peft_model, timed_steps  # noqa: E402
 
 if len(sys.argv) < 2:
     sys.exit(__doc__)
@@ -37,16 +36,7 @@ shape = os.path.basename(os.path.normpath(model_dir))
 assert torch.cuda.is_available(), "peer_train: needs a CUDA GPU"
 
 t0 = time.perf_counter()
-bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                         bnb_4bit_compute_dtype=torch.bfloat16)
-model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=bnb, dtype=torch.bfloat16,
-                                             device_map={"": 0}, attn_implementation="sdpa")
-model.config.use_cache = False
-model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-lcfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-model = get_peft_model(model, lcfg)
-model.train()  # from_pretrained returns eval mode, where transformers skips gradient checkpointing
+model = qlora_peft_model(model_dir)
 torch.cuda.synchronize()
 load_s = time.perf_counter() - t0
 params = [p for p in model.parameters() if p.requires_grad]
@@ -58,29 +48,7 @@ print(f"peer_train load {load_s:.1f} s; trainable {sum(p.numel() for p in params
 V = model.config.vocab_size
 ids = torch.randint(0, V, (B, S), generator=torch.Generator().manual_seed(0)).cuda()
 
-
-def step():
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)  # the grad norm, as a training loop computes it
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return loss.item()
-
-
-for k in range(2):
-    print(f"peer_train warm-up {k + 1}: loss {step():.4f}")
-torch.cuda.synchronize()
-t0 = time.perf_counter()
-for k in range(steps):
-    loss = step()
-torch.cuda.synchronize()
-dt = time.perf_counter() - t0
-gib = 2 ** 30
-print(f"peer_train shape={shape} seq={S} batch={B} tokens_per_s={B * S * steps / dt:.1f} "
-      f"peak_alloc_gib={torch.cuda.max_memory_allocated() / gib:.3f} "
-      f"peak_reserved_gib={torch.cuda.max_memory_reserved() / gib:.3f} "
-      f"step_ms={dt / steps * 1e3:.1f} loss={loss:.4f}")
+timed_steps("peer_train", model, params, opt, ids, steps, shape)
 import bitsandbytes  # noqa: E402 — already loaded by transformers; imported here for its version
 
 print(f"peer_train versions: torch {torch.__version__} (cuda {torch.version.cuda}) transformers {transformers.__version__} "

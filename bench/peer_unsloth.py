@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import unsloth  # noqa: E402,F401 — before transformers, as Unsloth requires
 from unsloth import FastLanguageModel  # noqa: E402
 import torch  # noqa: E402
+from peer_common import TARGETS, timed_steps  # noqa: E402
 
 if len(sys.argv) < 2:
     sys.exit(__doc__)
@@ -41,7 +42,7 @@ t0 = time.perf_counter()
 model, _ = FastLanguageModel.from_pretrained(model_dir, max_seq_length=S, dtype=torch.bfloat16, load_in_4bit=True)
 model = FastLanguageModel.get_peft_model(
     model, r=16, lora_alpha=32, lora_dropout=0, bias="none",
-    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    target_modules=TARGETS,
     use_gradient_checkpointing=ckpt if ckpt != "true" else True, random_state=0)
 model.train()
 params = [p for p in model.parameters() if p.requires_grad]
@@ -51,27 +52,5 @@ print(f"peer_unsloth load {time.perf_counter() - t0:.1f} s; trainable {sum(p.num
 V = model.config.vocab_size
 ids = torch.randint(0, V, (B, S), generator=torch.Generator().manual_seed(0)).cuda()
 
-
-def step():
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return loss.item()
-
-
-for k in range(2):
-    print(f"peer_unsloth warm-up {k + 1}: loss {step():.4f}")
-torch.cuda.synchronize()
-t0 = time.perf_counter()
-for k in range(steps):
-    loss = step()
-torch.cuda.synchronize()
-dt = time.perf_counter() - t0
-gib = 2 ** 30
-print(f"peer_train shape={shape} seq={S} batch={B} tokens_per_s={B * S * steps / dt:.1f} "
-      f"peak_alloc_gib={torch.cuda.max_memory_allocated() / gib:.3f} "
-      f"peak_reserved_gib={torch.cuda.max_memory_reserved() / gib:.3f} "
-      f"step_ms={dt / steps * 1e3:.1f} loss={loss:.4f}")
+timed_steps("peer_unsloth", model, params, opt, ids, steps, shape)
 print(f"peer_unsloth versions: unsloth {unsloth.__version__} torch {torch.__version__}")
