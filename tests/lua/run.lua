@@ -6,6 +6,9 @@
 --   T.near(a, b, tol [, msg]) |a-b| <= tol
 --   T.raises(fn, pattern)     fn must raise an error matching pattern
 --   T.fixture(name)           path under tests/fixtures
+--   T.tiny_model(dir [, tok]) a 1-layer random model (tokenizer fixture tok, default gpt2) in dir
+--   T.word_data(path, n [, extra])  n JSONL text records of 12 words (extra[i]: a raw line after record i)
+--   T.jsonl_rows(path)        the decoded records of a JSONL file
 -- Prints one line per test and "N passed, N failed, N skipped".
 local pattern = arg and arg[1] or ""
 if pattern == "" then pattern = nil end
@@ -62,6 +65,27 @@ function T.sh(cmd)  -- runs a shell command, returns its output and exit code
   p:close()
   local rc = tonumber(out:match("__rc=(%d+)%s*$"))
   return out:gsub("__rc=%d+%s*$", ""), rc
+end
+function T.tiny_model(dir, tok)
+  qlora.llm.random_model(dir, { tokenizer = T.fixture("tokenizers/" .. (tok or "gpt2")), layers = 1, hidden = 32,
+                                heads = 2, kv_heads = 1 })
+  return dir
+end
+function T.word_data(path, n, extra)
+  local words = { "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "home" }
+  local f = assert(io.open(path, "w"))
+  for i = 1, n do
+    local w = {}
+    for k = 1, 12 do w[k] = words[(i + k) % #words + 1] end
+    f:write(qlora.json.encode({ text = table.concat(w, " ") }), "\n")
+    if extra and extra[i] then f:write(extra[i], "\n") end
+  end
+  f:close()
+end
+function T.jsonl_rows(path)
+  local t = {}
+  for line in io.lines(path) do t[#t + 1] = qlora.json.decode(line) end
+  return t
 end
 function T.tmpdir()
   local d = os.tmpname(); os.remove(d)

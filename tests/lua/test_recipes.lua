@@ -10,26 +10,7 @@ local RECIPES = { "chunk", "clean", "doctor", "export_gguf", "full", "merge", "p
 
 local function read(p) local f = io.open(p, "rb"); if not f then return nil end local s = f:read("a"); f:close(); return s end
 local function write(p, s) local f = assert(io.open(p, "wb")); f:write(s); f:close() end
-local function tiny(dir, tok)
-  qlora.llm.random_model(dir, { tokenizer = T.fixture("tokenizers/" .. (tok or "gpt2")), layers = 1, hidden = 32, heads = 2,
-                                kv_heads = 1 })
-  return dir
-end
-local function data(path, n)
-  local words = { "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "home" }
-  local f = assert(io.open(path, "w"))
-  for i = 1, n do
-    local w = {}
-    for k = 1, 12 do w[k] = words[(i + k) % #words + 1] end
-    f:write(json.encode({ text = table.concat(w, " ") }), "\n")
-  end
-  f:close()
-end
-local function rows(path)
-  local t = {}
-  for line in io.lines(path) do t[#t + 1] = json.decode(line) end
-  return t
-end
+local tiny, data, rows = T.tiny_model, T.word_data, T.jsonl_rows
 
 -- ------------------------------------------------------------------ settings
 

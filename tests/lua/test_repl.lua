@@ -85,9 +85,7 @@ local function repl(hist)
 end
 
 local function tiny_model(tokenizer)
-  local dir = T.tmpdir() .. "/m"
-  qlora.llm.random_model(dir, { tokenizer = T.fixture("tokenizers/" .. tokenizer), layers = 1, hidden = 32, heads = 2, kv_heads = 1 })
-  return dir
+  return T.tiny_model(T.tmpdir() .. "/m", tokenizer)
 end
 
 -- ---------------------------------------------------------------- Ctrl-C

@@ -3,25 +3,9 @@
 -- half-written, checkpoints chosen and validated carefully, non-finite training
 -- stopped with the last good checkpoint, bad records skipped with their file and line.
 local T = ...
-local train, llm, json, sys = qlora.train, qlora.llm, qlora.json, qlora.sys
+local train, json, sys = qlora.train, qlora.json, qlora.sys
 
-local function tiny(dir, tokenizer)
-  llm.random_model(dir, { tokenizer = T.fixture("tokenizers/" .. (tokenizer or "gpt2")), layers = 1, hidden = 32,
-                          heads = 2, kv_heads = 1 })
-  return dir
-end
-
-local function write_data(path, n, extra)
-  local words = { "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "home" }
-  local f = io.open(path, "w")
-  for i = 1, n do
-    local w = {}
-    for k = 1, 12 do w[k] = words[(i + k) % #words + 1] end
-    f:write(json.encode({ text = table.concat(w, " ") }), "\n")
-    if extra and extra[i] then f:write(extra[i], "\n") end
-  end
-  f:close()
-end
+local tiny, write_data = T.tiny_model, T.word_data
 
 local function read(path)
   local f = assert(io.open(path, "rb"))

@@ -42,20 +42,7 @@ local function event_files(dir)
   return t
 end
 
-local function tiny(dir)
-  qlora.llm.random_model(dir, { tokenizer = T.fixture("tokenizers/gpt2"), layers = 1, hidden = 32, heads = 2, kv_heads = 1 })
-  return dir
-end
-local function data(path, n)
-  local words = { "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "home" }
-  local f = assert(io.open(path, "w"))
-  for i = 1, n do
-    local w = {}
-    for k = 1, 12 do w[k] = words[(i + k) % #words + 1] end
-    f:write(json.encode({ text = table.concat(w, " ") }), "\n")
-  end
-  f:close()
-end
+local tiny, data = T.tiny_model, T.word_data
 
 T.test("CRC-32C: the published check values; TensorFlow's mask", function()
   T.eq(tfe.crc32c(""), 0)

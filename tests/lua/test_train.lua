@@ -2,23 +2,9 @@
 -- the loss goes down, accumulation equals a bigger batch, chat/instruction data
 -- masks prompts, and a run killed with SIGKILL resumes to the same losses.
 local T = ...
-local train, llm, json = qlora.train, qlora.llm, qlora.json
+local train, json = qlora.train, qlora.json
 
-local function tiny(dir)
-  llm.random_model(dir, { tokenizer = T.fixture("tokenizers/gpt2"), layers = 1, hidden = 32, heads = 2, kv_heads = 1 })
-  return dir
-end
-
-local function write_data(path, n)
-  local words = { "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "home" }
-  local f = io.open(path, "w")
-  for i = 1, n do
-    local w = {}
-    for k = 1, 12 do w[k] = words[(i + k) % #words + 1] end
-    f:write(json.encode({ text = table.concat(w, " ") }), "\n")
-  end
-  f:close()
-end
+local tiny, write_data = T.tiny_model, T.word_data
 
 local function losses(metrics)
   local by_step = {}
@@ -189,11 +175,7 @@ local function chat_data(path, n)
   f:close()
 end
 
-local function rows_of(path)
-  local t = {}
-  for line in io.lines(path) do t[#t + 1] = json.decode(line) end
-  return t
-end
+local rows_of = T.jsonl_rows
 
 T.test("greedy with a fresh adapter (B = 0) equals model:generate's greedy (KV cache, C)", function()
   local m, tok = fixture_lm()
